@@ -1,0 +1,78 @@
+"""Per-token log-probs from hidden states and the output head, chunk by chunk.
+
+The naive way builds logits of shape [tokens, vocab] (for a 49k vocabulary that is 200 KB per
+token in fp32) and keeps them for the backward pass. Here each chunk of rows is projected,
+reduced to (log-prob of the target, log-sum-exp) and dropped; the backward pass recomputes the
+chunk's logits. Peak extra memory is one chunk of logits instead of all of them.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def naive_selective_log_prob(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             temperature: float = 1.0) -> torch.Tensor:
+    """Reference: hidden [N, H], weight [V, H], targets [N] -> log p(target) [N]."""
+    logits = (hidden @ weight.t()).float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+class _ChunkedSelectiveLogProb(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size):
+        n = hidden.shape[0]
+        logps = hidden.new_empty(n, dtype=torch.float32)
+        lse = hidden.new_empty(n, dtype=torch.float32)
+        entropy = hidden.new_empty(n, dtype=torch.float32)
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            logits = (hidden[start:end] @ weight.t()).float() / temperature  # [c, V]
+            chunk_lse = torch.logsumexp(logits, dim=-1)
+            lse[start:end] = chunk_lse
+            logps[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - chunk_lse
+            probs = torch.exp(logits - chunk_lse[:, None])
+            entropy[start:end] = chunk_lse - (probs * logits).sum(-1)
+            del logits, probs
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        t, chunk = ctx.temperature, ctx.chunk_size
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        for start in range(0, hidden.shape[0], chunk):
+            end = min(start + chunk, hidden.shape[0])
+            h = hidden[start:end]
+            logits = (h @ weight.t()).float() / t
+            # d logp_target / d logits = onehot(target) - softmax, then the 1/T of the scaling.
+            g = -torch.exp(logits - lse[start:end, None])
+            g.scatter_add_(-1, targets[start:end, None],
+                           torch.ones_like(g[:, :1]))
+            g *= (grad_logps[start:end] / t)[:, None]
+            g = g.to(hidden.dtype)
+            if need_h:
+                grad_h[start:end] = g @ weight
+            if need_w:
+                grad_w += (g.t() @ h).float()
+            del logits, g
+        if need_w:
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None, None
+
+
+def chunked_selective_log_prob(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               temperature: float = 1.0, chunk_size: int = 1024
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [N, H], weight [V, H], targets [N] -> (log p(target) [N], entropy [N], no grad).
+
+    Both in float32 whatever the input dtype. Differentiable w.r.t. hidden (and weight if it
+    requires grad).
+    """
+    return _ChunkedSelectiveLogProb.apply(hidden, weight, targets.long(), float(temperature),
+                                          int(chunk_size))
