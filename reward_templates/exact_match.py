@@ -1,0 +1,84 @@
+"""Reward an answer that is exactly the reference, up to case, punctuation and spacing."""
+
+from __future__ import annotations
+
+from .base import (
+    Example,
+    Param,
+    check_tag_names,
+    clip,
+    extract_tag,
+    normalize_text,
+    numbers_equal,
+    parse_number,
+    reference_text,
+    template,
+)
+
+
+def _check(params: dict) -> dict:
+    # An empty tag name means "compare the whole completion"; anything else
+    # must be a usable tag name.
+    params["answer_tag"] = params["answer_tag"].strip().strip("<>/").strip()
+    if params["answer_tag"]:
+        params = check_tag_names("answer_tag")(params)
+    return params
+
+
+@template(
+    name="exact_match",
+    title="Exact answer",
+    description="Gives a reward when the answer is the same as the reference, ignoring case, punctuation and extra spaces.",
+    category="correctness",
+    needs_answer=True,
+    check=_check,
+    params=[
+        Param(
+            "answer_tag",
+            "str",
+            "answer",
+            "Compare only the text inside this tag when the model uses it; leave empty to compare the whole reply.",
+        ),
+        Param("ignore_case", "bool", True, "Treat 'Paris' and 'paris' as the same."),
+        Param("ignore_punctuation", "bool", True, "Ignore commas, full stops, quotes and other punctuation."),
+        Param("ignore_articles", "bool", True, "Ignore the words 'a', 'an' and 'the'."),
+    ],
+    examples=[
+        Example("<think>France's capital.</think><answer>Paris.</answer>", "paris", 1.0),
+        Example("  The Eiffel Tower ", "eiffel tower", 1.0),
+        Example("The Eiffel Tower", "eiffel tower", 0.0, params={"ignore_articles": False}),
+        Example("Paris, France", "Paris", 0.0),
+        Example("<answer>1,200</answer>", "1200", 1.0),
+        Example("Lyon", None, None),
+    ],
+)
+def exact_match(
+    prompts,
+    completions,
+    answers,
+    *,
+    answer_tag="answer",
+    ignore_case=True,
+    ignore_punctuation=True,
+    ignore_articles=True,
+):
+    def norm(text: str) -> str:
+        return normalize_text(text, lowercase=ignore_case, punctuation=ignore_punctuation, articles=ignore_articles)
+
+    scores = []
+    for completion, answer in zip(completions, answers):
+        ref = reference_text(answer)
+        if ref is None:
+            scores.append(None)
+            continue
+        tagged = extract_tag(completion, answer_tag) if answer_tag else None
+        got = (tagged if tagged is not None else clip(completion)).strip()
+        # Numbers are compared as numbers, so "1,200" equals "1200".
+        ref_num = parse_number(ref)
+        if ref_num is not None:
+            got_num = parse_number(got)
+            if got_num is not None:
+                scores.append(1.0 if numbers_equal(got_num, ref_num, 1e-9) else 0.0)
+                continue
+        scores.append(1.0 if norm(got) == norm(ref) else 0.0)
+    return scores
