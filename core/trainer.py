@@ -1,0 +1,446 @@
+"""The GRPO step loop: generate -> score -> advantages -> log-probs -> loss -> optimizer.
+
+Reads top to bottom: `setup()` builds everything in dependency order, `step()` does one optimizer
+step, `train()` loops, checkpoints, honours stop requests and writes events.
+"""
+from __future__ import annotations
+
+import json
+import random
+import resource
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from . import data as data_lib
+from .config import RunConfig
+from .events import EventLog
+from .generation import make_engine
+from .grpo import LossSettings, compute_advantages, policy_loss
+from .logprobs import chunked_selective_log_prob
+from .models import count_parameters, decoder_and_head, load_model
+
+STOP_FILE = "STOP"
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class PromptSampler:
+    """Walks the data set in a fresh seeded order each epoch; its position is checkpointed."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.pos = size, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._permutation()
+
+
+@dataclass
+class Batch:
+    """One generated batch: B = prompts_per_step x num_generations completions."""
+    input_ids: torch.Tensor        # [B, Tp + Tc] prompt left-padded, completion right-padded
+    attention_mask: torch.Tensor   # [B, Tp + Tc]
+    completion_mask: torch.Tensor  # [B, Tc] tokens that count in the loss
+    prompt_width: int              # Tp
+    advantages: torch.Tensor       # [B]
+    old_logps: torch.Tensor | None  # [B, Tc] when num_iterations > 1
+    ref_logps: torch.Tensor | None  # [B, Tc] when beta > 0
+    metrics: dict                  # reward and completion metrics of the generation
+
+
+def completion_logps(model, input_ids, attention_mask, completion_mask, prompt_width: int,
+                     temperature: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [b, Tc] and entropies [b, Tc] of the completion tokens.
+
+    Only positions in completion_mask go through the output head, chunk by chunk.
+    """
+    body, head = decoder_and_head(model)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers them
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state               # [b, T, H]
+    hidden = hidden[:, prompt_width - 1:-1]                        # [b, Tc, H] predicts Tc tokens
+    targets = input_ids[:, prompt_width:]                          # [b, Tc]
+    selected = completion_mask.bool()
+    logps, entropy = chunked_selective_log_prob(hidden[selected], head.weight, targets[selected],
+                                                temperature, chunk_size)  # [N]
+    full = hidden.new_zeros(selected.shape, dtype=torch.float32)
+    full_entropy = torch.zeros_like(full)
+    full = full.masked_scatter(selected, logps)
+    full_entropy[selected] = entropy
+    return full, full_entropy
+
+
+def _trim(batch: Batch, rows: slice) -> tuple[torch.Tensor, ...]:
+    """A micro-batch without the padding columns no row in it needs."""
+    ids, att, cmask = batch.input_ids[rows], batch.attention_mask[rows], batch.completion_mask[rows]
+    tp = batch.prompt_width
+    used_prompt = att[:, :tp].sum(0).nonzero()
+    first = min(int(used_prompt[0]), tp - 1) if len(used_prompt) else tp - 1
+    used = att[:, tp:].sum(0).nonzero()
+    last = int(used[-1]) + 1 if len(used) else 1
+    return (ids[:, first:tp + last], att[:, first:tp + last], cmask[:, :last], tp - first, first,
+            last)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, events: EventLog | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events = events or EventLog(self.run_dir)
+        self.step_count = 0
+        self._batch: Batch | None = None
+        self._stop_requested = False
+
+    # ---- set-up, in dependency order ----------------------------------------------------
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed)
+        self.cfg.save(self.run_dir / "config.yaml")
+
+        self._status("loading_data", "Loading the data")
+        from reward_templates import RewardSet, default_reward_set
+
+        d = cfg.data
+        self.dataset = data_lib.prepare_dataset(
+            d.source, question=d.question_column, answer=d.answer_column, system=d.system_column,
+            system_prompt=d.system_prompt, max_rows=d.max_rows, split=d.split)
+        if cfg.rewards:
+            self.rewards = RewardSet.from_config([_reward_item(r) for r in cfg.rewards])
+        else:
+            self.rewards = default_reward_set([self.dataset[i] for i in
+                                               range(min(20, len(self.dataset)))])
+        missing = [i + 1 for i, a in enumerate(self.dataset["answer"]) if not a]
+        if self.rewards.needs_answer and missing:
+            raise data_lib.DataError(
+                f"Rewards {', '.join(self.rewards.needs_answer)} need a reference answer, but "
+                f"{len(missing)} rows have none (first: row {self.dataset[missing[0] - 1]['row']}).")
+
+        self._status("loading_model", "Loading the model")
+        self.loaded = load_model(cfg.model, seed=cfg.train.seed)
+        self.model, self.tokenizer, self.device = (self.loaded.model, self.loaded.tokenizer,
+                                                   self.loaded.device)
+        self.model.train()
+        self.engine = make_engine(cfg.generation.engine, self.model, self.tokenizer, self.device,
+                                  cfg.generation.max_batch_size)
+        self.loss_settings = LossSettings.from_config(cfg.grpo)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg.train)
+        from transformers import get_scheduler
+        self.scheduler = get_scheduler(cfg.train.lr_scheduler, self.optimizer,
+                                       num_warmup_steps=cfg.train.warmup_steps,
+                                       num_training_steps=cfg.train.max_steps)
+        self.sampler = PromptSampler(len(self.dataset), cfg.train.seed)
+        trainable, total = count_parameters(self.model)
+        self._status("ready", "Model and data ready", engine=self.engine.name,
+                     device=str(self.device), trainable_params=trainable, total_params=total,
+                     rows=len(self.dataset), rewards=self.rewards.names)
+        return self
+
+    # ---- one step ---------------------------------------------------------------------
+    def _prompt_ids(self, row: dict) -> list[int]:
+        messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else [])
+        messages.append({"role": "user", "content": row["question"]})
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)[-self.cfg.grpo.max_prompt_length:]
+
+    @torch.no_grad()
+    def generate_batch(self) -> Batch:
+        g = self.cfg.grpo
+        rows = [self.dataset[i] for i in self.sampler.take(g.prompts_per_step)]
+        prompts = [self._prompt_ids(r) for r in rows]
+
+        # 1. generate: G completions per prompt                               [B = P*G]
+        t0 = time.perf_counter()
+        gen = self.engine.generate(prompts, g.num_generations, g.max_completion_length,
+                                   g.temperature, g.top_p, g.top_k)
+        gen_time = time.perf_counter() - t0
+
+        # 2. score with every reward template
+        questions = [r["question"] for r in rows for _ in range(g.num_generations)]
+        answers = [r["answer"] for r in rows for _ in range(g.num_generations)]
+        totals, per_reward = self.rewards.score(questions, gen.texts, answers)
+        rewards = torch.tensor(totals, dtype=torch.float32)                 # [B]
+
+        # 3. group-relative advantages                                        [B]
+        advantages, metrics = compute_advantages(rewards, g.num_generations, g.scale_rewards)
+        for name, scores in per_reward.items():
+            valid = [s for s in scores if s is not None]
+            metrics[f"rewards/{name}/mean"] = float(np.mean(valid)) if valid else None
+            metrics[f"rewards/{name}/std"] = float(np.std(valid)) if valid else None
+
+        # 4. pad into tensors: prompt left-padded, completion right-padded
+        tp = max(len(p) for p in gen.prompt_ids)
+        tc = max(1, max(len(c) for c in gen.completion_ids))
+        b = len(gen.completion_ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((b, tp + tc), pad, dtype=torch.long)
+        attention = torch.zeros((b, tp + tc), dtype=torch.long)
+        for i, (p, c) in enumerate(zip(gen.prompt_ids, gen.completion_ids)):
+            input_ids[i, tp - len(p):tp] = torch.tensor(p)
+            input_ids[i, tp:tp + len(c)] = torch.tensor(c, dtype=torch.long)
+            attention[i, tp - len(p):tp + len(c)] = 1
+        completion_mask = attention[:, tp:].clone()                          # [B, Tc]
+        truncated = torch.tensor(gen.truncated)
+        if g.mask_truncated_completions:
+            completion_mask[truncated] = 0
+        lengths = torch.tensor([len(c) for c in gen.completion_ids], dtype=torch.float32)
+        metrics.update({
+            "completions/mean_length": lengths.mean().item(),
+            "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(),
+            "completions/clipped_ratio": truncated.float().mean().item(),
+            "generation_time": gen_time,
+            "completion_tokens": int(lengths.sum().item()),
+        })
+        batch = Batch(input_ids.to(self.device), attention.to(self.device),
+                      completion_mask.to(self.device), tp, advantages.to(self.device), None, None,
+                      metrics)
+
+        # 5. log-probs that stay fixed while the policy moves: old (mu > 1) and reference (beta)
+        if g.num_iterations > 1:
+            batch.old_logps = self._logps_no_grad(batch)
+        if g.beta != 0.0:
+            with self.model.disable_adapter():  # the base model is the reference: no 2nd copy
+                batch.ref_logps = self._logps_no_grad(batch)
+
+        if self.step_count % self.cfg.train.sample_every == 0:
+            self._log_samples(rows, gen, totals, per_reward, advantages)
+        return batch
+
+    def _micro_batches(self, batch: Batch):
+        size = batch.input_ids.shape[0] // self.cfg.grpo.gradient_accumulation_steps
+        for start in range(0, batch.input_ids.shape[0], size):
+            yield slice(start, start + size)
+
+    def _logps_no_grad(self, batch: Batch) -> torch.Tensor:
+        out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=self.device)
+        for rows in self._micro_batches(batch):
+            ids, att, cmask, width, _first, last = _trim(batch, rows)
+            logps, _ = completion_logps(self.model, ids, att, cmask, width,
+                                        self.cfg.grpo.temperature, self.cfg.grpo.logprob_chunk_size)
+            out[rows, :last] = logps
+        return out
+
+    def step(self) -> dict:
+        g, t = self.cfg.grpo, self.cfg.train
+        start = time.perf_counter()
+        if self._batch is None or self.step_count % g.num_iterations == 0:
+            self._batch = self.generate_batch()
+        batch = self._batch
+
+        # 6. policy log-probs, loss and backward, micro-batch by micro-batch
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens_in_step = batch.completion_mask.sum().item()
+        totals: dict[str, float] = {}
+        entropy_sum = 0.0
+        loss_sum = 0.0
+        n_micro = g.gradient_accumulation_steps
+        for rows in self._micro_batches(batch):
+            ids, att, cmask, width, _first, last = _trim(batch, rows)
+            logps, entropy = completion_logps(self.model, ids, att, cmask, width, g.temperature,
+                                              g.logprob_chunk_size)           # [b, Tc]
+            old = batch.old_logps[rows, :last] if batch.old_logps is not None else None
+            ref = batch.ref_logps[rows, :last] if batch.ref_logps is not None else None
+            loss, m = policy_loss(logps, old, ref, batch.advantages[rows], cmask,
+                                  self.loss_settings, num_items_in_batch=tokens_in_step)
+            if g.loss_type != "dapo":
+                loss = loss / n_micro  # dapo is already normalised over the whole step
+            loss.backward()
+            loss_sum += loss.item()
+            entropy_sum += (entropy * cmask).sum().item()
+            for k, v in m.items():
+                totals[k] = totals.get(k, 0.0) + v / n_micro
+
+        # 7. optimizer step
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")).item()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+
+        elapsed = time.perf_counter() - start
+        metrics = dict(batch.metrics)  # the rewards of the batch this step trained on
+        metrics.update(totals)
+        metrics.update({
+            "loss": loss_sum,
+            "grad_norm": grad_norm,
+            "learning_rate": lr,
+            "entropy": entropy_sum / max(tokens_in_step, 1),
+            "step_time": elapsed,
+            "tokens_per_second": batch.metrics["completion_tokens"] / elapsed,
+            "peak_memory_mb": peak_memory_mb(self.device),
+        })
+        return metrics
+
+    # ---- the loop -----------------------------------------------------------------------
+    def train(self, max_steps: int | None = None, resume: bool = False) -> str:
+        """Run until max_steps, a stop request or an error. Returns the final state."""
+        max_steps = max_steps or self.cfg.train.max_steps
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+                self._status("resumed", f"Resumed from step {self.step_count}", step=self.step_count)
+        self._install_signal_handlers()
+        self._status("training", "Training", step=self.step_count, max_steps=max_steps)
+        while self.step_count < max_steps:
+            metrics = self.step()
+            self.events.emit("metrics", step=self.step_count, max_steps=max_steps, **metrics)
+            every = self.cfg.train.save_steps
+            if self._should_stop():
+                self.save_checkpoint()
+                self._status("stopped", f"Stopped at step {self.step_count}", step=self.step_count)
+                return "stopped"
+            if every and self.step_count % every == 0 and self.step_count < max_steps:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        self.save_adapter(self.run_dir / ADAPTER_DIR)
+        self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
+                     adapter=str(self.run_dir / ADAPTER_DIR))
+        return "finished"
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def _should_stop(self) -> bool:
+        return self._stop_requested or (self.run_dir / STOP_FILE).exists()
+
+    def _install_signal_handlers(self) -> None:
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        except ValueError:
+            pass  # not the main thread (e.g. inside a test runner thread)
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def save_adapter(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+    def save_checkpoint(self) -> Path:
+        final = self.run_dir / CHECKPOINTS_DIR / f"step-{self.step_count}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.save_adapter(tmp)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "rng.pt")
+        mid_cycle = self.step_count % self.cfg.grpo.num_iterations != 0
+        if mid_cycle and self._batch is not None:
+            torch.save(self._batch, tmp / "batch.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"step": self.step_count, "sampler": self.sampler.state_dict()}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        self.events.emit("checkpoint", step=self.step_count, path=str(final))
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors"))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        rng = torch.load(path / "rng.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.step_count = state["step"]
+        self.sampler.load_state_dict(state["sampler"])
+        self._batch = (torch.load(path / "batch.pt", weights_only=False)
+                       if (path / "batch.pt").exists() else None)
+
+    # ---- events -----------------------------------------------------------------------
+    def _status(self, state: str, message: str, **fields) -> None:
+        self.events.emit("status", state=state, message=message, **fields)
+
+    def _log_samples(self, rows, gen, totals, per_reward, advantages) -> None:
+        g = self.cfg.grpo.num_generations
+        items = []
+        for i in range(min(len(gen.texts), 2 * g)):  # the groups of the first two prompts
+            row = rows[i // g]
+            items.append({
+                "prompt": row["question"], "answer": row["answer"], "completion": gen.texts[i],
+                "rewards": {name: scores[i] for name, scores in per_reward.items()},
+                "total": totals[i], "advantage": float(advantages[i]),
+                "truncated": gen.truncated[i],
+            })
+        self.events.emit("samples", step=self.step_count + 1, items=items)
+
+
+def _reward_item(r) -> dict:
+    item = {"template": r.template, "weight": r.weight, "params": dict(r.params or {})}
+    if r.name:
+        item["name"] = r.name
+    return item
+
+
+def build_optimizer(params, t) -> torch.optim.Optimizer:
+    kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                  weight_decay=t.weight_decay)
+    if t.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        except Exception:  # bitsandbytes without a backend for this device
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    steps = [(int(p.name.split("-")[1]), p) for p in root.glob("step-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()]
+    return max(steps)[1] if steps else None
+
