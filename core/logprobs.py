@@ -26,13 +26,14 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
         entropy = hidden.new_empty(n, dtype=torch.float32)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            logits = (hidden[start:end] @ weight.t()).float() / temperature  # [c, V]
-            chunk_lse = torch.logsumexp(logits, dim=-1)
+            # Two [c, V] buffers at most, reused in place: log-probs, then p * log p.
+            logp = (hidden[start:end] @ weight.t()).float().div_(temperature)  # [c, V]
+            chunk_lse = torch.logsumexp(logp, dim=-1)
             lse[start:end] = chunk_lse
-            logps[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - chunk_lse
-            probs = torch.exp(logits - chunk_lse[:, None])
-            entropy[start:end] = chunk_lse - (probs * logits).sum(-1)
-            del logits, probs
+            logp.sub_(chunk_lse[:, None])
+            logps[start:end] = logp.gather(-1, targets[start:end, None]).squeeze(-1)
+            entropy[start:end] = -logp.exp().mul_(logp).sum(-1)
+            del logp
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
@@ -49,25 +50,24 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])
             h = hidden[start:end]
-            logits = (h @ weight.t()).float() / t
-            # d logp_target / d logits = onehot(target) - softmax, then the 1/T of the scaling.
-            g = -torch.exp(logits - lse[start:end, None])
-            g.scatter_add_(-1, targets[start:end, None],
-                           torch.ones_like(g[:, :1]))
-            g *= (grad_logps[start:end] / t)[:, None]
+            # d logp_target / d logits = onehot(target) - softmax, then the 1/T of the scaling;
+            # built in place in the one [c, V] buffer of recomputed logits.
+            g = (h @ weight.t()).float().div_(t).sub_(lse[start:end, None]).exp_().neg_()
+            g.scatter_add_(-1, targets[start:end, None], torch.ones_like(g[:, :1]))
+            g.mul_((grad_logps[start:end] / t)[:, None])
             g = g.to(hidden.dtype)
             if need_h:
                 grad_h[start:end] = g @ weight
             if need_w:
                 grad_w += (g.t() @ h).float()
-            del logits, g
+            del g
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None, None
 
 
 def chunked_selective_log_prob(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               temperature: float = 1.0, chunk_size: int = 1024
+                               temperature: float = 1.0, chunk_size: int = 256
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [N, H], weight [V, H], targets [N] -> (log p(target) [N], entropy [N], no grad).
 

@@ -131,6 +131,8 @@ class RunManager:
             if e["type"] == "status":
                 state, message = e.get("state", state), e.get("message", message)
                 max_steps = e.get("max_steps", max_steps)
+                if state != "failed":  # a resumed run leaves its old error behind
+                    error = tb = None
             elif e["type"] == "metrics":
                 step, max_steps = e.get("step", step), e.get("max_steps", max_steps)
             elif e["type"] == "error":
