@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Example, Param, check_tag_names, clip, template
+from .base import Example, Param, check_tag_names, tag_params, clip, template
 
 
 def strict_layout(text: str, reasoning_tag: str, answer_tag: str) -> bool:
@@ -37,8 +37,7 @@ def soft_layout(text: str, reasoning_tag: str, answer_tag: str) -> bool:
     category="format",
     check=check_tag_names("reasoning_tag", "answer_tag"),
     params=[
-        Param("reasoning_tag", "str", "think", "Tag for the reasoning part, as in <think>...</think>."),
-        Param("answer_tag", "str", "answer", "Tag for the final answer, as in <answer>...</answer>."),
+        *tag_params(),
         Param(
             "mode",
             "choice",

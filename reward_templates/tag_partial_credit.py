@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Example, Param, check_tag_names, clip, template
+from .base import Example, Param, check_tag_names, tag_params, clip, template
 
 
 @template(
@@ -12,8 +12,7 @@ from .base import Example, Param, check_tag_names, clip, template
     category="format",
     check=check_tag_names("reasoning_tag", "answer_tag"),
     params=[
-        Param("reasoning_tag", "str", "think", "Tag for the reasoning part, as in <think>...</think>."),
-        Param("answer_tag", "str", "answer", "Tag for the final answer, as in <answer>...</answer>."),
+        *tag_params(),
         Param(
             "penalty_per_char",
             "float",
