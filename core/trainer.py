@@ -120,6 +120,7 @@ class Trainer:
     # ---- set-up, in dependency order ----------------------------------------------------
     def setup(self) -> "Trainer":
         cfg = self.cfg
+        return_freed_memory_to_os()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
@@ -430,6 +431,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc give large freed blocks back to the OS instead of keeping them.
+
+    By default glibc raises its mmap threshold after large blocks are freed, so the next
+    generation's and backward pass's temporaries come from a heap that never shrinks: on the
+    classroom config that doubled the worker's peak RSS (2.9 GB against 1.4 GB). A fixed threshold
+    keeps every block over 128 KiB in its own mapping, unmapped when freed.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False  # not glibc (macOS, musl): nothing to tune
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)
+                and libc.mallopt(m_trim_threshold, 128 * 1024))
 
 
 def peak_memory_mb(device: torch.device) -> float:
