@@ -181,11 +181,27 @@ def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | 
         raise ModelError(_friendly_load_error(cfg.source, exc)) from exc
     model.config.use_cache = True
     model.requires_grad_(False)
+    if cfg.precision == "4bit":
+        keep_4bit_layout_trainable(model)
     if lora:
         model = attach_lora(model, cfg, seed=seed, adapter_path=adapter_path)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return LoadedModel(model, tokenizer, device, cfg.source, path)
+
+
+def keep_4bit_layout_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights into its CPU inference layout.
+
+    On CPUs with AVX512-BF16 it repacks a layer the first time it runs in eval mode without grad
+    (generation) and then always uses a kernel with no backward: later training steps would get
+    wrong gradients through the frozen base. Costs generation speed, keeps training correct.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_lora(model, cfg, *, seed: int = 0, adapter_path: str | None = None):
