@@ -149,6 +149,12 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def model_path(cfg: dict) -> str:
+    """The folder both sides load: the embedded model's safetensors copy, or the given source."""
+    from core.models import embedded_model_dir, resolve_source
+    return str(embedded_model_dir()) if cfg["model"] == "default" else resolve_source(cfg["model"])
+
+
 def build_reward_set(cfg: dict):
     from reward_templates import RewardSet
     return RewardSet.from_config(cfg["rewards"])
@@ -157,8 +163,8 @@ def build_reward_set(cfg: dict):
 def disable_bnb_cpu_packing(model) -> int:
     """Keep bitsandbytes from repacking 4-bit weights into its CPU inference layout.
 
-    On CPUs with AVX512-BF16, bitsandbytes >= 0.49 repacks a Linear4bit's weight the first time
-    it runs in eval mode without grad (as during generation) and from then on always calls
+    On CPUs with AVX512-BF16, bitsandbytes (0.50 here) repacks a Linear4bit's weight the first
+    time it runs in eval mode without grad (as during generation) and from then on always calls
     `gemv_4bit`, which has no autograd formula: a later training forward silently gets no
     gradient through the frozen base weights. Returns how many layers were switched off.
     """
@@ -357,10 +363,10 @@ def run_trl(cfg: dict) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from core.models import embedded_model_dir, resolve_source, stop_token_ids
+    from core.models import stop_token_ids
 
     t_setup = time.perf_counter()
-    path = str(embedded_model_dir()) if cfg["model"] == "default" else resolve_source(cfg["model"])
+    path = model_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -512,8 +518,7 @@ def max_prompt_tokens(cfg: dict) -> int | None:
         from transformers import AutoTokenizer
 
         from core.data import prepare_dataset
-        from core.models import embedded_model_dir, resolve_source
-        path = str(embedded_model_dir()) if cfg["model"] == "default" else resolve_source(cfg["model"])
+        path = model_path(cfg)
         tok = AutoTokenizer.from_pretrained(path)
         ds = prepare_dataset(cfg["data"])
         longest = 0
