@@ -5,8 +5,9 @@ vLLM engine can sit behind the same interface on GPUs.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 
@@ -42,8 +43,10 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model, tokenizer, device: torch.device, max_batch_size: int | None = None,
-                 memory_fraction: float = 0.25):
+                 memory_fraction: float = 0.25,
+                 weights: Callable[[], ContextManager] | None = None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.weights = weights or nullcontext  # e.g. swaps in a packed 4-bit copy
         self.max_batch_size = max_batch_size
         self.memory_fraction = memory_fraction
         self.stop_ids = stop_token_ids(tokenizer, model)
@@ -67,10 +70,18 @@ class TransformersEngine:
         expanded = [p for p in prompts for _ in range(num_generations)]
         longest = max(len(p) for p in expanded)
         batch = self.batch_size_for(longest + max_new_tokens)
-        was_training = self.model.training
-        self.model.eval()
         completion_ids: list[list[int]] = []
         truncated: list[bool] = []
+        with self.weights():
+            self._sample(expanded, batch, max_new_tokens, temperature, top_p, top_k,
+                         completion_ids, truncated)
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        return Generation(expanded, completion_ids, texts, truncated)
+
+    def _sample(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
+                completion_ids, truncated) -> None:
+        was_training = self.model.training
+        self.model.eval()
         try:
             for start in range(0, len(expanded), batch):
                 chunk = expanded[start:start + batch]
@@ -91,14 +102,13 @@ class TransformersEngine:
                     truncated.append(cut is None)
         finally:
             self.model.train(was_training)
-        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return Generation(expanded, completion_ids, texts, truncated)
 
 
 def make_engine(name: str, model, tokenizer, device: torch.device,
-                max_batch_size: int | None = None) -> GenerationEngine:
+                max_batch_size: int | None = None,
+                weights: Callable[[], ContextManager] | None = None) -> GenerationEngine:
     """The generation engine for a run; only transformers exists so far, so 'auto' picks it."""
     if name == "vllm":
         raise RuntimeError("The vLLM engine is not available in this version; use "
                            "generation.engine: transformers or auto.")
-    return TransformersEngine(model, tokenizer, device, max_batch_size)
+    return TransformersEngine(model, tokenizer, device, max_batch_size, weights=weights)

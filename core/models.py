@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,11 @@ class LoadedModel:
     device: torch.device
     source: str             # what the user asked for
     path: str               # where it was loaded from
+    generation_weights: "PackedGenerationWeights | None" = None  # swapped in to generate
+
+    def generation_context(self):
+        """The weights generation should run on (a packed 4-bit copy on some CPUs)."""
+        return self.generation_weights.active() if self.generation_weights else nullcontext()
 
 
 def load_tokenizer(path: str, chat_template: str | None = None):
@@ -153,7 +159,7 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 
 
 def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | None = None,
-               adapter_path: str | None = None) -> LoadedModel:
+               adapter_path: str | None = None, fast_cpu_generation: bool = True) -> LoadedModel:
     """Load the base model at cfg.precision and attach a LoRA adapter (new, or from a folder).
 
     cfg is a ModelConfig. 4-bit uses bitsandbytes NF4 on every device (it has CPU kernels);
@@ -181,27 +187,74 @@ def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | 
         raise ModelError(_friendly_load_error(cfg.source, exc)) from exc
     model.config.use_cache = True
     model.requires_grad_(False)
+    packed = None
     if cfg.precision == "4bit":
-        keep_4bit_layout_trainable(model)
+        packed = keep_4bit_layout_trainable(model, packed_copy=fast_cpu_generation)
     if lora:
         model = attach_lora(model, cfg, seed=seed, adapter_path=adapter_path)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return LoadedModel(model, tokenizer, device, cfg.source, path)
+    return LoadedModel(model, tokenizer, device, cfg.source, path, packed)
 
 
-def keep_4bit_layout_trainable(model) -> None:
-    """Stop bitsandbytes repacking 4-bit weights into its CPU inference layout.
+class PackedGenerationWeights:
+    """A second copy of the frozen 4-bit weights in bitsandbytes' fast CPU inference layout.
 
-    On CPUs with AVX512-BF16 it repacks a layer the first time it runs in eval mode without grad
-    (generation) and then always uses a kernel with no backward: later training steps would get
-    wrong gradients through the frozen base. Costs generation speed, keeps training correct.
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer for a fast bf16 kernel the first
+    time it runs in eval mode without grad, and from then on always uses that kernel, which has
+    no backward: training after the first generation would silently lose the gradient through
+    the frozen base. So the training layout is never repacked in place; instead a packed copy,
+    made once (the base is frozen, so it never goes stale), is swapped in around generation.
+    Costs one more copy of the 4-bit weights; sampling runs in bf16 on that copy.
+    """
+
+    def __init__(self, layers: list):
+        import copy
+
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+        self._layouts = []
+        for m in layers:
+            train = (m.weight.data, m.weight.quant_state)
+            packed = _convert_weight_packed_for_cpu(m.weight.data.clone(),
+                                                    copy.deepcopy(m.weight.quant_state))
+            self._layouts.append((m, train, packed))
+
+    def __len__(self) -> int:
+        return len(self._layouts)
+
+    def _use(self, which: int) -> None:
+        for m, *layouts in self._layouts:
+            m.weight.data, m.weight.quant_state = layouts[which]
+
+    @contextmanager
+    def active(self):
+        self._use(1)
+        try:
+            yield
+        finally:
+            self._use(0)
+
+
+def keep_4bit_layout_trainable(model, *, packed_copy: bool = True) -> PackedGenerationWeights | None:
+    """Stop bitsandbytes repacking 4-bit weights in place; return a packed copy for generation.
+
+    Returns None where bitsandbytes would not repack (no AVX512-BF16, or not on CPU) or when
+    packed_copy is off: generation then runs on the training layout, correct but slower.
     """
     import bitsandbytes as bnb
 
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    repacks = bool(layers) and all(getattr(m, "support_avx512bf16_for_cpu", False)
+                                   and m.weight.device.type == "cpu" for m in layers)
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    if not (repacks and packed_copy):
+        return None
+    try:
+        return PackedGenerationWeights(layers)
+    except Exception:  # a bitsandbytes without this layout: generate on the training layout
+        return None
 
 
 def attach_lora(model, cfg, *, seed: int = 0, adapter_path: str | None = None):

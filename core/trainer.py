@@ -145,12 +145,14 @@ class Trainer:
                 f"{len(missing)} rows have none (first: row {self.dataset[missing[0] - 1]['row']}).")
 
         self._status("loading_model", "Loading the model")
-        self.loaded = load_model(cfg.model, seed=cfg.train.seed)
+        self.loaded = load_model(cfg.model, seed=cfg.train.seed,
+                                 fast_cpu_generation=cfg.generation.fast_cpu_4bit)
         self.model, self.tokenizer, self.device = (self.loaded.model, self.loaded.tokenizer,
                                                    self.loaded.device)
         self.model.train()
         self.engine = make_engine(cfg.generation.engine, self.model, self.tokenizer, self.device,
-                                  cfg.generation.max_batch_size)
+                                  cfg.generation.max_batch_size,
+                                  weights=self.loaded.generation_context)
         self.loss_settings = LossSettings.from_config(cfg.grpo)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg.train)

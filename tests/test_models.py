@@ -58,3 +58,63 @@ def test_precisions_and_lora(tiny_model_dir, precision, dtype):
     targets = {n.split(".")[-4] for n in trainable}  # ...q_proj.lora_A.default.weight
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert base.is_gradient_checkpointing
+
+
+def _lora_grads(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model.train()
+    logits = model(input_ids=ids).logits
+    (logits.float().log_softmax(-1)[..., :7].sum()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_4bit_gradients_are_the_same_after_generation(tiny_model_dir):
+    """Generation must not leave the 4-bit layers in a layout that has no backward."""
+    import bitsandbytes as bnb
+
+    from core.generation import make_engine
+
+    loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="4bit", lora_r=4,
+                                    gradient_checkpointing=False), seed=0)
+    model = loaded.model
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    with torch.no_grad():  # a trained-looking adapter, so gradients flow through every layer
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+    ids = torch.tensor([[1, 20, 300, 4000, 50, 6, 70, 800]])
+    before = _lora_grads(model, ids)
+    engine = make_engine("auto", model, loaded.tokenizer, loaded.device,
+                         weights=loaded.generation_context)
+    engine.generate([[1, 20, 300]], num_generations=2, max_new_tokens=4)
+    with torch.no_grad():
+        model.eval()
+        model(input_ids=ids)  # an eval forward outside the engine must not repack either
+    after = _lora_grads(model, ids)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert all(before[n].abs().sum() > 0 for n in before if "layers.0." in n and "lora_B" in n)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
+def test_packed_generation_copy_matches_training_layout(tiny_model_dir):
+    """Where bitsandbytes has a faster CPU layout, generation uses it and agrees with training."""
+    import bitsandbytes as bnb
+
+    loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="4bit", lora_r=4),
+                        seed=0)
+    if loaded.generation_weights is None:
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes has no faster layout to use")
+    model = loaded.model.eval()
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(loaded.generation_weights) == len(layers)
+    ids = torch.tensor([[1, 20, 300, 4000, 50, 6, 70, 800]])
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        with loaded.generation_context():
+            assert all(m.weight.quant_state.packing_format_for_cpu for m in layers)
+            packed = model(input_ids=ids).logits
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    # the packed kernel computes in bf16: close to the fp32 training layout, not bit-equal
+    assert (packed - reference).abs().max() < 0.05 * reference.abs().max()
