@@ -40,6 +40,7 @@ __all__ = [
     "PARAM_TYPES",
     "MAX_CHARS",
     "RewardError",
+    "Scores",
     "short_repr",
     "Param",
     "Example",
@@ -76,6 +77,18 @@ MAX_CHARS = 20_000
 
 class RewardError(ValueError):
     """A configuration problem, with a one-line message meant for beginners."""
+
+
+class Scores(list):
+    """A template's scores plus ``problem``: one line about rows that could not be scored.
+
+    Templates that run user code return this so that a failing row is
+    reported (in ``RewardSet.last_errors``) while the other rows still count.
+    """
+
+    def __init__(self, values=(), problem: str = ""):
+        super().__init__(values)
+        self.problem = problem
 
 
 # ---------------------------------------------------------------------------
@@ -302,7 +315,7 @@ _REGISTRY: dict[str, TemplateSpec] = {}
 _LOADED = False
 _LOAD_LOCK = threading.RLock()
 # Package modules that hold infrastructure rather than templates.
-_NOT_TEMPLATES = {"base", "compose"}
+_NOT_TEMPLATES = {"base", "compose", "sandbox"}
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
