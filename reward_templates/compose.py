@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import RewardError, TemplateSpec, as_text, get_template, parse_number, reference_text, short_repr
+from .multiple_choice import reference_letter as choice_letter
 
 __all__ = [
     "RewardTerm",
@@ -184,6 +185,7 @@ class RewardSet:
         n = len(completions)
         try:
             raw = spec.fn(prompts, completions, answers, **term.params)
+            problem = getattr(raw, "problem", "")
             raw = list(raw)
             if len(raw) != n:
                 raise ValueError(f"returned {len(raw)} scores for {n} completions")
@@ -205,6 +207,8 @@ class RewardSet:
             else:
                 values.append(None)
                 bad += 1
+        if problem:
+            self.last_errors.append(f"{term.name}: {' '.join(str(problem).split())[:300]}")
         if bad:
             self.last_errors.append(f"{term.name}: {bad} score(s) were not finite numbers and were ignored")
         return values
@@ -274,6 +278,12 @@ DEFAULT_SETS: dict[str, list[dict]] = {
         {"template": "numeric_match", "weight": 1.0, "params": {}},
         {"template": "tag_partial_credit", "weight": 0.25, "params": {}},
     ],
+    # Option letters (A, B, C...): the right letter, read from the answer tag
+    # when the think/answer layout is used.
+    "multiple_choice": [
+        {"template": "multiple_choice", "weight": 1.0, "params": {}},
+        {"template": "tag_partial_credit", "weight": 0.25, "params": {}},
+    ],
     # Exact answers score most; merely mentioning the answer still helps
     # early on; a light length term discourages essays.
     "short_answer": [
@@ -296,6 +306,7 @@ DEFAULT_SETS: dict[str, list[dict]] = {
 
 DEFAULT_SET_DESCRIPTIONS: dict[str, str] = {
     "math": "Math answers: reward the right final number and the think/answer layout.",
+    "multiple_choice": "Multiple choice: reward picking the same option letter as the reference.",
     "short_answer": "Short factual answers: reward matching the reference and keeping it brief.",
     "json": "JSON output: reward valid JSON with the expected keys and the right content.",
     "open_ended": "No reference answers: reward a reasonable length and no repetition.",
@@ -338,6 +349,8 @@ def guess_preset(sample: list[dict]) -> str:
         return "json"
     if sum(1 for a in answers if parse_number(a) is not None) >= need:
         return "math"
+    if sum(1 for a in answers if choice_letter(a) is not None) >= need:
+        return "multiple_choice"
     if statistics.median(len(a.split()) for a in answers) <= _SHORT_ANSWER_WORDS:
         return "short_answer"
     return "open_ended"
