@@ -4,8 +4,9 @@
     python bench/grpo_vs_trl.py --steps 3       # fewer measured steps
     python bench/grpo_vs_trl.py --side ours     # one side only; prints one JSON line
 
-Sides: "ours" (our core as it is), "ours_nopack" (our core with bitsandbytes' CPU inference
-weight packing switched off right after setup, see `disable_bnb_cpu_packing`) and "trl".
+Sides: "ours" (our core as it is: generation from a packed copy of the 4-bit weights in
+bitsandbytes' fast CPU layout, training on the original layout), "ours_nopack" (our core with
+`generation.fast_cpu_4bit` off: generation on the training layout) and "trl".
 
 Each side runs in its own process so that its peak RSS is its own. Per side: one warm-up step
 (not counted), then N measured optimizer steps. A step is everything one optimizer step costs:
@@ -160,67 +161,6 @@ def build_reward_set(cfg: dict):
     return RewardSet.from_config(cfg["rewards"])
 
 
-def disable_bnb_cpu_packing(model) -> int:
-    """Keep bitsandbytes from repacking 4-bit weights into its CPU inference layout.
-
-    On CPUs with AVX512-BF16, bitsandbytes (0.50 here) repacks a Linear4bit's weight the first
-    time it runs in eval mode without grad (as during generation) and from then on always calls
-    `gemv_4bit`, which has no autograd formula: a later training forward silently gets no
-    gradient through the frozen base weights. Returns how many layers were switched off.
-    """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return 0
-    n = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-            n += 1
-    return n
-
-
-def keep_packed_copy_for_generation(trainer) -> int:
-    """Generate from a second, CPU-packed copy of the 4-bit weights; train on the original layout.
-
-    The base weights are frozen, so the packed copy (made once) never goes stale. Generation gets
-    bitsandbytes' fast AVX512-BF16 kernel and training keeps a differentiable path. Costs one
-    extra copy of the 4-bit weights. Returns how many layers got a copy (0: nothing to do here).
-    """
-    import copy
-
-    try:
-        import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu
-    except ImportError:
-        return 0
-    layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    if not layers or not all(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers):
-        return 0
-    pairs = []
-    for m in layers:
-        m.support_avx512bf16_for_cpu = False  # never repack the training layout in place
-        data, state = _convert_weight_packed_for_cpu(m.weight.data.clone(),
-                                                     copy.deepcopy(m.weight.quant_state))
-        pairs.append((m, (m.weight.data, m.weight.quant_state), (data, state)))
-
-    def use(layout: int):
-        for m, *layouts in pairs:
-            m.weight.data, m.weight.quant_state = layouts[layout]
-
-    generate = trainer.engine.generate
-
-    def generate_packed(*args, **kwargs):
-        use(1)
-        try:
-            return generate(*args, **kwargs)
-        finally:
-            use(0)
-
-    trainer.engine.generate = generate_packed
-    return len(pairs)
-
-
 def bnb_packing_state(model) -> dict:
     """How many 4-bit layers exist and how many are in bitsandbytes' CPU inference layout."""
     try:
@@ -265,13 +205,13 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
                   "weight_decay": cfg["weight_decay"], "max_grad_norm": cfg["max_grad_norm"],
                   "optimizer": cfg["optimizer"], "seed": cfg["seed"], "threads": cfg["threads"],
                   "save_steps": 0},
-        "generation": {"engine": "transformers"},
+        "generation": {"engine": "transformers", "fast_cpu_4bit": variant != "ours_nopack"},
     })
     t_setup = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as run_dir:
         trainer = Trainer(run_cfg, run_dir).setup()
-        switched_off = disable_bnb_cpu_packing(trainer.model) if variant == "ours_nopack" else 0
-        packed_copies = keep_packed_copy_for_generation(trainer) if variant == "ours_swap" else 0
+        gen_copy = trainer.loaded.generation_weights
+        packed_copies = len(gen_copy) if gen_copy else 0
         setup_s = time.perf_counter() - t_setup
         setup_peak, setup_rss = peak_rss_mb(), rss_mb()
         times, tokens, rewards, gens, warm, cpus = [], [], [], [], [], []
@@ -293,7 +233,6 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
         result = summarize(times, tokens, rewards, gens, cpus)
         result.update({
             "side": variant,
-            "bnb_cpu_packing_switched_off_layers": switched_off,
             "bnb_packed_generation_copies": packed_copies,
             "bnb_packing_at_end": bnb_packing_state(trainer.model),
             "warmup_step_time_s": warm,
@@ -734,12 +673,10 @@ def probe_bnb_8bit_optimizer() -> tuple[bool, str]:
 
 
 SIDE_NOTES = {
-    "ours": "our core as it is",
-    "ours_nopack": "our core with bitsandbytes' CPU inference packing switched off after setup "
-                   "(see disable_bnb_cpu_packing): the same kernels as TRL, correct gradients",
-    "ours_swap": "our core generating from a separate CPU-packed copy of the 4-bit weights and "
-                 "training on the original layout (see keep_packed_copy_for_generation): fast "
-                 "generation, correct gradients",
+    "ours": "our core as it is: generation from a copy of the 4-bit weights in bitsandbytes' "
+            "packed CPU layout, training on the original layout",
+    "ours_nopack": "our core with generation.fast_cpu_4bit off: generation on the training "
+                   "layout, the same 4-bit kernels as TRL",
     "trl": "TRL GRPOTrainer",
 }
 
@@ -832,13 +769,6 @@ def run_all(sides: list[str], cfg: dict, out: Path, timeout: float, wait_idle: f
         head = report["comparisons"][0]
         report.update({"headline_side": head["ours_side"], "ratios": head["ratios"],
                        "targets": head["targets"], "targets_met": head["targets_met"]})
-        ours = report["sides"].get("ours")
-        if ours and ours.get("bnb_packing_at_end", {}).get("cpu_packed_layers"):
-            report["headline_caveat"] = (
-                "In 'ours' every 4-bit layer ended up in bitsandbytes' CPU inference layout, so "
-                "its training forward ran through gemv_4bit, which has no autograd formula: the "
-                "gradient through the frozen base weights was dropped. Its timings are not those "
-                "of a correct training step; 'ours_nopack' and 'ours_swap' train correctly.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)

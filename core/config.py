@@ -70,6 +70,9 @@ class GRPOConfig:
     prompts_per_step: int = knob(4, "Distinct prompts per optimizer step.", min=1, max=256)
     gradient_accumulation_steps: int = knob(1, "Split each step's completions into this many "
                                             "micro-batches for the backward pass.", min=1, max=256)
+    micro_batch_size: int | None = knob(None, "Completions in one forward/backward pass. Only "
+                                        "memory and speed change, not the loss (empty: chosen "
+                                        "from the sequence length).", min=1, max=4096)
     max_prompt_length: int = knob(256, "Prompts are cut (from the left) to this many tokens.",
                                   min=8, max=32768)
     max_completion_length: int = knob(64, "Longest completion, in tokens.", min=1, max=32768)
