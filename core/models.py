@@ -189,12 +189,32 @@ def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | 
     model.requires_grad_(False)
     packed = None
     if cfg.precision == "4bit":
+        own_unquantized_tensors(model)
         packed = keep_4bit_layout_trainable(model, packed_copy=fast_cpu_generation)
     if lora:
         model = attach_lora(model, cfg, seed=seed, adapter_path=adapter_path)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return LoadedModel(model, tokenizer, device, cfg.source, path, packed)
+
+
+def own_unquantized_tensors(model) -> None:
+    """Copy the tensors 4-bit loading left as views of the memory-mapped checkpoint.
+
+    Embeddings, norms and buffers that need no conversion stay views of the safetensors file,
+    which keeps every page of it that loading touched resident: about 400 MB for the 135M
+    default, where the copies take 115 MB.
+    """
+    import bitsandbytes as bnb
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if not isinstance(p, bnb.nn.Params4bit):
+                p.data = p.data.clone()
+        for module in model.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = buf.clone()
 
 
 class PackedGenerationWeights:

@@ -166,6 +166,7 @@ class Trainer:
                                        num_training_steps=cfg.train.max_steps)
         self.sampler = PromptSampler(len(self.dataset), cfg.train.seed)
         trainable, total = count_parameters(self.model)
+        trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names)
@@ -482,6 +483,15 @@ def return_freed_memory_to_os() -> bool:
         return False  # not glibc (macOS, musl): nothing to tune
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 2 << 20) and libc.mallopt(m_trim_threshold, 2 << 20))
+
+
+def trim_heap() -> None:
+    """Hand the free pages inside glibc's heap back to the OS (a no-op elsewhere)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
