@@ -1,0 +1,54 @@
+"""Which kernels are on, and whether a call takes the Triton path.
+
+Read at every call, so a benchmark or a test can flip them between two steps:
+
+- ``AHA_KERNELS=off`` (or ``0``, ``false``, ``none``) turns every kernel off: patched models run
+  their original forwards and the public functions take the torch path.
+- ``AHA_KERNELS_<NAME>=off`` turns one off, NAME in ``SELECTIVE_LOG_PROB``, ``RMS_NORM``,
+  ``ROPE``, ``SWIGLU``, ``LORA``.
+- ``AHA_TRITON=off`` keeps the kernels' torch paths even on CUDA (the A/B switch for Triton);
+  ``AHA_TRITON=force`` takes the Triton path on any device (with ``TRITON_INTERPRET=1`` on CPU:
+  how the tests run whole patched models through the kernels without a GPU).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+KERNELS = ("selective_log_prob", "rms_norm", "rope", "swiglu", "lora")
+_OFF = {"0", "off", "false", "no", "none"}
+
+
+def _off(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in _OFF
+
+
+def enabled(name: str) -> bool:
+    """Whether the kernel `name` is switched on (both the global and its own switch)."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}")
+    return not (_off("AHA_KERNELS") or _off(f"AHA_KERNELS_{name.upper()}"))
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Triton's CPU interpreter is on (tests): Triton kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
+
+
+def use_triton(name: str, tensor, force: bool | None = None) -> bool:
+    """Take the Triton path for this call? force=True/False overrides the automatic choice.
+
+    Automatic: the kernel is on, Triton is installed, Triton is not switched off, and the tensor
+    is on CUDA. Tests force it on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1).
+    """
+    if force is not None:
+        return bool(force)
+    if not enabled(name) or _off("AHA_TRITON") or not triton_available():
+        return False
+    if os.environ.get("AHA_TRITON", "").strip().lower() == "force":
+        return True
+    return tensor.is_cuda
