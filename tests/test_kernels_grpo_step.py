@@ -1,0 +1,107 @@
+"""A whole GRPO step on a tiny Llama: kernels on and off give the same loss and gradients."""
+import pytest
+import torch
+
+from tests.kernels_helpers import kernel_module
+
+import kernels  # noqa: E402
+from core.config import ModelConfig  # noqa: E402
+from core.grpo import LossSettings, policy_loss  # noqa: E402
+from core.models import decoder_and_head, load_model  # noqa: E402
+
+
+def grpo_step(model, batch, logprob):
+    """Forward, per-token log-probs of the completions, the GRPO loss, backward."""
+    input_ids, attention_mask, completion_mask, prompt_width, advantages = batch
+    body, head = decoder_and_head(model)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = hidden[:, prompt_width - 1:-1]
+    targets = input_ids[:, prompt_width:]
+    selected = completion_mask.bool()
+    logps, _ = logprob(hidden[selected], head.weight, targets[selected], 0.8)
+    full = torch.zeros(selected.shape, dtype=torch.float32).masked_scatter(selected, logps)
+    old = (full.detach() + 0.05 * torch.randn(full.shape,
+                                              generator=torch.Generator().manual_seed(3)))
+    loss, _ = policy_loss(full, old, None, advantages, completion_mask,
+                          LossSettings(loss_type="dapo", max_completion_length=8))
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def make_batch(vocab):
+    g = torch.Generator().manual_seed(0)
+    b, tp, tc = 4, 5, 8
+    ids = torch.randint(0, vocab, (b, tp + tc), generator=g)
+    attention = torch.ones(b, tp + tc, dtype=torch.long)
+    attention[0, :2] = 0  # left padding of a shorter prompt
+    completion = torch.ones(b, tc, dtype=torch.long)
+    completion[1, 5:] = 0  # a completion that stopped early
+    attention[1, tp + 5:] = 0
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    return ids, attention, completion, tp, advantages
+
+
+def chunked(hidden, weight, targets, temperature):
+    return kernels.selective_log_prob(hidden, weight, targets, temperature, chunk_size=16)
+
+
+@pytest.mark.parametrize("precision", ["4bit", "32bit"])
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_grpo_step_kernels_on_equals_off(tiny_model_dir, precision, checkpointing):
+    cfg = ModelConfig(source=str(tiny_model_dir), precision=precision, lora_r=4, lora_alpha=8,
+                      gradient_checkpointing=checkpointing)
+    model = load_model(cfg, seed=0, device=torch.device("cpu")).model
+    model.train()
+    batch = make_batch(model.config.vocab_size)
+    loss_off, grads_off = grpo_step(model, batch, chunked)
+    report = kernels.patch_model(model)
+    assert report["lora_linear"] == 14 and report["lora_mlp"] == 2
+    loss_on, grads_on = grpo_step(model, batch, chunked)
+    torch.testing.assert_close(loss_on, loss_off, atol=1e-6, rtol=1e-5)
+    assert grads_on.keys() == grads_off.keys() and len(grads_on) == 28
+    for name in grads_on:
+        assert grads_off[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads_on[name], grads_off[name], atol=1e-6, rtol=1e-4,
+                                   msg=name)
+    kernels.unpatch_model(model)
+
+
+def test_grpo_step_through_every_triton_kernel(tiny_model_dir, monkeypatch):
+    """The patched model with every Triton kernel forced on (interpreted on CPU)."""
+    calls = {}
+    for name, attr, launcher in (
+            ("selective_log_prob", "_forward_kernel", "selective_log_prob_forward_triton"),
+            ("rms_norm", "_forward_kernel", "rms_norm_forward_triton"),
+            ("rope", "_rope_kernel", "rope_triton"),
+            ("swiglu", "_swiglu_forward_kernel", "swiglu_forward_triton")):
+        module = kernel_module(name, attr)
+        original = getattr(module, launcher)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, launcher, counting)
+    cfg = ModelConfig(source=str(tiny_model_dir), precision="32bit", lora_r=4, lora_alpha=8,
+                      gradient_checkpointing=True)
+    model = load_model(cfg, seed=0, device=torch.device("cpu")).model
+    model.train()
+    batch = make_batch(model.config.vocab_size)
+    loss_off, grads_off = grpo_step(model, batch, chunked)
+    kernels.patch_model(model)
+    monkeypatch.setenv("AHA_TRITON", "force")
+
+    def triton_logprob(hidden, weight, targets, temperature):
+        return kernels.selective_log_prob(hidden, weight, targets, temperature)
+    try:
+        loss_on, grads_on = grpo_step(model, batch, triton_logprob)
+    finally:
+        kernels.unpatch_model(model)
+    assert set(calls) == {"selective_log_prob", "rms_norm", "rope", "swiglu"}, calls
+    torch.testing.assert_close(loss_on, loss_off, atol=1e-5, rtol=1e-4)
+    for name in grads_on:
+        torch.testing.assert_close(grads_on[name], grads_off[name], atol=1e-5, rtol=1e-3,
+                                   msg=name)
