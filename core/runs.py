@@ -16,8 +16,10 @@ from pathlib import Path
 
 from .config import RunConfig
 from .events import read_events
-from .trainer import STOP_FILE
 
+# The trainer's stop-request file (core.trainer.STOP_FILE), named here so that watching runs
+# never imports the trainer and torch.
+STOP_FILE = "STOP"
 PID_FILE = "worker.pid"
 LOG_FILE = "worker.log"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

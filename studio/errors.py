@@ -1,0 +1,52 @@
+"""Every handler's failure becomes one line for a beginner, never a traceback on the page."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+log = logging.getLogger("studio")
+
+
+# Errors whose message is already written for a beginner (matched by name: importing
+# core.models here would pull torch into the UI process).
+BEGINNER_ERRORS = {"ConfigError", "DataError", "ModelError", "RewardError", "JobError"}
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    if type(exc).__name__ in BEGINNER_ERRORS:
+        return text[0] if text else type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return "Ran out of memory: try smaller settings."
+    if isinstance(exc, (OSError, ValueError)) and text:
+        return f"{text[0][:300]}"
+    return f"Something went wrong ({type(exc).__name__}: {text[0][:200] if text else 'no details'})."
+
+
+def friendly(fn):
+    """Wrap a Gradio handler: unexpected errors show as a short message (the log keeps the rest)."""
+    import gradio as gr
+
+    def report(exc: BaseException):
+        if isinstance(exc, gr.Error):
+            raise exc
+        log.exception("handler %s failed", fn.__name__)
+        raise gr.Error(one_line(exc), print_exception=False) from None
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                report(exc)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            report(exc)
+    return wrapper

@@ -1,0 +1,134 @@
+"""Memory needed to train a model, estimated from its shape before anything is loaded.
+
+A rough sum of the parts that dominate GRPO with LoRA: the frozen base weights at the chosen
+precision, the adapter with its gradients and optimizer state, the generation KV cache, the
+activations of one micro-batch (with or without gradient checkpointing), the log-prob chunk and
+the runtime itself. Good to within a factor that matters for "will it fit", not to the megabyte.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: float            # total parameters
+    hidden: int
+    layers: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool = True
+
+    @property
+    def embedding_params(self) -> float:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+
+# Shapes of the preset models, so the estimate works offline before any download.
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "default": ModelShape(134.5e6, 576, 30, 1536, 49152, 9, 3, 64),
+    "HuggingFaceTB/SmolLM2-360M-Instruct": ModelShape(361.8e6, 960, 32, 2560, 49152, 15, 5, 64),
+    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(494e6, 896, 24, 4864, 151936, 14, 2, 64),
+    "Qwen/Qwen3-0.6B": ModelShape(596e6, 1024, 28, 3072, 151936, 16, 8, 128),
+    "meta-llama/Llama-3.2-1B-Instruct": ModelShape(1236e6, 2048, 16, 8192, 128256, 32, 8, 64),
+    "Qwen/Qwen2.5-1.5B-Instruct": ModelShape(1544e6, 1536, 28, 8960, 151936, 12, 2, 128, False),
+}
+
+
+def shape_from_config(config: dict) -> ModelShape:
+    """A ModelShape from a transformers config.json dict (decoder-only models)."""
+    c = config.get("text_config", config)
+    hidden, layers = int(c["hidden_size"]), int(c["num_hidden_layers"])
+    heads = int(c.get("num_attention_heads") or 1)
+    kv = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or hidden // heads)
+    inter = int(c.get("intermediate_size") or 4 * hidden)
+    vocab = int(c["vocab_size"])
+    tied = bool(config.get("tie_word_embeddings", c.get("tie_word_embeddings", True)))
+    per_layer = hidden * (heads * head_dim) * 2 + hidden * (kv * head_dim) * 2 + 3 * hidden * inter
+    params = layers * per_layer + vocab * hidden * (1 if tied else 2)
+    return ModelShape(float(params), hidden, layers, inter, vocab, heads, kv, head_dim, tied)
+
+
+def shape_for_source(source: str) -> ModelShape | None:
+    """The shape of a preset, a local model folder or a Hub model already in the local cache."""
+    source = (source or "").strip()
+    if source.lower() in ("default", "", "embedded", "smollm2-135m-instruct"):
+        return KNOWN_SHAPES["default"]
+    if source in KNOWN_SHAPES:
+        return KNOWN_SHAPES[source]
+    path = Path(source).expanduser()
+    config_file = path / "config.json" if path.is_dir() else None
+    if config_file is None and source.count("/") == 1:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            cached = try_to_load_from_cache(source, "config.json")
+            config_file = Path(cached) if isinstance(cached, str) else None
+        except Exception:
+            config_file = None
+    if config_file is None or not config_file.is_file():
+        return None
+    try:
+        return shape_from_config(json.loads(config_file.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def lora_params(shape: ModelShape, rank: int) -> float:
+    """Adapter parameters on the attention and MLP projections of every layer."""
+    h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, \
+        shape.intermediate
+    per_layer = (h + q) + (h + kv) * 2 + (q + h) + (h + i) * 2 + (i + h)
+    return rank * per_layer * shape.layers
+
+
+def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int = 16,
+                    prompt_tokens: int = 256, completion_tokens: int = 64,
+                    prompts_per_step: int = 4, num_generations: int = 4,
+                    gradient_accumulation_steps: int = 1, gradient_checkpointing: bool = True,
+                    optimizer: str = "adamw_8bit", gpu: bool = False) -> dict[str, float]:
+    """Bytes by part, and their 'total'."""
+    compute = 2 if gpu else 4                     # bf16 on GPUs, fp32 on CPUs
+    body = shape.params - shape.embedding_params
+    if precision == "4bit":                       # NF4 + scales; embeddings stay unquantized
+        base = body * 0.56 + shape.embedding_params * compute
+    else:
+        base = shape.params * (2 if precision == "16bit" else 4)
+    adapter = lora_params(shape, lora_r)
+    adapter_bytes = adapter * (4 + 4 + (2 if optimizer == "adamw_8bit" else 8))
+    seq = prompt_tokens + completion_tokens
+    batch = prompts_per_step * num_generations
+    kv_cache = batch * 2 * shape.layers * shape.kv_heads * shape.head_dim * seq * compute
+    micro = max(1, batch // max(1, gradient_accumulation_steps))
+    layer_acts = micro * seq * (shape.hidden * 12 + shape.intermediate * 3) * compute
+    if gradient_checkpointing:
+        activations = micro * seq * shape.hidden * shape.layers * compute + layer_acts
+    else:
+        activations = layer_acts * shape.layers
+    logprob_chunk = 256 * shape.vocab * 4 * 3      # chunked selective log-prob, fwd + bwd
+    runtime = 0.5 * GB if gpu else 0.8 * GB
+    parts = {"base weights": base, "adapter + optimizer": adapter_bytes,
+             "generation cache": kv_cache, "activations": activations,
+             "log-prob chunk": logprob_chunk, "runtime": runtime}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def fit_verdict(total_bytes: float, available_bytes: float) -> tuple[str, str]:
+    """('ok' | 'tight' | 'too_big', one line for a beginner)."""
+    need, have = total_bytes / GB, available_bytes / GB
+    if total_bytes > available_bytes:
+        return "too_big", (f"Needs about {need:.1f} GB but only {have:.1f} GB is free: this will "
+                           f"not fit. Pick a smaller model, 4-bit precision, fewer generations or "
+                           f"shorter completions.")
+    if total_bytes > 0.8 * available_bytes:
+        return "tight", (f"Needs about {need:.1f} GB of the {have:.1f} GB free: it may fit, but "
+                         f"close other programs first.")
+    return "ok", f"Needs about {need:.1f} GB; {have:.1f} GB is free. It fits."

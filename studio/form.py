@@ -1,0 +1,149 @@
+"""The run config as a form: one widget per `RunConfig` field, built from the field's metadata.
+
+The wizard keeps no config object of its own. Every step registers its widgets under the dotted
+config path they edit (`grpo.beta`, `data.source`, ...); building a config is reading those
+values back (`config_from_values`), loading one is the reverse (`values_from_config`). Rewards are
+a list of plain dicts kept in a `gr.State`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from core.config import ConfigError, RunConfig
+
+SECTIONS = ("model", "data", "grpo", "train", "generation")
+
+
+def field_of(path: str) -> dataclasses.Field:
+    """The dataclass field behind a dotted path such as 'grpo.beta' or 'name'."""
+    cls = RunConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        cls = type(getattr(RunConfig(), part))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if leaf not in fields:
+        raise KeyError(path)
+    return fields[leaf]
+
+
+def section_paths(section: str) -> list[str]:
+    cls = type(getattr(RunConfig(), section))
+    return [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+
+
+def kind_of(path: str) -> str:
+    """'bool' | 'int' | 'float' | 'choice' | 'text' (what widget edits the field)."""
+    f = field_of(path)
+    if f.metadata.get("choices"):
+        return "choice"
+    t = str(f.type)
+    for kind in ("bool", "int", "float"):
+        if t.startswith(kind):
+            return kind
+    return "text"
+
+
+def optional(path: str) -> bool:
+    return "None" in str(field_of(path).type)
+
+
+def get_value(cfg: RunConfig, path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def widget_value(cfg: RunConfig, path: str) -> Any:
+    """The value a widget shows for a config field (lists become comma-separated text)."""
+    value = get_value(cfg, path)
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if value is None and kind_of(path) == "text":
+        return ""
+    return value
+
+
+def values_from_config(cfg: RunConfig, paths: list[str]) -> list[Any]:
+    return [widget_value(cfg, p) for p in paths]
+
+
+def _from_widget(path: str, value: Any) -> Any:
+    kind = kind_of(path)
+    if isinstance(value, str):
+        value = value.strip()
+    if value in ("", None):
+        if optional(path):
+            return None
+        if kind == "text":
+            return ""
+        raise ConfigError(f"'{path}' needs a value.")
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if path == "model.target_modules" and isinstance(value, str) and "," in value:
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def config_dict_from_values(paths: list[str], values: list[Any],
+                            rewards: list[dict] | None = None) -> dict:
+    data: dict = {}
+    for path, value in zip(paths, values):
+        node = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _from_widget(path, value)
+    if rewards is not None:
+        data["rewards"] = [clean_reward(r) for r in rewards]
+    return data
+
+
+def config_from_values(paths: list[str], values: list[Any],
+                       rewards: list[dict] | None = None) -> RunConfig:
+    """A validated RunConfig from the widgets' values; raises ConfigError (one line)."""
+    return RunConfig.from_dict(config_dict_from_values(paths, values, rewards))
+
+
+def clean_reward(item: dict) -> dict:
+    out = {"template": str(item.get("template", "")), "weight": item.get("weight", 1.0),
+           "params": dict(item.get("params") or {})}
+    if item.get("name"):
+        out["name"] = item["name"]
+    return out
+
+
+def rewards_from_config(cfg: RunConfig) -> list[dict]:
+    return [clean_reward(dataclasses.asdict(r)) for r in cfg.rewards]
+
+
+def cli_command(config_path: str, run_dir: str) -> str:
+    """The command line that trains the same run headless."""
+    return f"python -m core train {config_path} --run-dir {run_dir}"
+
+
+# ---- widgets ---------------------------------------------------------------------------
+
+def label_of(path: str) -> str:
+    return path.split(".")[-1].replace("_", " ").capitalize()
+
+
+def make_widget(path: str, value: Any = None, **kwargs):
+    """A Gradio widget for one config field: bounds, choices and help from its metadata."""
+    import gradio as gr
+
+    f = field_of(path)
+    meta = f.metadata
+    kind = kind_of(path)
+    info = meta.get("help") or None
+    common = dict(label=label_of(path), info=info, elem_id="knob-" + path.replace(".", "-"))
+    common.update(kwargs)
+    if kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if kind == "choice":
+        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
+    if kind in ("int", "float"):
+        return gr.Number(value=value, minimum=meta.get("min"), maximum=meta.get("max"),
+                         precision=0 if kind == "int" else None, **common)
+    return gr.Textbox(value="" if value is None else value, lines=1, **common)

@@ -1,0 +1,127 @@
+"""Model work the studio hands to a child process: sample completions, merge an adapter.
+
+Run as `python -m studio.infer` with one JSON request on stdin. Progress lines and the result are
+JSON objects on stdout, one per line: {"progress": "..."}, then {"result": ...} or {"error":
+"one line", "traceback": "..."}. The UI process never imports torch; a crash here costs a message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+
+def _say(**fields) -> None:
+    print(json.dumps(fields, ensure_ascii=False), flush=True)
+
+
+def _model_config(req: dict):
+    from core.config import ModelConfig
+    return ModelConfig(source=req.get("source") or "default",
+                       precision=req.get("precision") or "4bit",
+                       chat_template=req.get("chat_template") or None)
+
+
+def _prompt_ids(tokenizer, question: str, system: str) -> list[int]:
+    messages = ([{"role": "system", "content": system}] if system else [])
+    messages.append({"role": "user", "content": question})
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
+    return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+
+
+def generate(req: dict) -> dict:
+    """{"questions", "system", "num", "max_new_tokens", "temperature", "adapter", "compare_base"}
+    -> {"adapter": [[text]*num per question], "base": [...] (when compared)}"""
+    import torch
+
+    from core.generation import TransformersEngine
+    from core.models import resolve_source, load_model
+
+    # half the cores: a run may be training next to this
+    torch.set_num_threads(int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2)))
+    _say(progress="Preparing the model files (the first time converts the embedded model)")
+    resolve_source(req.get("source") or "default")
+    _say(progress="Loading the model")
+    adapter = req.get("adapter")
+    loaded = load_model(_model_config(req), lora=bool(adapter), adapter_path=adapter)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.eval()
+    engine = TransformersEngine(model, tokenizer, loaded.device)
+    prompts = [_prompt_ids(tokenizer, q, req.get("system") or "") for q in req["questions"]]
+    n = int(req.get("num") or 1)
+
+    def sample() -> list[list[str]]:
+        gen = engine.generate(prompts, n, int(req.get("max_new_tokens") or 64),
+                              float(req.get("temperature") or 0.7))
+        return [gen.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    torch.manual_seed(int(req.get("seed") or 0))
+    _say(progress="Generating")
+    out = {"adapter" if adapter else "base": sample()}
+    if adapter and req.get("compare_base"):
+        _say(progress="Generating with the base model")
+        torch.manual_seed(int(req.get("seed") or 0))
+        with model.disable_adapter():
+            out["base"] = sample()
+    return out
+
+
+def prepare(req: dict) -> dict:
+    """{"source"} -> where the model is and its size: converts or downloads it once."""
+    from transformers import AutoConfig
+
+    from core.models import resolve_source
+    from studio.estimate import shape_from_config
+
+    _say(progress="Finding the model (the first time converts the built-in one or downloads)")
+    path = resolve_source(req.get("source") or "default")
+    if "/" in path and not path.startswith("/"):
+        from huggingface_hub import snapshot_download
+        from core.models import ModelError
+        _say(progress=f"Downloading {path}")
+        try:
+            path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                           "*.txt", "*.jinja"])
+        except Exception as exc:
+            raise ModelError(f"Could not download '{path}' from the Hugging Face Hub (no internet, "
+                             f"a wrong id, or a gated model without a token).") from exc
+    config = AutoConfig.from_pretrained(path).to_dict()
+    return {"path": path, "params": shape_from_config(config).params,
+            "model_type": config.get("model_type", "?")}
+
+
+def merge(req: dict) -> dict:
+    """{"source", "adapter", "out"} -> {"path"}: the base in 16-bit with the adapter merged in."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from core.models import load_tokenizer, resolve_source
+
+    _say(progress="Loading the base model in 16-bit")
+    path = resolve_source(req.get("source") or "default")
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    _say(progress="Merging the adapter")
+    merged = PeftModel.from_pretrained(base, req["adapter"]).merge_and_unload()
+    _say(progress="Saving")
+    merged.save_pretrained(req["out"])
+    load_tokenizer(path).save_pretrained(req["out"])
+    return {"path": req["out"]}
+
+
+def main() -> int:
+    try:
+        req = json.loads(sys.stdin.read() or "{}")
+        job = {"generate": generate, "prepare": prepare, "merge": merge}[req.get("job", "generate")]
+        _say(result=job(req))
+        return 0
+    except BaseException as exc:  # the parent shows the line; the traceback goes behind a toggle
+        from core.cli import friendly_error
+        _say(error=friendly_error(exc), traceback=traceback.format_exc())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

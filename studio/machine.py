@@ -1,0 +1,62 @@
+"""What this machine has to train with, found without importing torch."""
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import psutil
+
+GB = 1024 ** 3
+
+
+@dataclass
+class Machine:
+    gpu: bool
+    name: str                 # GPU name, or CPU model
+    total_bytes: float        # GPU memory, or RAM
+    available_bytes: float    # free GPU memory, or available RAM
+    cores: int
+
+    def describe(self) -> str:
+        if self.gpu:
+            return (f"GPU: {self.name}, {self.total_bytes / GB:.0f} GB memory "
+                    f"({self.available_bytes / GB:.1f} GB free)")
+        return (f"CPU only: {self.name}, {self.cores} cores, {self.total_bytes / GB:.0f} GB RAM "
+                f"({self.available_bytes / GB:.1f} GB available). Training works, slowly; the "
+                f"embedded small model is the right start.")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def _nvidia_gpu() -> tuple[str, float, float] | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total,memory.free",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=5).stdout.strip().splitlines()
+        name, total, free = [part.strip() for part in out[0].split(",")]
+        return name, float(total) * 2**20, float(free) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def detect_machine() -> Machine:
+    gpu = _nvidia_gpu()
+    cores = psutil.cpu_count(logical=True) or 1
+    if gpu:
+        return Machine(True, gpu[0], gpu[1], gpu[2], cores)
+    mem = psutil.virtual_memory()
+    return Machine(False, _cpu_name(), float(mem.total), float(mem.available), cores)

@@ -1,0 +1,173 @@
+"""Step 2, Data: upload a table or name a Hub dataset, map its columns, see what is wrong."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import gradio as gr
+
+from core.data import DataError, check_data, load_table
+
+from .errors import friendly
+from .form import make_widget
+
+SAMPLE_SOURCE = "builtin:arithmetic?n=200&max_operand=9"
+FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
+PREVIEW_ROWS = 20
+
+
+def keep_upload(temp_path: str, uploads_dir: Path) -> str:
+    """Copy an upload out of Gradio's temporary cache, so the run can read it later."""
+    src = Path(temp_path)
+    digest = hashlib.sha256()
+    with open(src, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-80:]
+    target = uploads_dir / f"{digest.hexdigest()[:12]}-{name}"
+    if not target.exists():
+        shutil.copyfile(src, target)
+    return str(target)
+
+
+def preview_rows(source: str, limit: int = PREVIEW_ROWS) -> tuple[list[str], list[list]]:
+    """Column names and the first rows as text, for the preview table."""
+    ds = load_table(source)
+    rows = ds.select(range(min(limit, ds.num_rows))).to_list()
+    columns = list(ds.column_names)
+    return columns, [[_cell(r.get(c)) for c in columns] for r in rows]
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def report_markdown(report) -> str:
+    """The core's validation messages (with row numbers) as a short checklist."""
+    lines = []
+    if report.num_rows:
+        lines.append(f"**{report.num_rows} rows**, columns: {', '.join(report.columns)}")
+    for e in report.errors:
+        lines.append(f"- ❌ {e}")
+    for w in report.warnings:
+        lines.append(f"- ⚠️ {w}")
+    missing = report.rows_without_answer
+    if missing and report.mapping and report.mapping.answer and \
+            not any(report.mapping.answer in w for w in report.warnings):
+        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more"
+                                                   if len(missing) > 5 else "")
+        lines.append(f"- ℹ️ No answer in {'row' if len(missing) == 1 else 'rows'} {shown}: rewards "
+                     f"that compare with the answer score those rows as wrong.")
+    if report.ok:
+        lines.append("- ✅ Ready for training.")
+    return "\n".join(lines)
+
+
+def inspect_source(source: str, question=None, answer=None, system=None, needing=()):
+    """(columns, rows, mapping dict, markdown, sample rows for reward proposals)."""
+    source = (source or "").strip()
+    if not source:
+        return [], [], {}, "Choose a file, type a dataset id, or use the sample data.", []
+    report = check_data(source, rewards_needing_answer=list(needing))
+    wanted = {"question": question or None, "answer": answer or None, "system": system or None}
+    if report.columns and any(wanted.values()):
+        keep = {k: (v if v in report.columns else None) for k, v in wanted.items()}
+        report = check_data(source, rewards_needing_answer=list(needing), **keep)
+    if report.errors and not report.columns:
+        return [], [], {}, report_markdown(report), []
+    columns, rows = preview_rows(source)
+    m = report.mapping
+    mapping = {"question": m.question if m else None, "answer": m.answer if m else None,
+               "system": m.system if m else None}
+    sample = []
+    if m:
+        qi = columns.index(m.question) if m.question in columns else None
+        ai = columns.index(m.answer) if m.answer in columns else None
+        sample = [{"question": r[qi] if qi is not None else "",
+                   "answer": r[ai] if ai is not None and r[ai] != "" else None} for r in rows]
+    return columns, rows, mapping, report_markdown(report), sample
+
+
+def build(form: dict) -> dict:
+    gr.Markdown("### 2 · Your questions\nA table with one question per row and, for most "
+                "rewards, a reference answer. CSV, TSV, JSON, JSONL or Parquet.")
+    with gr.Row():
+        upload = gr.File(label="Upload a table", file_types=FILE_TYPES, elem_id="data-upload",
+                         scale=2)
+        with gr.Column(scale=2):
+            hub = gr.Textbox(label="…or a Hugging Face dataset id", elem_id="data-hub",
+                             placeholder="e.g. openai/gsm8k:main")
+            use_hub = gr.Button("Use this dataset", size="sm")
+            sample = gr.Button("Use sample data (arithmetic)", elem_id="data-sample",
+                               variant="secondary")
+    form["data.source"] = make_widget("data.source", "", interactive=False,
+                                      label="Data source in use")
+    with gr.Row():
+        form["data.question_column"] = gr.Dropdown([], label="Question column",
+                                                   elem_id="data-question", allow_custom_value=True)
+        form["data.answer_column"] = gr.Dropdown([], label="Answer column",
+                                                 elem_id="data-answer", allow_custom_value=True)
+        form["data.system_column"] = gr.Dropdown([], label="System prompt column (optional)",
+                                                 elem_id="data-system", allow_custom_value=True)
+    messages = gr.Markdown(elem_id="data-messages")
+    table = gr.Dataframe(label="Preview (first rows)", interactive=False, elem_id="data-preview",
+                         max_height=320, wrap=True)
+    form["data.system_prompt"] = make_widget("data.system_prompt", "")
+    with gr.Accordion("More data settings", open=False):
+        form["data.max_rows"] = make_widget("data.max_rows", None)
+        form["data.split"] = make_widget("data.split", "train")
+    return {"upload": upload, "hub": hub, "use_hub": use_hub, "sample": sample,
+            "messages": messages, "table": table}
+
+
+def needing_answer(rewards: list[dict]) -> list[str]:
+    from reward_templates import get_template
+    out = []
+    for r in rewards or []:
+        try:
+            if get_template(r["template"]).needs_answer:
+                out.append(r["template"])
+        except Exception:
+            continue
+    return out
+
+
+def wire(ui: dict, form: dict, uploads_dir: Path, sample_state: gr.State,
+         rewards: gr.State) -> None:
+    source = form["data.source"]
+    cols = [form["data.question_column"], form["data.answer_column"], form["data.system_column"]]
+
+    @friendly
+    def on_upload(path):
+        if not path:
+            return gr.skip()
+        return keep_upload(path, uploads_dir)
+
+    ui["upload"].upload(on_upload, ui["upload"], source)
+    ui["use_hub"].click(lambda h: (h or "").strip() or gr.skip(), ui["hub"], source)
+    ui["sample"].click(lambda: SAMPLE_SOURCE, None, source)
+
+    def refresh(src, q, a, s, rs):
+        try:
+            columns, rows, mapping, text, sample = inspect_source(src, q, a, s,
+                                                                  needing_answer(rs))
+        except DataError as exc:
+            return [gr.update(choices=[], value=None)] * 3 + [f"❌ {exc}", None, []]
+        choices = [""] + columns
+        updates = [gr.update(choices=choices, value=mapping.get(k) or "")
+                   for k in ("question", "answer", "system")]
+        preview = {"headers": columns, "data": rows} if columns else None
+        return updates + [text, preview, sample]
+
+    outputs = cols + [ui["messages"], ui["table"], sample_state]
+
+    @friendly
+    def on_source(src, q, a, s, rs):  # a loaded YAML brings its own mapping; keep what fits
+        return refresh(src, q, a, s, rs)
+
+    source.change(on_source, [source] + cols + [rewards], outputs)
+    for c in cols:
+        c.input(on_source, [source] + cols + [rewards], outputs)

@@ -1,0 +1,208 @@
+"""Step 5, Try and export: ask the trained and the base model side by side; take the result home."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from core.config import ConfigError, RunConfig
+from core.runs import RunManager
+
+from .errors import friendly
+from .form import cli_command
+from .jobs import JobError, run_job
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+def adapter_dir(run_dir: str | Path) -> Path | None:
+    """The final adapter, else the newest checkpoint's (a stopped run has only those)."""
+    run_dir = Path(run_dir)
+    final = run_dir / "adapter"
+    if (final / "adapter_model.safetensors").exists():
+        return final
+    ckpts = [p for p in (run_dir / "checkpoints").glob("step-*")
+             if (p / "adapter_model.safetensors").exists() and p.name[5:].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name[5:]), default=None)
+
+
+def adapter_files(run_dir: str | Path) -> Path:
+    """A fresh folder with just the adapter's files (no optimizer state), named after the run."""
+    src = adapter_dir(run_dir)
+    if src is None:
+        raise FileNotFoundError("This run has no adapter yet: train at least until the first "
+                                "checkpoint.")
+    folder = Path(tempfile.mkdtemp(prefix="aha-export-")) / f"{Path(run_dir).name}-adapter"
+    folder.mkdir()
+    for name in ADAPTER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, folder / name)
+    return folder
+
+
+def zip_adapter(run_dir: str | Path) -> Path:
+    folder = adapter_files(run_dir)
+    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+
+
+def push_to_hub(folder: Path, repo_id: str, token: str) -> str:
+    from huggingface_hub import HfApi
+
+    repo_id, token = (repo_id or "").strip(), (token or "").strip()
+    if repo_id.count("/") != 1:
+        raise ValueError("Write the repository as your-name/model-name.")
+    if not token:
+        raise ValueError("Paste a Hugging Face access token with write permission.")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"Could not push to the Hub: {text[:200]}") from None
+    return f"https://huggingface.co/{repo_id}"
+
+
+def run_choices(manager: RunManager) -> list[tuple[str, str]]:
+    return [(f"{st.run_dir.name} · {st.state}", str(st.run_dir)) for st in manager.list()
+            if adapter_dir(st.run_dir) is not None]
+
+
+def build() -> dict:
+    gr.Markdown("### 5 · Try and export")
+    with gr.Row():
+        run = gr.Dropdown([], label="Run", elem_id="export-run", scale=3)
+        refresh = gr.Button("Refresh", size="sm", scale=1)
+    question = gr.Textbox(label="Ask both models the same question", elem_id="chat-question",
+                          placeholder="What is 3 + 4?")
+    ask = gr.Button("Ask", elem_id="chat-ask")
+    chat_status = gr.Markdown(elem_id="chat-status")
+    with gr.Row():
+        trained = gr.Chatbot(label="Trained (with your adapter)", elem_id="chat-trained",
+                             height=260)
+        base = gr.Chatbot(label="Base model", elem_id="chat-base", height=260)
+    gr.Markdown("**Export**")
+    with gr.Row():
+        zip_btn = gr.Button("Download the LoRA adapter (.zip)", elem_id="export-zip")
+        merge_btn = gr.Button("Merge into a 16-bit model", elem_id="export-merge")
+        yaml_btn = gr.Button("Download the run's YAML", elem_id="export-yaml")
+    files = gr.File(label="Files", file_count="multiple", interactive=False,
+                    elem_id="export-files")
+    export_status = gr.Markdown(elem_id="export-status")
+    command = gr.Code(label="The same run from the command line", language="shell",
+                      elem_id="export-command")
+    with gr.Accordion("Push to the Hugging Face Hub", open=False):
+        repo = gr.Textbox(label="Repository", placeholder="your-name/my-grpo-adapter")
+        token = gr.Textbox(label="Access token (write)", type="password")
+        push = gr.Button("Push the adapter", elem_id="export-push")
+        push_status = gr.Markdown()
+    return {"run": run, "refresh": refresh, "question": question, "ask": ask,
+            "chat_status": chat_status, "trained": trained, "base": base, "zip": zip_btn,
+            "merge": merge_btn, "yaml": yaml_btn, "files": files, "status": export_status,
+            "command": command, "repo": repo, "token": token, "push": push,
+            "push_status": push_status}
+
+
+def wire(ui: dict, manager: RunManager, watch: gr.State) -> None:
+    def choices(wt=None):
+        opts = run_choices(manager)
+        current = (wt or {}).get("run_dir")
+        value = current if current in {v for _, v in opts} else (opts[0][1] if opts else None)
+        return gr.update(choices=opts, value=value)
+
+    ui["refresh"].click(choices, watch, ui["run"], queue=False)
+    watch.change(lambda wt: choices(wt) if wt.get("state") in ("stopped", "finished") else
+                 gr.skip(), watch, ui["run"], queue=False)
+
+    @friendly
+    def on_run(run_dir):
+        if not run_dir:
+            return ""
+        return cli_command(str(Path(run_dir) / "config.yaml"), run_dir)
+
+    ui["run"].change(on_run, ui["run"], ui["command"])
+
+    @friendly
+    def on_ask(run_dir, question, hist_t, hist_b):
+        hist_t, hist_b = list(hist_t or []), list(hist_b or [])
+        if not run_dir or not (question or "").strip():
+            yield "Choose a run and type a question.", gr.skip(), gr.skip()
+            return
+        cfg = RunConfig.load(Path(run_dir) / "config.yaml")
+        req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
+               "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
+               "adapter": str(adapter_dir(run_dir)), "compare_base": True,
+               "questions": [question.strip()[:4000]], "num": 1,
+               "max_new_tokens": max(64, cfg.grpo.max_completion_length),
+               "temperature": cfg.grpo.temperature}
+        try:
+            for kind, value in run_job(req):
+                if kind == "progress":
+                    yield f"⏳ {value}…", gr.skip(), gr.skip()
+                else:
+                    user = {"role": "user", "content": question}
+                    hist_t += [user, {"role": "assistant", "content": value["adapter"][0][0]}]
+                    hist_b += [user, {"role": "assistant", "content": value["base"][0][0]}]
+                    yield "", hist_t, hist_b
+        except JobError as exc:
+            yield f"❌ {exc}", gr.skip(), gr.skip()
+
+    ui["ask"].click(on_ask, [ui["run"], ui["question"], ui["trained"], ui["base"]],
+                    [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=1)
+
+    @friendly
+    def on_zip(run_dir):
+        if not run_dir:
+            return gr.skip(), "Choose a run first."
+        try:
+            path = zip_adapter(run_dir)
+        except FileNotFoundError as exc:
+            return gr.skip(), f"❌ {exc}"
+        return [str(path)], f"Adapter packed: {path.name}"
+
+    ui["zip"].click(on_zip, ui["run"], [ui["files"], ui["status"]])
+
+    @friendly
+    def on_yaml(run_dir):
+        if not run_dir:
+            return gr.skip(), "Choose a run first."
+        return [str(Path(run_dir) / "config.yaml")], "The run's settings, as the worker used them."
+
+    ui["yaml"].click(on_yaml, ui["run"], [ui["files"], ui["status"]])
+
+    @friendly
+    def on_merge(run_dir):
+        if not run_dir:
+            yield gr.skip(), "Choose a run first."
+            return
+        try:
+            cfg = RunConfig.load(Path(run_dir) / "config.yaml")
+        except ConfigError as exc:
+            yield gr.skip(), f"❌ {exc}"
+            return
+        out = Path(run_dir) / "merged-16bit"
+        req = {"job": "merge", "source": cfg.model.source, "adapter": str(adapter_dir(run_dir)),
+               "out": str(out)}
+        try:
+            for kind, value in run_job(req):
+                if kind == "progress":
+                    yield gr.skip(), f"⏳ {value}…"
+                else:
+                    yield gr.skip(), f"✅ Merged model saved in `{value['path']}`."
+        except JobError as exc:
+            yield gr.skip(), f"❌ {exc}"
+
+    ui["merge"].click(on_merge, ui["run"], [ui["files"], ui["status"]], concurrency_limit=1)
+
+    @friendly
+    def on_push(run_dir, repo, token):
+        if not run_dir:
+            return "❌ Choose a run with an adapter first."
+        try:
+            return f"✅ Pushed: {push_to_hub(adapter_files(run_dir), repo, token)}"
+        except (ValueError, FileNotFoundError) as exc:
+            return f"❌ {exc}"
+
+    ui["push"].click(on_push, [ui["run"], ui["repo"], ui["token"]], ui["push_status"])

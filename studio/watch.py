@@ -1,0 +1,196 @@
+"""Following a run from its events: fold new events into a small per-browser record.
+
+Pure functions of plain data: the timer handler reads the events written since the last offset
+(`core.events.read_events`) and folds them in here; charts, progress and samples render from
+the record. Nothing here touches the worker.
+"""
+from __future__ import annotations
+
+import html
+import re
+
+MAX_SAMPLE_STEPS = 3   # the samples panel shows the latest few steps
+
+
+def new_watch(run_dir: str | None = None) -> dict:
+    return {"run_dir": run_dir, "offset": 0, "metrics": [], "samples": [], "state": "created",
+            "message": "Not started", "engine": None, "device": None, "step": 0,
+            "max_steps": None, "error": None, "traceback": None, "started": None}
+
+
+def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
+    """A new record with `events` applied; `offset` is where reading continues."""
+    w = dict(watch, metrics=list(watch["metrics"]), samples=list(watch["samples"]), offset=offset)
+    for e in events:
+        kind = e.get("type")
+        if kind == "status":
+            w["state"], w["message"] = e.get("state", w["state"]), e.get("message", w["message"])
+            w["max_steps"] = e.get("max_steps", w["max_steps"])
+            w["engine"] = e.get("engine", w["engine"])
+            w["device"] = e.get("device", w["device"])
+            if w["state"] == "training":
+                w["started"] = {"time": e.get("time"), "step": e.get("step", w["step"])}
+            if w["state"] != "failed":
+                w["error"] = w["traceback"] = None
+        elif kind == "metrics":
+            w["metrics"].append(e)
+            w["step"], w["max_steps"] = e.get("step", w["step"]), e.get("max_steps", w["max_steps"])
+        elif kind == "samples":
+            w["samples"] = (w["samples"] + [e])[-MAX_SAMPLE_STEPS:]
+        elif kind == "error":
+            w["state"], w["error"], w["traceback"] = "failed", e.get("message"), e.get("traceback")
+            w["message"] = w["error"]
+    return w
+
+
+# ---- charts ---------------------------------------------------------------------------
+
+CHARTS = {  # title -> metric keys (a key ending in '/*' expands to every reward template)
+    "Reward": ["reward", "rewards/*/mean"],
+    "Loss": ["loss"],
+    "KL to the base model": ["kl"],
+    "Completion length (tokens)": ["completions/mean_length"],
+    "Reward spread in a group (std)": ["reward_std"],
+}
+_TEMPLATE_KEY = re.compile(r"rewards/(.+)/mean\Z")
+
+
+def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of one metric, skipping steps where it was missing or null."""
+    xs, ys = [], []
+    for m in metrics:
+        value = m.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            xs.append(m.get("step"))
+            ys.append(float(value))
+    return xs, ys
+
+
+def chart_data(metrics: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
+    """Chart title -> line name -> (steps, values)."""
+    templates = []
+    for m in metrics:
+        for k in m:
+            match = _TEMPLATE_KEY.match(k)
+            if match and match.group(1) not in templates:
+                templates.append(match.group(1))
+    out: dict[str, dict] = {}
+    for title, keys in CHARTS.items():
+        lines = {}
+        for key in keys:
+            if key == "rewards/*/mean":
+                for name in templates:
+                    lines[name] = series(metrics, f"rewards/{name}/mean")
+            else:
+                lines["total" if key == "reward" else key] = series(metrics, key)
+        out[title] = lines
+    return out
+
+
+def figure(title: str, lines: dict[str, tuple[list, list]]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, (xs, ys) in lines.items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
+    fig.update_layout(title=title, height=260, margin=dict(l=40, r=10, t=40, b=30),
+                      xaxis_title="step", showlegend=len(lines) > 1,
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+# ---- progress -------------------------------------------------------------------------
+
+def eta_seconds(watch: dict) -> float | None:
+    """Remaining time from the mean of recent step times."""
+    total, step = watch.get("max_steps"), watch.get("step", 0)
+    times = [m["step_time"] for m in watch["metrics"][-10:]
+             if isinstance(m.get("step_time"), (int, float))]
+    if not total or not times or watch.get("state") != "training":
+        return None
+    return max(0.0, (total - step) * sum(times) / len(times))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+STATE_WORDS = {
+    "created": "Waiting to start", "loading_data": "Loading the data",
+    "loading_model": "Loading the model (the first time can take a minute)",
+    "ready": "Model ready; generating the first completions", "resumed": "Resumed",
+    "training": "Training", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
+    "interrupted": "The worker ended without finishing; press Resume to continue",
+}
+
+
+def progress_html(watch: dict) -> str:
+    total, step = watch.get("max_steps") or 0, watch.get("step", 0)
+    frac = min(1.0, step / total) if total else 0.0
+    state = watch.get("state", "created")
+    words = STATE_WORDS.get(state, state)
+    engine = f" · engine: {html.escape(watch['engine'])}" if watch.get("engine") else ""
+    device = f" on {html.escape(watch['device'])}" if watch.get("device") else ""
+    eta = eta_seconds(watch)
+    eta_text = f" · about {format_duration(eta)} left" if eta is not None else ""
+    return (f'<div class="aha-progress" data-state="{html.escape(state)}" data-step="{step}">'
+            f'<div class="aha-bar"><div style="width:{frac * 100:.1f}%"></div></div>'
+            f'<div class="aha-progress-text">Step {step} / {total or "?"} · '
+            f'{html.escape(words)}{eta_text}{engine}{device}</div></div>')
+
+
+# ---- samples --------------------------------------------------------------------------
+
+_PARTS = re.compile(r"(<(think|reasoning|answer)>)(.*?)(</\2>|\Z)", re.S | re.I)
+
+
+def highlight(text: str) -> str:
+    """Escaped completion text with reasoning and answer parts marked."""
+    out, pos = [], 0
+    for m in _PARTS.finditer(text or ""):
+        out.append(html.escape(text[pos:m.start()]))
+        cls = "aha-answer" if m.group(2).lower() == "answer" else "aha-think"
+        out.append(f'<span class="{cls}">{html.escape(m.group(0))}</span>')
+        pos = m.end()
+    out.append(html.escape((text or "")[pos:]))
+    return "".join(out)
+
+
+def _score(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def samples_html(samples: list[dict]) -> str:
+    if not samples:
+        return '<div class="aha-samples aha-empty">Completions appear here after the first step.</div>'
+    blocks = []
+    for event in reversed(samples):
+        groups: dict[str, list[dict]] = {}
+        for item in event.get("items", []):
+            groups.setdefault(str(item.get("prompt")), []).append(item)
+        for prompt, items in groups.items():
+            answer = items[0].get("answer")
+            rows = []
+            for item in items:
+                scores = " · ".join(f"{html.escape(str(k))}: {_score(v)}"
+                                    for k, v in (item.get("rewards") or {}).items())
+                cut = " (cut off)" if item.get("truncated") else ""
+                rows.append(f'<li><pre class="aha-completion">{highlight(str(item.get("completion", "")))}</pre>'
+                            f'<div class="aha-scores">total {_score(item.get("total"))} · {scores}'
+                            f'{cut}</div></li>')
+            ref = f" · reference answer: <b>{html.escape(str(answer))}</b>" if answer else ""
+            blocks.append(f'<div class="aha-sample"><div class="aha-prompt">Step {event.get("step")}'
+                          f'{ref}<br>{html.escape(prompt)}</div><ol>{"".join(rows)}</ol></div>')
+    return f'<div class="aha-samples">{"".join(blocks)}</div>'
+
+
+def status_line(watch: dict) -> str:
+    if watch.get("state") == "failed":
+        return f"❌ {watch.get('error') or watch.get('message')}"
+    return STATE_WORDS.get(watch.get("state"), watch.get("message") or "")
+

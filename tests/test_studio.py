@@ -1,0 +1,294 @@
+"""The studio's pure parts: config from widget values, chart data from events, estimates,
+samples rendering, data inspection, reward set editing. No browser, no model."""
+import json
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, RunConfig
+from core.events import EventLog, read_events
+from studio import watch as w
+from studio.estimate import (GB, KNOWN_SHAPES, estimate_memory, fit_verdict, lora_params,
+                             shape_for_source, shape_from_config)
+from studio.form import (cli_command, config_dict_from_values, config_from_values,
+                         rewards_from_config, values_from_config)
+from studio.presets import quality_settings, quick_demo_config
+from studio.step_data import inspect_source, keep_upload
+from studio.step_export import adapter_dir, zip_adapter
+from studio.step_model import estimate, source_for_preset
+from studio.step_rewards import add_reward, remove_reward, score_table
+from studio.machine import Machine, detect_machine
+from reward_templates import RewardError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- config <-> widgets ------------------------------------------------------------------
+
+def test_config_roundtrip_through_widget_values():
+    cfg = RunConfig.load(ROOT / "examples" / "01-classroom-demo.yaml")
+    paths = ["name", "model.source", "model.precision", "model.target_modules",
+             "data.source", "data.question_column", "data.max_rows", "grpo.num_generations",
+             "grpo.epsilon_high", "train.learning_rate", "train.threads"]
+    values = values_from_config(cfg, paths)
+    assert values[paths.index("data.question_column")] == ""  # None shows as an empty box
+    back = config_from_values(paths, values, rewards_from_config(cfg))
+    for p in paths:
+        a, b = back, cfg
+        for part in p.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        assert a == b, p
+    assert [r.template for r in back.rewards] == ["numeric_match", "length_target"]
+    assert back.rewards[0].params == {"partial_credit_for_number": 0.1}
+
+
+def test_config_from_values_cleans_widget_output():
+    d = config_dict_from_values(
+        ["grpo.num_generations", "data.max_rows", "model.target_modules", "data.answer_column"],
+        [4.0, "", "q_proj, v_proj", "  "])
+    assert d == {"grpo": {"num_generations": 4}, "data": {"max_rows": None, "answer_column": None},
+                 "model": {"target_modules": ["q_proj", "v_proj"]}}
+    assert isinstance(d["grpo"]["num_generations"], int)
+
+
+def test_config_from_values_rejects_out_of_range_with_one_line():
+    with pytest.raises(ConfigError) as exc:
+        config_from_values(["grpo.num_generations"], [1])
+    assert "num_generations" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ConfigError):
+        config_from_values(["grpo.temperature"], [None])
+
+
+def test_yaml_saved_from_widgets_loads_back(tmp_path):
+    paths = ["name", "grpo.beta", "train.max_steps"]
+    cfg = config_from_values(paths, ["x", 0.04, 3], [{"template": "exact_match", "weight": 2}])
+    cfg.save(tmp_path / "c.yaml")
+    again = RunConfig.load(tmp_path / "c.yaml")
+    assert values_from_config(again, paths) == ["x", 0.04, 3]
+    assert again.rewards[0].weight == 2.0
+
+
+def test_cli_command():
+    assert cli_command("runs/a/config.yaml", "runs/a") == \
+        "python -m core train runs/a/config.yaml --run-dir runs/a"
+
+
+def test_quality_levels_and_quick_demo():
+    fast, best = quality_settings(1), quality_settings(5)
+    assert all(f <= b for f, b in zip(fast, best)) and fast != best
+    assert quality_settings("7") == best  # clamped
+    demo = quick_demo_config(gpu=False)
+    assert demo.model.source == "default" and demo.train.max_steps <= 15
+
+
+# ---- estimates -----------------------------------------------------------------------
+
+def test_shape_from_config_matches_the_embedded_model_size():
+    cfg = json.loads((Path(__import__("core.models").models.embedded_model_dir())
+                      / "config.json").read_text())
+    shape = shape_from_config(cfg)
+    assert abs(shape.params - 134.5e6) / 134.5e6 < 0.01
+    assert shape_for_source("default") == KNOWN_SHAPES["default"]
+    assert shape_for_source("no/such-model-anywhere") is None
+
+
+def test_estimate_grows_with_model_precision_rank_and_length():
+    s = KNOWN_SHAPES["default"]
+    base = estimate_memory(s)["total"]
+    assert estimate_memory(s, precision="32bit")["total"] > estimate_memory(s, precision="16bit")["total"] > base
+    assert estimate_memory(s, lora_r=128)["total"] > base
+    assert estimate_memory(s, completion_tokens=1024)["total"] > base
+    assert estimate_memory(s, gradient_checkpointing=False)["total"] > base
+    assert estimate_memory(KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"])["total"] > base
+    assert lora_params(s, 16) * 2 == lora_params(s, 32)
+    # the classroom demo measures about 1.4 GB peak RSS on CPU; the estimate is the same order
+    demo = estimate_memory(s, prompts_per_step=4, num_generations=6, completion_tokens=32)
+    assert 0.5 * GB < demo["total"] < 4 * GB
+
+
+def test_fit_verdicts():
+    assert fit_verdict(1 * GB, 10 * GB)[0] == "ok"
+    assert fit_verdict(9 * GB, 10 * GB)[0] == "tight"
+    verdict, line = fit_verdict(20 * GB, 10 * GB)
+    assert verdict == "too_big" and "not fit" in line
+
+
+def test_estimate_markdown_warns_on_a_small_machine():
+    small = Machine(False, "cpu", 2 * GB, 1 * GB, 2)
+    big = Machine(True, "H100", 80 * GB, 79 * GB, 16)
+    args = ("Qwen/Qwen2.5-1.5B-Instruct", "32bit", 64, 512, 512, 8, 8, 1, True, "adamw")
+    assert estimate(small, *args)[0] == "too_big"
+    assert estimate(big, *args)[0] == "ok"
+    assert estimate(big, "some/unknown-model", *args[1:])[0] == "unknown"
+    assert estimate(big, "default", "4bit", None, "x", 1, 1, 2, 1, True, "adamw")[0] == "unknown"
+
+
+def test_machine_is_detected():
+    m = detect_machine()
+    assert m.total_bytes > 0 and m.available_bytes > 0 and m.cores >= 1
+    assert ("GPU" in m.describe()) == m.gpu
+
+
+def test_presets():
+    assert source_for_preset("default", "x") == ("default", False)
+    assert source_for_preset("__hub__", "default") == ("", True)
+    assert source_for_preset("__local__", "/my/model") == ("/my/model", True)
+
+
+# ---- events -> charts, progress, samples ------------------------------------------------
+
+def _write_run(tmp_path):
+    log = EventLog(tmp_path)
+    log.emit("status", state="ready", message="Model and data ready", engine="transformers",
+             device="cpu")
+    log.emit("status", state="training", message="Training", step=0, max_steps=4)
+    for step in (1, 2):
+        log.emit("samples", step=step, items=[
+            {"prompt": "2+2 <b>?</b>", "answer": "4", "completion": "<think>add</think><answer>4</answer>",
+             "rewards": {"numeric_match": 1.0, "length_target": None}, "total": 1.0,
+             "truncated": False}])
+        log.emit("metrics", step=step, max_steps=4, reward=0.5 * step, loss=0.1, kl=None,
+                 reward_std=0.2, step_time=10.0, **{"completions/mean_length": 7.0,
+                                                    "rewards/numeric_match/mean": 0.4 * step,
+                                                    "rewards/length_target/mean": 0.1})
+    log.close()
+
+
+def test_fold_events_and_chart_data(tmp_path):
+    _write_run(tmp_path)
+    events, offset = read_events(tmp_path)
+    watch = w.fold_events(w.new_watch(str(tmp_path)), events[:3], 0)
+    watch = w.fold_events(watch, events[3:], offset)  # incremental folding == all at once
+    assert watch == w.fold_events(w.new_watch(str(tmp_path)), events, offset)
+    assert watch["state"] == "training" and watch["step"] == 2 and watch["max_steps"] == 4
+    assert watch["engine"] == "transformers"
+    data = w.chart_data(watch["metrics"])
+    assert data["Reward"]["total"] == ([1, 2], [0.5, 1.0])
+    assert data["Reward"]["numeric_match"] == ([1, 2], [0.4, 0.8])
+    assert data["KL to the base model"]["kl"] == ([], [])  # null values are skipped
+    assert data["Completion length (tokens)"]["completions/mean_length"][1] == [7.0, 7.0]
+    fig = w.figure("Reward", data["Reward"])
+    assert len(fig.data) == 3
+    assert w.eta_seconds(watch) == pytest.approx(20.0)
+    html = w.progress_html(watch)
+    assert "Step 2 / 4" in html and "transformers" in html and "20s left" in html
+
+
+def test_failed_run_shows_one_line_and_keeps_traceback():
+    watch = w.fold_events(w.new_watch("x"), [
+        {"type": "error", "message": "Column 'q' not found.", "traceback": "Traceback ...\nKeyError"},
+        {"type": "status", "state": "failed", "message": "Column 'q' not found."}], 10)
+    assert w.status_line(watch) == "❌ Column 'q' not found."
+    assert "KeyError" in watch["traceback"]
+
+
+def test_samples_html_escapes_and_highlights(tmp_path):
+    _write_run(tmp_path)
+    watch = w.fold_events(w.new_watch(), *read_events(tmp_path))
+    html = w.samples_html(watch["samples"])
+    assert "<b>?</b>" not in html and "&lt;b&gt;?&lt;/b&gt;" in html
+    assert '<span class="aha-answer">&lt;answer&gt;4&lt;/answer&gt;</span>' in html
+    assert '<span class="aha-think">' in html and "n/a" in html and "Step 2" in html
+    assert html.index("Step 2") < html.index("Step 1")  # newest first
+    hostile = w.highlight("<script>alert(1)</script><answer>x")
+    assert "<script>" not in hostile and 'class="aha-answer"' in hostile
+
+
+def test_format_duration():
+    assert w.format_duration(None) == "-"
+    assert w.format_duration(65) == "1m 05s"
+    assert w.format_duration(3700) == "1h 01m"
+
+
+# ---- data step -----------------------------------------------------------------------
+
+def test_inspect_source_detects_columns_and_reports_rows(tmp_path):
+    csv = tmp_path / "qa.csv"
+    csv.write_text("Problem,Solution\nWhat is 2+2?,4\nWhat is 3+3?,\n", encoding="utf-8")
+    columns, rows, mapping, text, sample = inspect_source(str(csv))
+    assert columns == ["Problem", "Solution"] and len(rows) == 2
+    assert mapping["question"] == "Problem" and mapping["answer"] == "Solution"
+    assert "row 2" in text  # the empty answer, by its data row number
+    *_, text, _ = inspect_source(str(csv), needing=["numeric_match"])
+    assert "row 2" in text and "numeric_match" in text
+    assert sample[0] == {"question": "What is 2+2?", "answer": "4"}
+
+
+def test_inspect_source_bad_inputs_give_one_line(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"question": "a", ', encoding="utf-8")
+    *_, text, sample = inspect_source(str(broken))
+    assert text.startswith("- ❌") and "\n" not in text.strip() and sample == []
+    assert "Choose a file" in inspect_source("")[3]
+    columns, _, mapping, text, _ = inspect_source("builtin:arithmetic?n=5", question="nope")
+    assert mapping["question"] == "question"  # an unknown preferred column falls back
+
+
+def test_keep_upload_copies_out_of_the_temp_cache(tmp_path):
+    src = tmp_path / "my data (1).csv"
+    src.write_text("q,a\n1,2\n")
+    kept = Path(keep_upload(str(src), tmp_path / "uploads"))
+    assert kept.exists() and kept.parent.name == "uploads" and " " not in kept.name
+    assert keep_upload(str(src), tmp_path / "uploads") == str(kept)
+
+
+# ---- rewards step ----------------------------------------------------------------------
+
+def test_add_and_remove_rewards():
+    rs = add_reward([], "numeric_match", 1, "{}")
+    rs = add_reward(rs, "length_target", 0.5, '{"target": 3}')
+    assert [r["template"] for r in rs] == ["numeric_match", "length_target"]
+    with pytest.raises(RewardError):
+        add_reward(rs, "length_target", 1, '{"target": ')          # broken JSON
+    with pytest.raises(RewardError):
+        add_reward(rs, "numeric_match", 1, '{"no_such_setting": 1}')
+    with pytest.raises(RewardError):
+        add_reward(rs, "", 1, "{}")
+    assert remove_reward(rs, 0) == rs[1:]
+    with pytest.raises(RewardError):
+        remove_reward(rs, 5)
+
+
+def test_score_table_has_each_template_and_total():
+    rs = [{"template": "numeric_match", "weight": 1.0, "params": {}},
+          {"template": "length_target", "weight": 0.5, "params": {"unit": "words", "target": 1}}]
+    table = score_table(rs, ["2+2?"], ["4"], [["4", "five"]])
+    assert table["headers"] == ["question", "completion", "numeric_match", "length_target", "total"]
+    assert table["data"][0][2] == 1.0 and table["data"][1][2] < 1.0
+
+
+# ---- export ------------------------------------------------------------------------------
+
+def test_zip_adapter_takes_the_newest_checkpoint_without_optimizer_state(tmp_path):
+    import zipfile
+    for step in (2, 10):
+        ck = tmp_path / "checkpoints" / f"step-{step}"
+        ck.mkdir(parents=True)
+        (ck / "adapter_model.safetensors").write_bytes(b"w%d" % step)
+        (ck / "adapter_config.json").write_text("{}")
+        (ck / "optimizer.pt").write_bytes(b"big")
+    assert adapter_dir(tmp_path).name == "step-10"
+    names = zipfile.ZipFile(zip_adapter(tmp_path)).namelist()
+    assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors"]
+    with pytest.raises(FileNotFoundError):
+        zip_adapter(tmp_path / "empty")
+
+
+# ---- process layout ----------------------------------------------------------------------
+
+def test_the_ui_process_never_imports_torch():
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, '.'); from studio.app import build_app; "
+            "build_app(sys.argv[1]); from core.runs import RunManager; "
+            "print('torch' in sys.modules)")
+    import tempfile
+    out = subprocess.run([sys.executable, "-c", code, tempfile.mkdtemp()], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("False")
+
+
+def test_run_manager_stop_file_is_the_trainers():
+    from core import runs, trainer
+    assert runs.STOP_FILE == trainer.STOP_FILE
