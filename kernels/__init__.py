@@ -35,7 +35,7 @@ def selective_log_prob(hidden, weight, targets, temperature: float = 1.0, *,
     Triton (tiled, online log-sum-exp, no logits in memory) on CUDA; elsewhere, or switched
     off, core.logprobs.chunked_selective_log_prob with chunk_size.
     """
-    from .selective_log_prob import selective_log_prob as _slp
+    from .log_prob import selective_log_prob as _slp
 
     return _slp(hidden, weight, targets, temperature, chunk_size=chunk_size,
                 triton_path=triton_path)

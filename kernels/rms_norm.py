@@ -57,8 +57,7 @@ if triton is not None:
         mask = cols < H
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + offset
         dw = tl.zeros((BLOCK,), dtype=tl.float32)
-        for row in range(pid, N, programs):  # each program owns rows pid, pid + programs, ...
-            r = row.to(tl.int64)
+        for r in range(pid, N, programs):  # each program owns rows pid, pid + programs, ...
             dy = tl.load(dy_ptr + r * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
             x = tl.load(x_ptr + r * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
             rstd = tl.load(rstd_ptr + r)

@@ -4,7 +4,7 @@ import torch
 
 from tests.kernels_helpers import DEVICE, kernel_module
 
-slp = kernel_module("selective_log_prob", "_forward_kernel")
+slp = kernel_module("log_prob", "_forward_kernel")
 
 
 def inputs(n, v, h, dtype, weight_grad, seed=0):

@@ -42,13 +42,14 @@ try:
 except ImportError:
     triton = None
 
-_NEG = -1.0e30  # a finite "minus infinity" keeps 0 * (m_old - m_new) at 0 on the first tile
-
 if triton is not None:
+    # a finite "minus infinity" keeps 0 * (m_old - m_new) at 0 on the first tile
+    _NEG = tl.constexpr(-1.0e30)
+
     @triton.jit
     def _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H, stride_h, stride_w,
                      inv_temp, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                     BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
+                     BLOCK_H: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         for h0 in range(0, H, BLOCK_H):
             ks = h0 + tl.arange(0, BLOCK_H)
@@ -57,6 +58,8 @@ if triton is not None:
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)     # [BN, BH]
             b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None],
                         mask=col_mask[None, :] & k_mask[:, None], other=0.0)     # [BH, BV]
+            if UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         return acc * inv_temp
 
@@ -64,7 +67,7 @@ if triton is not None:
     def _forward_kernel(h_ptr, w_ptr, t_ptr, m_ptr, s0_ptr, s1_ptr, tgt_ptr,
                         N, V, H, stride_h, stride_w, inv_temp, v_per_split, splits,
                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                        PRECISION: tl.constexpr):
+                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -82,7 +85,7 @@ if triton is not None:
             col_mask = cols < v_end
             logits = _logits_tile(h_ptr, w_ptr, rows64, cols.to(tl.int64), row_mask, col_mask,
                                   H, stride_h, stride_w, inv_temp,
-                                  BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
+                                  BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST)
             logits = tl.where(col_mask[None, :], logits, float("-inf"))
             m_new = tl.maximum(m, tl.max(logits, axis=1))
             alpha = tl.exp(m - m_new)
@@ -104,7 +107,8 @@ if triton is not None:
     def _backward_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, grad_ptr, dh_ptr, dw_ptr,
                          N, V, H, stride_h, stride_w, inv_temp,
                          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                         PRECISION: tl.constexpr, NEED_DH: tl.constexpr, NEED_DW: tl.constexpr):
+                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, NEED_DH: tl.constexpr,
+                         NEED_DW: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_v = tl.program_id(1)
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -117,19 +121,22 @@ if triton is not None:
         lse = tl.load(lse_ptr + rows64, mask=row_mask, other=0.0)
         grad = tl.load(grad_ptr + rows64, mask=row_mask, other=0.0)
         logits = _logits_tile(h_ptr, w_ptr, rows64, cols64, row_mask, col_mask, H,
-                              stride_h, stride_w, inv_temp, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
+                              stride_h, stride_w, inv_temp, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION,
+                              UPCAST)
         p = tl.exp(logits - lse[:, None])
         onehot = (cols[None, :] == target[:, None]).to(tl.float32)
         g = (onehot - p) * (grad * inv_temp)[:, None]
         g = tl.where(row_mask[:, None] & col_mask[None, :], g, 0.0)
         g = g.to(h_ptr.dtype.element_ty)                          # as the torch path does
+        if UPCAST:
+            g = g.to(tl.float32)
         for h0 in range(0, H, BLOCK_H):
             ks = h0 + tl.arange(0, BLOCK_H)
             k_mask = ks < H
             if NEED_DH:
                 w = tl.load(w_ptr + cols64[:, None] * stride_w + ks[None, :],
                             mask=col_mask[:, None] & k_mask[None, :], other=0.0)  # [BV, BH]
-                part = tl.dot(g, w.to(g.dtype), input_precision=PRECISION)      # [BN, BH]
+                part = tl.dot(g, w.to(g.dtype), input_precision=PRECISION)  # [BN, BH]
                 tl.atomic_add(dh_ptr + rows64[:, None] * H + ks[None, :], part,
                               mask=row_mask[:, None] & k_mask[None, :])
             if NEED_DW:
@@ -155,6 +162,13 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _upcast() -> bool:
+    # Triton's CPU interpreter gets 16-bit tl.dot wrong; float32 products of 16-bit values are
+    # exact, so upcasting there computes what the GPU's 16-bit dot with float32 accumulation does.
+    from ._switches import interpreting
+    return interpreting()
+
+
 def _num_programs_target(device: torch.device) -> int:
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -175,7 +189,8 @@ def selective_log_prob_forward_triton(hidden, weight, targets, temperature):
     _forward_kernel[(row_blocks, splits)](
         hidden, weight, targets, partial[0], partial[1], partial[2], partial[3],
         n, v, h, hidden.stride(0), weight.stride(0), 1.0 / temperature, v_per_split, splits,
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, PRECISION=_precision(hidden.dtype))
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, PRECISION=_precision(hidden.dtype),
+        UPCAST=_upcast())
     m, s0, s1, picked = partial
     m_all = m.max(dim=1, keepdim=True).values                      # [N, 1]
     scale = torch.exp(m - m_all)
@@ -198,7 +213,7 @@ def selective_log_prob_backward_triton(grad, hidden, weight, targets, lse, tempe
         dh if need_hidden else lse, dw if need_weight else lse,
         n, v, h, hidden.stride(0), weight.stride(0), 1.0 / temperature,
         BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, PRECISION=_precision(hidden.dtype),
-        NEED_DH=need_hidden, NEED_DW=need_weight)
+        UPCAST=_upcast(), NEED_DH=need_hidden, NEED_DW=need_weight)
     return (dh.to(hidden.dtype) if need_hidden else None,
             dw.to(weight.dtype) if need_weight else None)
 
