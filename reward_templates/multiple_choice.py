@@ -27,7 +27,7 @@ def _last_phrase(text: str, allowed: str) -> str | None:
     found = None
     for m in _PHRASE_RE.finditer(text):
         opening, letter, closing = m.groups()
-        if letter.islower() and not opening and not closing:
+        if letter.islower() and opening is None and closing is None:
             continue  # "the answer is a number"
         if letter.upper() in allowed:
             found = letter.upper()
@@ -98,7 +98,7 @@ def _check(params: dict) -> dict:
         Example("B. Because it is the capital.", "B", 1.0),
         Example("The answer is A.", "B", 0.0),
         Example("I am not sure.", "B", -0.5, params={"no_letter_score": -0.5}),
-        Example("Answer: F", "F", 0.0, params={"letters": "ABCD"}),
+        Example("Answer: F", "D", 0.0, params={"letters": "ABCD"}),
         Example("Answer: B", None, None),
     ],
 )

