@@ -11,6 +11,9 @@ template means adding a file. Users combine templates into a
         {"template": "tag_partial_credit", "weight": 0.25},
     ])
     totals, per_term = rewards.score(prompts, completions, answers)
+
+Templates that run Python code (category "code") work only in trusted mode:
+``set_trusted(True)`` or the environment variable ``AHA_STUDIO_TRUSTED=1``.
 """
 
 from .base import Example, Param, RewardError, TemplateSpec, get_template, list_templates, template
@@ -23,6 +26,7 @@ from .compose import (
     guess_preset,
     preview,
 )
+from .sandbox import TRUSTED_ENV, is_trusted, set_trusted
 
 __all__ = [
     "Param",
@@ -39,4 +43,7 @@ __all__ = [
     "DEFAULT_SETS",
     "DEFAULT_SET_DESCRIPTIONS",
     "RewardError",
+    "TRUSTED_ENV",
+    "is_trusted",
+    "set_trusted",
 ]
