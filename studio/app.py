@@ -51,7 +51,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
             with gr.Tab("5 · Try and export", id="export", elem_id="tab-export"):
                 export_ui = step_export.build()
 
-        step_model.wire(model_ui, form, machine, extra_outputs=[train_ui["estimate"]])
+        step_model.wire(model_ui, form, machine, [train_ui["estimate"]], demo)
         step_data.wire(data_ui, form, runs_dir / "uploads", sample, rewards)
         step_rewards.wire(rewards_ui, form, rewards, sample)
         step_train.wire(train_ui, form, rewards, watch, remembered, manager, machine.gpu, demo)

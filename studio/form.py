@@ -56,12 +56,15 @@ def get_value(cfg: RunConfig, path: str) -> Any:
 
 
 def widget_value(cfg: RunConfig, path: str) -> Any:
-    """The value a widget shows for a config field (lists become comma-separated text)."""
+    """The value a widget shows for a config field (lists become comma-separated text, optional
+    numbers text, empty when unset)."""
     value = get_value(cfg, path)
     if isinstance(value, list):
         return ", ".join(map(str, value))
-    if value is None and kind_of(path) == "text":
+    if value is None and (kind_of(path) == "text" or optional(path)):
         return ""
+    if optional(path) and kind_of(path) in ("int", "float"):
+        return str(value)
     return value
 
 
@@ -81,6 +84,12 @@ def _from_widget(path: str, value: Any) -> Any:
         raise ConfigError(f"'{path}' needs a value.")
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
+    if kind in ("int", "float") and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"'{path}' should be a number, got {value!r}.") from None
+        return int(number) if kind == "int" and number.is_integer() else number
     if path == "model.target_modules" and isinstance(value, str) and "," in value:
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -143,7 +152,14 @@ def make_widget(path: str, value: Any = None, **kwargs):
         return gr.Checkbox(value=bool(value), **common)
     if kind == "choice":
         return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
-    if kind in ("int", "float"):
-        return gr.Number(value=value, minimum=meta.get("min"), maximum=meta.get("max"),
-                         precision=0 if kind == "int" else None, **common)
-    return gr.Textbox(value="" if value is None else value, lines=1, **common)
+    lo, hi = meta.get("min"), meta.get("max")
+    if kind in ("int", "float") and (lo is not None or hi is not None):
+        bounds = f"{lo if lo is not None else '…'} to {hi if hi is not None else '…'}"
+        common["info"] = f"{info or ''} ({bounds})".strip()
+    if kind in ("int", "float") and not optional(path):
+        # Bounds are checked by RunConfig, which says what is wrong in one line.
+        return gr.Number(value=value, precision=0 if kind == "int" else None, **common)
+    # optional numbers are text: empty means "automatic", which a number box cannot show
+    return gr.Textbox(value="" if value is None else str(value) if kind != "text" else value,
+                      lines=1, placeholder="empty: automatic" if optional(path) else None,
+                      **common)

@@ -74,7 +74,7 @@ def build() -> dict:
     gr.Markdown("### 5 · Try and export")
     with gr.Row():
         run = gr.Dropdown([], label="Run", elem_id="export-run", scale=3)
-        refresh = gr.Button("Refresh", size="sm", scale=1)
+        refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="export-refresh")
     question = gr.Textbox(label="Ask both models the same question", elem_id="chat-question",
                           placeholder="What is 3 + 4?")
     ask = gr.Button("Ask", elem_id="chat-ask")

@@ -86,7 +86,7 @@ def build(form: dict, machine: Machine) -> dict:
     return {"preset": preset, "estimate": estimate_md, "check": check, "check_out": check_out}
 
 
-def wire(ui: dict, form: dict, machine: Machine, extra_outputs: list) -> None:
+def wire(ui: dict, form: dict, machine: Machine, extra_outputs: list, demo_block) -> None:
     source = form["model.source"]
 
     def on_preset(preset, current):
@@ -119,6 +119,7 @@ def wire(ui: dict, form: dict, machine: Machine, extra_outputs: list) -> None:
         verdict, text = estimate(machine, *values)
         return [text] + [text] * len(extra_outputs)
 
+    demo_block.load(on_change, inputs, [ui["estimate"]] + extra_outputs, show_progress="hidden")
     for comp in inputs:
         comp.change(on_change, inputs, [ui["estimate"]] + extra_outputs, show_progress="hidden",
                     queue=False)

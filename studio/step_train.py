@@ -97,8 +97,8 @@ def build(form: dict) -> dict:
         save_yaml = gr.Button("Save settings as YAML", size="sm", elem_id="train-save-yaml")
         load_yaml = gr.UploadButton("Load settings from YAML", file_types=[".yaml", ".yml"],
                                     size="sm", elem_id="train-load-yaml")
-        yaml_file = gr.File(label="Settings file", visible=True, elem_id="train-yaml-file",
-                            interactive=False, height=60)
+        yaml_file = gr.File(label="Settings file", elem_id="train-yaml-file",
+                            interactive=False, height=80)
     message = gr.Markdown(elem_id="train-message")
     progress = gr.HTML(w.progress_html(w.new_watch()), elem_id="train-progress")
     status = gr.Markdown(elem_id="train-status")

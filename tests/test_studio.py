@@ -292,3 +292,13 @@ def test_the_ui_process_never_imports_torch():
 def test_run_manager_stop_file_is_the_trainers():
     from core import runs, trainer
     assert runs.STOP_FILE == trainer.STOP_FILE
+
+
+def test_optional_numbers_are_text_boxes_empty_meaning_automatic():
+    d = config_dict_from_values(["train.threads", "grpo.epsilon_high", "data.max_rows"],
+                                ["2", "0.3", ""])
+    assert d == {"train": {"threads": 2}, "grpo": {"epsilon_high": 0.3}, "data": {"max_rows": None}}
+    assert values_from_config(RunConfig(), ["train.threads"]) == [""]
+    with pytest.raises(ConfigError) as exc:
+        config_from_values(["train.threads"], ["two"])
+    assert "train.threads" in str(exc.value)

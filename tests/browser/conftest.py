@@ -1,0 +1,121 @@
+"""A real studio server (python app.py) on localhost and a headless system Chromium."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = os.environ.get("AHA_CHROMIUM", "/usr/bin/chromium")
+# A closed network makes Chromium's background services misbehave; switch them all off.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_workers(runs_dir: Path) -> None:
+    for pid_file in runs_dir.glob("*/worker.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """(url, runs_dir) of a studio served by its own process, as in production."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    log = open(runs_dir / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir",
+                             str(runs_dir)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("the studio did not start:\n" +
+                            (runs_dir / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield url, runs_dir
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    _kill_workers(runs_dir)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    outside = []  # the studio works offline: no request may leave localhost
+
+    def on_request(req):
+        host = req.url.split("/")[2] if "://" in req.url else ""
+        if req.url.startswith(("http:", "https:", "ws:", "wss:")) and \
+                not host.startswith(("127.0.0.1", "localhost")):
+            outside.append(req.url)
+
+    page.on("request", on_request)
+    page.outside_requests = outside
+    yield page
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-last.png"), full_page=True)
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose an option of a Gradio dropdown by its visible text."""
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option, exact=False).first.click()
+
+
+def fill(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()

@@ -1,0 +1,168 @@
+"""The whole wizard in a real browser against a real studio server and a real worker.
+
+Embedded model, an uploaded CSV, two reward templates, a tiny run (1 prompt x 2 answers,
+8 tokens), charts and samples appearing live, Stop, adapter export; then a page reload mid-run
+that must reattach. Screenshots go to test-artifacts/browser/.
+"""
+import re
+import time
+import zipfile
+
+import pytest
+
+from .conftest import fill, pick, shot, tab
+
+pytestmark = pytest.mark.model
+
+TINY = {"knob-grpo-num_generations": 2, "knob-grpo-prompts_per_step": 1,
+        "knob-grpo-max_completion_length": 8, "knob-train-save_steps": 1,
+        "knob-train-threads": 1}
+
+
+def _step(page) -> int:
+    value = page.locator(".aha-progress").first.get_attribute("data-step")
+    return int(value or 0)
+
+
+def _state(page) -> str:
+    return page.locator(".aha-progress").first.get_attribute("data-state") or ""
+
+
+def _wait(predicate, timeout=180, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _tiny_run(page, name: str, steps: int) -> None:
+    tab(page, "4 · Train")
+    fill(page, "knob-name", name)
+    page.click("#train-advanced button, #train-advanced .label-wrap")
+    for elem, value in TINY.items():
+        fill(page, elem, value)
+    fill(page, "knob-train-max_steps", steps)
+
+
+def test_whole_wizard(studio, page, tmp_path):
+    url, runs_dir = studio
+    page.goto(url)
+
+    # 1. model: the embedded default, what the machine has, the memory estimate
+    page.wait_for_selector("#machine-info")
+    assert "CPU" in page.inner_text("#machine-info") or "GPU" in page.inner_text("#machine-info")
+    assert page.input_value("#knob-model-source textarea, #knob-model-source input") == "default"
+    fill(page, "knob-model-lora_r", 8)
+    page.wait_for_function("document.querySelector('#model-estimate').innerText.includes('Memory estimate')")
+    shot(page, "1-model")
+
+    # 2. data: upload a CSV, see the preview, the mapping and a row-numbered message
+    csv = tmp_path / "sums.csv"
+    csv.write_text("Problem,Solution\n" + "".join(f"What is {a} + {b}?,{a + b}\n"
+                                                   for a in range(1, 4) for b in range(1, 4))
+                   + "What is 9 + 9?,\n", encoding="utf-8")
+    tab(page, "2 · Data")
+    page.set_input_files("#data-upload input[type=file]", str(csv))
+    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('10 rows')")
+    assert "row 10" in page.inner_text("#data-messages")  # the data row with no answer
+    assert "What is 1 + 1?" in page.inner_text("#data-preview")
+    assert page.input_value("#data-question input") == "Problem"
+    assert page.input_value("#data-answer input") == "Solution"
+    shot(page, "2-data")
+
+    # 3. rewards: a proposed set arrives; replace it with two templates of our choice
+    tab(page, "3 · Rewards")
+    page.wait_for_function("document.querySelector('#reward-table').innerText.includes('numeric_match')")
+    # numbers in the answers: the math set (right number + think/answer layout) is proposed
+    page.wait_for_function("document.querySelector('#reward-table').innerText.includes('tag_partial_credit')")
+    for _ in range(2):  # empty it
+        before = page.inner_text("#reward-table")
+        pick(page, "reward-which", "1.")
+        page.click("#reward-remove")
+        _wait(lambda: page.inner_text("#reward-table") != before, 20, "a reward to go")
+    for template in ("numeric_match", "length_target"):
+        pick(page, "reward-pick", f"({template})")
+        page.wait_for_function(f"document.querySelector('#reward-params textarea, #reward-params input').value.includes('{{')")
+        page.click("#reward-add")
+        page.wait_for_function(f"document.querySelector('#reward-message').innerText.includes('{template}')")
+    table = page.inner_text("#reward-table")
+    assert "numeric_match" in table and "length_target" in table
+    assert "tag_partial_credit" not in table
+    shot(page, "3-rewards")
+
+    # 4. train: a tiny run; the worker is a separate process; charts and samples fill in
+    _tiny_run(page, "browser-run", steps=30)
+    page.click("#train-start")
+    # row 10 has no answer and numeric_match needs one: the worker fails with one clear line
+    _wait(lambda: _state(page) == "failed", 120, "the run to fail")
+    assert "❌ Rewards numeric_match need a reference answer" in page.inner_text("#train-status")
+    page.get_by_text("Details").click()
+    page.wait_for_function("document.querySelector('#train-traceback').innerText.includes('Traceback')")
+    shot(page, "4-train-failed")
+    # use only the first 9 rows, then start again
+    tab(page, "2 · Data")
+    page.get_by_text("More data settings").click()
+    fill(page, "knob-data-max_rows", 9)
+    tab(page, "4 · Train")
+    page.click("#train-start")
+    _wait(lambda: _state(page) not in ("failed", ""), 30, "the new run to show")
+    _wait(lambda: _step(page) >= 2, what="two training steps")
+    assert "engine: transformers" in page.inner_text("#train-progress")
+    page.wait_for_selector("#chart-0 .scatterlayer .trace path.point", state="attached")
+    assert page.locator("#chart-0 .scatterlayer .trace").count() >= 3  # total + 2 templates
+    page.wait_for_selector("#train-samples .aha-sample")
+    assert "numeric_match" in page.inner_text("#train-samples")
+    shot(page, "4-train")
+    page.click("#train-stop")
+    _wait(lambda: _state(page) == "stopped", what="the run to stop")
+    stopped_at = _step(page)
+    assert 2 <= stopped_at < 30
+    run_dirs = [p for p in runs_dir.iterdir() if (p / "config.yaml").exists()]
+    trained = [p for p in run_dirs if (p / "checkpoints").exists()]
+    assert len(run_dirs) == 2 and (trained[0] / "checkpoints" / f"step-{stopped_at}").exists()
+    shot(page, "4-train-stopped")
+
+    # 5. export: the adapter as a zip download, the YAML, the command line
+    tab(page, "5 · Try and export")
+    page.click("#export-refresh")
+    page.wait_for_function("document.querySelector('#export-run input').value.includes('browser-run')")
+    page.wait_for_function("document.querySelector('#export-command').innerText.includes('python -m core train')")
+    page.click("#export-zip")
+    link = page.locator("#export-files a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    path = tmp_path / "adapter.zip"
+    dl.value.save_as(path)
+    names = set(zipfile.ZipFile(path).namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    assert not any(n.endswith(".pt") for n in names)  # no optimizer or RNG state
+    shot(page, "5-export")
+    assert page.outside_requests == []
+
+
+def test_reload_reattaches_to_a_running_run(studio, page):
+    url, runs_dir = studio
+    page.goto(url)
+    page.wait_for_selector("#machine-info")
+    tab(page, "2 · Data")
+    page.click("#data-sample")
+    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
+    _tiny_run(page, "reload-run", steps=40)
+    page.click("#train-start")
+    _wait(lambda: _step(page) >= 1, what="the first step")
+    before = _step(page)
+
+    page.reload()
+    page.wait_for_selector("#machine-info")
+    tab(page, "4 · Train")
+    _wait(lambda: _step(page) >= before and _state(page) == "training", timeout=30,
+          what="the reloaded page to show the run")
+    assert "reload-run" in page.inner_text("#runs-table")
+    _wait(lambda: _step(page) > before, what="steps to keep coming after the reload")
+    page.wait_for_selector("#chart-0 .scatterlayer .trace path.point", state="attached")
+    shot(page, "reload-reattached")
+    page.click("#train-stop")
+    _wait(lambda: _state(page) == "stopped", what="the run to stop")
