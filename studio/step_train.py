@@ -112,7 +112,8 @@ def build(form: dict) -> dict:
     samples = gr.HTML(w.samples_html([]), elem_id="train-samples")
     with gr.Accordion("Runs on this machine", open=True):
         with gr.Row():
-            run_pick = gr.Dropdown([], label="Show run", elem_id="runs-pick", scale=3)
+            run_pick = gr.Dropdown([], label="Show run", elem_id="runs-pick", scale=3,
+                                   allow_custom_value=True)
             refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="runs-refresh")
         runs = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=240)
     return {"demo": demo, "steps": steps, "quality": quality, "estimate": estimate,
@@ -208,6 +209,8 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
         return runs_update()
 
     ui["refresh"].click(on_refresh, None, runs_out, queue=False, api_name="runs_list")
+    gr.Timer(15.0).tick(lambda: runs_update()[0], None, ui["runs"], show_progress="hidden",
+                        queue=False)
 
     @friendly
     def on_load(remembered_dir):
