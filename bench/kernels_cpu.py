@@ -233,12 +233,11 @@ def main() -> None:
         return
     result = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "args": {k: v for k, v in vars(args).items() if k != "one"}}
-    if args.part in ("all", "lora"):
-        result["lora"] = bench_lora(args)
-    if args.part in ("all", "logprob_memory"):
-        result["logprob_memory"] = bench_logprob_memory(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for part, bench in (("lora", bench_lora), ("logprob_memory", bench_logprob_memory)):
+        if args.part in ("all", part):
+            result[part] = bench(args)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after each part
     print("wrote", args.out)
 
 
