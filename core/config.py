@@ -114,6 +114,9 @@ class TrainConfig:
     save_steps: int = knob(10, "Save a checkpoint every N steps (0: only at the end).", min=0)
     sample_every: int = knob(1, "Log example completions every N steps.", min=1)
     threads: int | None = knob(None, "CPU threads for torch (empty: all cores).", min=1)
+    kernels: bool = knob(True, "Fused kernels: LoRA layers with hand-derived gradients (CPU and "
+                         "GPU), Triton RMSNorm, RoPE, SwiGLU and log-probs on GPUs. Off: plain "
+                         "peft and transformers, for comparison.")
 
 
 @dataclass

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+import kernels
+
 from . import data as data_lib
 from .config import RunConfig
 from .events import EventLog
 from .generation import make_engine
 from .grpo import LossSettings, compute_advantages, policy_loss
-from .logprobs import chunked_selective_log_prob
 from .models import count_parameters, decoder_and_head, load_model
 
 STOP_FILE = "STOP"
@@ -86,8 +87,8 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, prompt_w
     hidden = hidden[:, prompt_width - 1:-1]                        # [b, Tc, H] predicts Tc tokens
     targets = input_ids[:, prompt_width:]                          # [b, Tc]
     selected = completion_mask.bool()
-    logps, entropy = chunked_selective_log_prob(hidden[selected], head.weight, targets[selected],
-                                                temperature, chunk_size)  # [N]
+    logps, entropy = kernels.selective_log_prob(hidden[selected], head.weight, targets[selected],
+                                                temperature, chunk_size=chunk_size)  # [N]
     full = hidden.new_zeros(selected.shape, dtype=torch.float32)
     full_entropy = torch.zeros_like(full)
     full = full.masked_scatter(selected, logps)
@@ -153,6 +154,7 @@ class Trainer:
                                  fast_cpu_generation=cfg.generation.fast_cpu_4bit)
         self.model, self.tokenizer, self.device = (self.loaded.model, self.loaded.tokenizer,
                                                    self.loaded.device)
+        self.kernel_report = kernels.patch_model(self.model) if cfg.train.kernels else {}
         self.model.train()
         self.engine = make_engine(cfg.generation.engine, self.model, self.tokenizer, self.device,
                                   cfg.generation.max_batch_size,
@@ -169,7 +171,8 @@ class Trainer:
         trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
                      device=str(self.device), trainable_params=trainable, total_params=total,
-                     rows=len(self.dataset), rewards=self.rewards.names)
+                     rows=len(self.dataset), rewards=self.rewards.names,
+                     kernels=self.kernel_report)
         return self
 
     # ---- one step ---------------------------------------------------------------------
