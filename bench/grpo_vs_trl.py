@@ -6,7 +6,8 @@
 
 Sides: "ours" (our core as it is: generation from a packed copy of the 4-bit weights in
 bitsandbytes' fast CPU layout, training on the original layout), "ours_nopack" (our core with
-`generation.fast_cpu_4bit` off: generation on the training layout) and "trl".
+`generation.fast_cpu_4bit` off: generation on the training layout), "ours_nokernels" (our core
+with `train.kernels` off: peft's LoRA layers) and "trl".
 
 Each side runs in its own process so that its peak RSS is its own. Per side: one warm-up step
 (not counted), then N measured optimizer steps. A step is everything one optimizer step costs:
@@ -204,7 +205,7 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
                   "adam_beta1": cfg["adam_beta1"], "adam_beta2": cfg["adam_beta2"],
                   "weight_decay": cfg["weight_decay"], "max_grad_norm": cfg["max_grad_norm"],
                   "optimizer": cfg["optimizer"], "seed": cfg["seed"], "threads": cfg["threads"],
-                  "save_steps": 0},
+                  "save_steps": 0, "kernels": variant != "ours_nokernels"},
         "generation": {"engine": "transformers", "fast_cpu_4bit": variant != "ours_nopack"},
     })
     t_setup = time.perf_counter()
@@ -234,6 +235,7 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
         result.update({
             "side": variant,
             "bnb_packed_generation_copies": packed_copies,
+            "kernels": trainer.kernel_report,
             "bnb_packing_at_end": bnb_packing_state(trainer.model),
             "warmup_step_time_s": warm,
             "setup_time_s": setup_s,
@@ -675,6 +677,8 @@ def probe_bnb_8bit_optimizer() -> tuple[bool, str]:
 SIDE_NOTES = {
     "ours": "our core as it is: generation from a copy of the 4-bit weights in bitsandbytes' "
             "packed CPU layout, training on the original layout",
+    "ours_nokernels": "our core with train.kernels off: peft's LoRA layers and the chunked "
+                      "torch log-prob",
     "ours_nopack": "our core with generation.fast_cpu_4bit off: generation on the training "
                    "layout, the same 4-bit kernels as TRL",
     "trl": "TRL GRPOTrainer",
