@@ -1,4 +1,4 @@
-"""Aha Studio in the browser: `python app.py [--host H] [--port P] [--runs-dir DIR]`.
+"""Aha Studio in the browser: `python app.py [--host H] [--port P] [--runs-dir DIR] [--trusted]`.
 
 On Hugging Face Spaces (SPACE_ID set) it binds 0.0.0.0:7860. Nothing here phones home.
 """
@@ -24,7 +24,14 @@ def main(argv: list[str] | None = None) -> int:
                    int(os.environ.get("AHA_PORT", "7860")))
     p.add_argument("--runs-dir", default=os.environ.get("AHA_RUNS_DIR", "runs"),
                    help="Where runs are kept (default: runs/).")
+    p.add_argument("--trusted", action="store_true",
+                   help="Trusted mode, for a local single-user studio: lets the code rewards "
+                        "(python_tests, custom_python) run Python in a sandboxed process.")
     args = p.parse_args(argv)
+    if args.trusted:
+        if on_space:
+            p.error("--trusted is for a local, single-user studio, not a shared Space.")
+        os.environ["AHA_STUDIO_TRUSTED"] = "1"  # inherited by the training workers
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from studio.app import launch
     launch(args.host, args.port, args.runs_dir)
