@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import regex
 
-from .base import Example, Param, RewardError, check_tag_names, clip, extract_tag, template
+from .base import Example, Param, RewardError, clip, extract_tag, optional_tag_name, template
 
 # Choice shown to users -> ISO 639-1 code of the language identifier. The identifier only
 # chooses among these, which keeps it from confusing a language with a rare close relative.
@@ -46,10 +46,7 @@ def detect_language(text: str) -> str | None:
 
 def _check(params: dict) -> dict:
     identifier()  # a missing package is reported when the set is built, not mid-run
-    params["answer_tag"] = params["answer_tag"].strip().strip("<>/").strip()
-    if params["answer_tag"]:
-        params = check_tag_names("answer_tag")(params)
-    return params
+    return optional_tag_name(params)
 
 
 @template(

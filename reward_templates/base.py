@@ -661,6 +661,12 @@ def check_tag_names(*param_names: str) -> Callable[[dict], dict]:
     return check
 
 
+def optional_tag_name(params: dict, name: str = "answer_tag") -> dict:
+    """Validate a tag-name setting that may be left empty ("use the whole completion")."""
+    params[name] = params[name].strip().strip("<>/").strip()
+    return check_tag_names(name)(params) if params[name] else params
+
+
 # -- user-supplied regular expressions ---------------------------------------
 
 # Without the timeout-capable engine we fall back to `re`, which cannot be

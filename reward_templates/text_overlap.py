@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .base import Example, Param, check_tag_names, extract_tag, normalize_text, reference_text, template
+from .base import (
+    Example,
+    Param,
+    extract_tag,
+    normalize_text,
+    optional_tag_name,
+    reference_text,
+    template,
+)
 
 #: Words compared at most per side; keeps ROUGE-L bounded on huge replies.
 MAX_WORDS = 3_000
@@ -60,10 +68,7 @@ _METRICS = {"token_f1": token_f1, "rouge_l": rouge_l}
 
 
 def _check(params: dict) -> dict:
-    params["answer_tag"] = params["answer_tag"].strip().strip("<>/").strip()
-    if params["answer_tag"]:
-        params = check_tag_names("answer_tag")(params)
-    return params
+    return optional_tag_name(params)
 
 
 @template(

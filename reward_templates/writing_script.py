@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import regex
 
-from .base import Example, Param, check_tag_names, clip, extract_tag, template
+from .base import Example, Param, clip, extract_tag, optional_tag_name, template
 
 # Choice shown to users -> Unicode scripts that count. Japanese mixes kanji
 # (Han) with the two kana syllabaries.
@@ -42,10 +42,7 @@ def script_share(text: str, script: str) -> float | None:
 
 
 def _check(params: dict) -> dict:
-    params["answer_tag"] = params["answer_tag"].strip().strip("<>/").strip()
-    if params["answer_tag"]:
-        params = check_tag_names("answer_tag")(params)
-    return params
+    return optional_tag_name(params)
 
 
 @template(
