@@ -54,7 +54,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         step_model.wire(model_ui, form, machine, [train_ui["estimate"]], demo)
         step_data.wire(data_ui, form, runs_dir / "uploads", sample, rewards)
         step_rewards.wire(rewards_ui, form, rewards, sample)
-        step_train.wire(train_ui, form, rewards, watch, remembered, manager, machine.gpu, demo)
+        step_train.wire(train_ui, form, rewards, watch, remembered, manager, machine, demo)
         step_export.wire(export_ui, manager, watch)
 
         def propose_if_empty(rs, smp):  # new data, no rewards chosen yet: suggest a set

@@ -18,7 +18,9 @@ from . import watch as w
 from .errors import friendly
 from .form import (config_from_values, make_widget, rewards_from_config, section_paths,
                    values_from_config)
+from .machine import Machine
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
+from .step_model import ESTIMATE_PATHS, estimate
 
 ACTIVE = ("created", "loading_data", "loading_model", "ready", "resumed", "training")
 CHART_TITLES = list(w.CHARTS)
@@ -32,6 +34,14 @@ def runs_table(manager: RunManager) -> tuple[dict, list]:
                      step, (st.error or "")[:120]])
         choices.append((f"{st.run_dir.name} · {st.state}", str(st.run_dir)))
     return {"headers": ["run", "name", "state", "step", "problem"], "data": rows}, choices
+
+
+def fit_warning(verdict: str, confirmed: bool) -> str | None:
+    """None when a run may start; else the one line that asks to confirm a run too big to fit."""
+    if verdict != "too_big" or confirmed:
+        return None
+    return ("⛔ The memory estimate says this run will not fit on this machine. Tick "
+            "*I understand it may not fit* and press Start again to try anyway.")
 
 
 def pick_run_to_show(manager: RunManager, remembered: str | None) -> str | None:
@@ -93,6 +103,8 @@ def build(form: dict) -> dict:
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         resume = gr.Button("Resume", elem_id="train-resume")
+    fit_confirm = gr.Checkbox(False, label="I understand it may not fit", visible=False,
+                              elem_id="train-fit-confirm")
     with gr.Row():
         save_yaml = gr.Button("Save settings as YAML", size="sm", elem_id="train-save-yaml")
         load_yaml = gr.UploadButton("Load settings from YAML", file_types=[".yaml", ".yml"],
@@ -117,7 +129,7 @@ def build(form: dict) -> dict:
             refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="runs-refresh")
         runs = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=240)
     return {"demo": demo, "steps": steps, "quality": quality, "estimate": estimate,
-            "start": start, "stop": stop, "resume": resume, "save_yaml": save_yaml,
+            "start": start, "fit_confirm": fit_confirm, "stop": stop, "resume": resume, "save_yaml": save_yaml,
             "load_yaml": load_yaml, "yaml_file": yaml_file, "message": message,
             "progress": progress, "status": status, "details": details,
             "traceback": traceback, "plots": plots, "samples": samples, "run_pick": run_pick,
@@ -125,7 +137,7 @@ def build(form: dict) -> dict:
 
 
 def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: gr.BrowserState,
-         manager: RunManager, gpu: bool, demo_block: gr.Blocks) -> None:
+         manager: RunManager, machine: Machine, demo_block: gr.Blocks) -> None:
     paths = list(form)
     fields = [form[p] for p in paths]
     view = [watch, ui["progress"], ui["status"], ui["details"], ui["traceback"], *ui["plots"],
@@ -142,29 +154,37 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
 
     @friendly
     def on_demo():
-        return load_config(quick_demo_config(gpu)) + ["Loaded the quick demo: the built-in "
+        return load_config(quick_demo_config(machine.gpu)) + ["Loaded the quick demo: the built-in "
                                                       "model learns one-digit sums."]
 
     ui["demo"].click(on_demo, None, fields + [rewards, ui["steps"], ui["message"]])
     ui["steps"].input(lambda s: int(s), ui["steps"], form["train.max_steps"])
     ui["quality"].input(quality_settings, ui["quality"], [form[p] for p in QUALITY_PATHS])
 
+    estimate_at = [paths.index(p) for p in ESTIMATE_PATHS]
+
     @friendly
-    def on_start(rs, *values):
+    def on_start(rs, confirmed, *values):
+        keep = [gr.skip()] * (len(view) + 3)
         try:
             cfg = config_from_values(paths, list(values), rs)
         except ConfigError as exc:
-            return [f"❌ {exc}", gr.skip()] + [gr.skip()] * (len(view) + 2)
+            return [f"❌ {exc}", gr.skip()] + keep
         if not cfg.data.source:
-            return (["❌ Choose data in step 2 first.", gr.skip()] + [gr.skip()] * (len(view) + 2))
+            return ["❌ Choose data in step 2 first.", gr.skip()] + keep
+        verdict, _ = estimate(machine, *[values[i] for i in estimate_at])
+        warning = fit_warning(verdict, bool(confirmed))
+        if warning:
+            return [warning, gr.skip()] + keep[:-1] + [gr.update(visible=True, value=False)]
         run_dir = manager.create(cfg)
         manager.start(run_dir)
         new = w.new_watch(str(run_dir))
         return ([f"Started **{run_dir.name}** in its own process.", str(run_dir)] + render(new)
-                + list(runs_update(str(run_dir))))
+                + list(runs_update(str(run_dir))) + [gr.update(visible=False, value=False)])
 
-    ui["start"].click(on_start, [rewards] + fields,
-                      [ui["message"], remembered] + view + runs_out, concurrency_limit=1)
+    ui["start"].click(on_start, [rewards, ui["fit_confirm"]] + fields,
+                      [ui["message"], remembered] + view + runs_out + [ui["fit_confirm"]],
+                      concurrency_limit=1)
 
     @friendly
     def on_stop(wt):

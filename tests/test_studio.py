@@ -16,6 +16,7 @@ from studio.presets import quality_settings, quick_demo_config
 from studio.step_data import inspect_source, keep_upload
 from studio.step_export import adapter_dir, zip_adapter
 from studio.step_model import estimate, source_for_preset
+from studio.step_train import fit_warning
 from studio.step_rewards import add_reward, remove_reward, score_table
 from studio.machine import Machine, detect_machine
 from reward_templates import RewardError
@@ -121,6 +122,14 @@ def test_estimate_markdown_warns_on_a_small_machine():
     assert estimate(big, *args)[0] == "ok"
     assert estimate(big, "some/unknown-model", *args[1:])[0] == "unknown"
     assert estimate(big, "default", "4bit", None, "x", 1, 1, 2, 1, True, "adamw")[0] == "unknown"
+
+
+def test_a_run_too_big_to_fit_needs_a_second_explicit_yes():
+    for verdict in ("ok", "tight", "unknown"):
+        assert fit_warning(verdict, confirmed=False) is None
+    line = fit_warning("too_big", confirmed=False)
+    assert line and "\n" not in line and "not fit" in line and "I understand" in line
+    assert fit_warning("too_big", confirmed=True) is None
 
 
 def test_machine_is_detected():
