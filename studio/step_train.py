@@ -6,6 +6,7 @@ directory's events on a timer, so reloading it or restarting the server loses no
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -42,6 +43,16 @@ def fit_warning(verdict: str, confirmed: bool) -> str | None:
         return None
     return ("⛔ The memory estimate says this run will not fit on this machine. Tick "
             "*I understand it may not fit* and press Start again to try anyway.")
+
+
+def wait_for_exit(manager: RunManager, run_dir: str, seconds: float = 30.0) -> bool:
+    """A worker that has reported its end may still be shutting down; give it a moment."""
+    deadline = time.monotonic() + seconds
+    while manager.is_alive(run_dir):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def pick_run_to_show(manager: RunManager, remembered: str | None) -> str | None:
@@ -201,7 +212,10 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
         if not run_dir:
             return "Choose a run to resume in the list below.", wt
         if manager.is_alive(run_dir):
-            return "This run is already training.", wt
+            if wt.get("state") not in ("stopped", "finished", "failed"):
+                return "This run is already training.", wt
+            if not wait_for_exit(manager, run_dir):
+                return "This run is still shutting down; press Resume again in a moment.", wt
         manager.start(run_dir, resume=True)
         return "Resuming from the last checkpoint…", dict(wt, state="created")
 

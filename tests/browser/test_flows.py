@@ -1,14 +1,16 @@
 """Wizard flows beyond the main path, in a real browser against a real studio and real workers:
-scoring rewards on real model output ("Try it") and the trained-vs-base chat. Tiny settings throughout (1 prompt x 2
+scoring rewards on real model output ("Try it"), the trained-vs-base chat, settings saved as
+YAML and loaded back, and Resume of a stopped run. Tiny settings throughout (1 prompt x 2
 answers, 8 tokens). Screenshots go to test-artifacts/browser/.
 """
+import yaml
 import pytest
 
 from core.runs import RunManager
 from studio.presets import quick_demo_config
 
 from .conftest import fill, shot, tab
-from .test_wizard import _wait
+from .test_wizard import _state, _step, _tiny_run, _wait
 
 pytestmark = pytest.mark.model
 
@@ -77,3 +79,80 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     assert "❌" not in _text(page, "#chat-status"), _text(page, "#chat-status")
     shot(page, "flows-5-chat")
     assert page.outside_requests == []
+
+
+def test_settings_yaml_roundtrip_and_resume(studio, page, tmp_path):
+    url, runs_dir = studio
+    page.goto(url)
+    page.wait_for_selector("#machine-info")
+    tab(page, "2 · Data")
+    page.click("#data-sample")
+    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
+    _tiny_run(page, "resume-run", steps=30)
+
+    # save the settings, change one, load the file: the field comes back
+    page.click("#train-save-yaml")
+    link = page.locator("#train-yaml-file a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    saved = tmp_path / "settings.yaml"
+    dl.value.save_as(saved)
+    data = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    assert data["name"] == "resume-run" and data["grpo"]["num_generations"] == 2
+    assert data["train"]["max_steps"] == 30
+    fill(page, "knob-grpo-num_generations", 5)
+    fill(page, "knob-name", "changed")
+    assert page.input_value("#knob-grpo-num_generations input") == "5"
+    page.set_input_files("#train-load-yaml input[type=file], input[type=file][accept*='.yaml']",
+                         str(saved))
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Loaded settings')")
+    _wait(lambda: page.input_value("#knob-grpo-num_generations input") == "2", 20,
+          "num_generations to come back")
+    assert page.input_value("#knob-name input, #knob-name textarea") == "resume-run"
+    shot(page, "flows-4-yaml-loaded")
+
+    # start, stop after a step, resume: the step counter goes on past where it stopped
+    page.click("#train-start")
+    _wait(lambda: _step(page) >= 1, what="the first step")
+    page.click("#train-stop")
+    _wait(lambda: _state(page) == "stopped", what="the run to stop")
+    stopped_at = _step(page)
+    run_dir = next(p for p in runs_dir.iterdir() if p.name.endswith("resume-run"))
+    assert (run_dir / "checkpoints" / f"step-{stopped_at}").exists()
+    shot(page, "flows-4-stopped")
+    page.click("#train-resume")
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Resuming')")
+    _wait(lambda: _step(page) > stopped_at, what="a step after the resume")
+    assert _state(page) in ("resumed", "training")
+    shot(page, "flows-4-resumed")
+    page.click("#train-stop")
+    _wait(lambda: _state(page) == "stopped", what="the resumed run to stop")
+    assert page.outside_requests == []
+
+
+def test_a_start_too_big_to_fit_asks_first(studio, page):
+    url, runs_dir = studio
+    page.goto(url)
+    page.wait_for_selector("#machine-info")
+    tab(page, "2 · Data")
+    page.click("#data-sample")
+    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
+    _tiny_run(page, "too-big-run", steps=2)
+    for elem, value in {"knob-grpo-prompts_per_step": 64, "knob-grpo-num_generations": 64,
+                        "knob-grpo-max_completion_length": 32768}.items():
+        fill(page, elem, value)
+    page.wait_for_function("document.querySelector('#train-estimate').innerText.includes('not fit')")
+    before = sorted(p.name for p in runs_dir.iterdir())
+    page.click("#train-start")
+    page.wait_for_function("(t => t.includes('will not fit') && !t.includes('processing'))"
+                           "(document.querySelector('#train-message').innerText)")
+    message = _text(page, "#train-message").strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert page.locator("#train-fit-confirm input[type=checkbox]").is_visible()
+    assert not page.locator("#train-fit-confirm input[type=checkbox]").is_checked()
+    assert sorted(p.name for p in runs_dir.iterdir()) == before  # nothing was launched
+    page.click("#train-start")  # a second press without the tick still does not start
+    page.wait_for_timeout(1500)
+    assert sorted(p.name for p in runs_dir.iterdir()) == before
+    shot(page, "flows-4-too-big-warning")
