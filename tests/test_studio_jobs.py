@@ -26,3 +26,45 @@ def test_a_bad_model_source_is_one_line_not_a_crash(tmp_path):
         run_job_quietly({"job": "generate", "source": str(tmp_path), "questions": ["hi"]})
     assert "config.json" in str(exc.value) and "\n" not in str(exc.value)
     assert "Traceback" in exc.value.traceback
+
+
+def test_merge_writes_a_16bit_model_that_answers_like_base_plus_adapter(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    adapted.save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "merged"
+    result = run_job_quietly({"job": "merge", "source": str(tiny_model_dir),
+                              "adapter": str(tmp_path / "adapter"), "out": str(out)})
+    assert result["path"] == str(out)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert merged.dtype == torch.bfloat16
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert (out / "tokenizer_config.json").exists()
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    reference = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    ids = torch.tensor([[1, 20, 300, 4000, 50]])
+    with torch.no_grad():
+        want, got = reference(input_ids=ids).logits, merged(input_ids=ids).logits
+    assert (got.float() - want.float()).abs().max() < 0.05 * want.float().abs().max()
+    with reference.disable_adapter(), torch.no_grad():
+        plain = reference(input_ids=ids).logits
+    assert not torch.allclose(got.float(), plain.float(), atol=1e-3)  # the adapter is in it
+
+
+def test_push_to_hub_gives_one_line_reasons(tmp_path):
+    from studio.step_export import push_to_hub
+
+    for repo, token, words in [("no-slash", "hf_x", "your-name/model-name"),
+                               ("me/model", "", "access token"),
+                               ("me/model", "hf_x", "Could not push to the Hub")]:
+        with pytest.raises(ValueError) as exc:
+            push_to_hub(tmp_path, repo, token)  # tests run offline: the Hub is never reached
+        assert words in str(exc.value) and "\n" not in str(exc.value)
