@@ -119,3 +119,43 @@ def fill(page, elem_id: str, value) -> None:
 
 def tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
+
+
+TINY = {"knob-grpo-num_generations": 2, "knob-grpo-prompts_per_step": 1,
+        "knob-grpo-max_completion_length": 8, "knob-train-save_steps": 1,
+        "knob-train-threads": 1}
+
+
+def run_step(page) -> int:
+    value = page.locator(".aha-progress").first.get_attribute("data-step")
+    return int(value or 0)
+
+
+def run_state(page) -> str:
+    return page.locator(".aha-progress").first.get_attribute("data-state") or ""
+
+
+def wait_until(predicate, timeout=180, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def tiny_run(page, name: str, steps: int) -> None:
+    tab(page, "4 · Train")
+    fill(page, "knob-name", name)
+    page.click("#train-advanced button, #train-advanced .label-wrap")
+    for elem, value in TINY.items():
+        fill(page, elem, value)
+    fill(page, "knob-train-max_steps", steps)
+
+def open_with_sample_data(page, url: str) -> None:
+    """Load the studio and pick the built-in sample data (step 2)."""
+    page.goto(url)
+    page.wait_for_selector("#machine-info")
+    tab(page, "2 · Data")
+    page.click("#data-sample")
+    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")

@@ -9,8 +9,8 @@ import pytest
 from core.runs import RunManager
 from studio.presets import quick_demo_config
 
-from .conftest import fill, shot, tab
-from .test_wizard import _state, _step, _tiny_run, _wait
+from .conftest import (fill, open_with_sample_data, run_state, run_step, shot, tab,
+                       tiny_run, wait_until)
 
 pytestmark = pytest.mark.model
 
@@ -36,11 +36,7 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     url, runs_dir = studio
     manager, run_dir = _tiny_trained_run(runs_dir)  # trains while the rewards are tried
 
-    page.goto(url)
-    page.wait_for_selector("#machine-info")
-    tab(page, "2 · Data")
-    page.click("#data-sample")
-    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
+    open_with_sample_data(page, url)
     tab(page, "4 · Train")  # short answers keep "Try it" quick
     page.click("#train-advanced button, #train-advanced .label-wrap")
     fill(page, "knob-grpo-max_completion_length", 8)
@@ -50,7 +46,7 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     table = _text(page, "#reward-table")
     templates = [t for t in ("numeric_match", "tag_partial_credit", "length_target") if t in table]
     page.click("#reward-try")
-    _wait(lambda: "Scored" in _text(page, "#reward-try-status") or
+    wait_until(lambda: "Scored" in _text(page, "#reward-try-status") or
           "❌" in _text(page, "#reward-try-status"), 180, "the answers to be scored")
     assert "Scored" in _text(page, "#reward-try-status"), _text(page, "#reward-try-status")
     headers = [h.strip() for h in page.locator("#reward-try-table [role=columnheader]").all_inner_texts()]
@@ -74,7 +70,7 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
         text = _text(page, f"#{elem}")
         return question in text and len(text.split(question, 1)[1].strip()) > 0
 
-    _wait(lambda: (answered("chat-trained") and answered("chat-base"))
+    wait_until(lambda: (answered("chat-trained") and answered("chat-base"))
           or "❌" in _text(page, "#chat-status"), 240, "both answers")
     assert "❌" not in _text(page, "#chat-status"), _text(page, "#chat-status")
     shot(page, "flows-5-chat")
@@ -83,12 +79,8 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
 
 def test_settings_yaml_roundtrip_and_resume(studio, page, tmp_path):
     url, runs_dir = studio
-    page.goto(url)
-    page.wait_for_selector("#machine-info")
-    tab(page, "2 · Data")
-    page.click("#data-sample")
-    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
-    _tiny_run(page, "resume-run", steps=30)
+    open_with_sample_data(page, url)
+    tiny_run(page, "resume-run", steps=30)
 
     # save the settings, change one, load the file: the field comes back
     page.click("#train-save-yaml")
@@ -107,38 +99,34 @@ def test_settings_yaml_roundtrip_and_resume(studio, page, tmp_path):
     page.set_input_files("#train-load-yaml input[type=file], input[type=file][accept*='.yaml']",
                          str(saved))
     page.wait_for_function("document.querySelector('#train-message').innerText.includes('Loaded settings')")
-    _wait(lambda: page.input_value("#knob-grpo-num_generations input") == "2", 20,
+    wait_until(lambda: page.input_value("#knob-grpo-num_generations input") == "2", 20,
           "num_generations to come back")
     assert page.input_value("#knob-name input, #knob-name textarea") == "resume-run"
     shot(page, "flows-4-yaml-loaded")
 
     # start, stop after a step, resume: the step counter goes on past where it stopped
     page.click("#train-start")
-    _wait(lambda: _step(page) >= 1, what="the first step")
+    wait_until(lambda: run_step(page) >= 1, what="the first step")
     page.click("#train-stop")
-    _wait(lambda: _state(page) == "stopped", what="the run to stop")
-    stopped_at = _step(page)
+    wait_until(lambda: run_state(page) == "stopped", what="the run to stop")
+    stopped_at = run_step(page)
     run_dir = next(p for p in runs_dir.iterdir() if p.name.endswith("resume-run"))
     assert (run_dir / "checkpoints" / f"step-{stopped_at}").exists()
     shot(page, "flows-4-stopped")
     page.click("#train-resume")
     page.wait_for_function("document.querySelector('#train-message').innerText.includes('Resuming')")
-    _wait(lambda: _step(page) > stopped_at, what="a step after the resume")
-    assert _state(page) in ("resumed", "training")
+    wait_until(lambda: run_step(page) > stopped_at, what="a step after the resume")
+    assert run_state(page) in ("resumed", "training")
     shot(page, "flows-4-resumed")
     page.click("#train-stop")
-    _wait(lambda: _state(page) == "stopped", what="the resumed run to stop")
+    wait_until(lambda: run_state(page) == "stopped", what="the resumed run to stop")
     assert page.outside_requests == []
 
 
 def test_a_start_too_big_to_fit_asks_first(studio, page):
     url, runs_dir = studio
-    page.goto(url)
-    page.wait_for_selector("#machine-info")
-    tab(page, "2 · Data")
-    page.click("#data-sample")
-    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
-    _tiny_run(page, "too-big-run", steps=2)
+    open_with_sample_data(page, url)
+    tiny_run(page, "too-big-run", steps=2)
     for elem, value in {"knob-grpo-prompts_per_step": 64, "knob-grpo-num_generations": 64,
                         "knob-grpo-max_completion_length": 32768}.items():
         fill(page, elem, value)

@@ -4,47 +4,14 @@ Embedded model, an uploaded CSV, two reward templates, a tiny run (1 prompt x 2 
 8 tokens), charts and samples appearing live, Stop, adapter export; then a page reload mid-run
 that must reattach. Screenshots go to test-artifacts/browser/.
 """
-import re
-import time
 import zipfile
 
 import pytest
 
-from .conftest import fill, pick, shot, tab
+from .conftest import (fill, open_with_sample_data, pick, run_state, run_step, shot, tab,
+                       tiny_run, wait_until)
 
 pytestmark = pytest.mark.model
-
-TINY = {"knob-grpo-num_generations": 2, "knob-grpo-prompts_per_step": 1,
-        "knob-grpo-max_completion_length": 8, "knob-train-save_steps": 1,
-        "knob-train-threads": 1}
-
-
-def _step(page) -> int:
-    value = page.locator(".aha-progress").first.get_attribute("data-step")
-    return int(value or 0)
-
-
-def _state(page) -> str:
-    return page.locator(".aha-progress").first.get_attribute("data-state") or ""
-
-
-def _wait(predicate, timeout=180, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _tiny_run(page, name: str, steps: int) -> None:
-    tab(page, "4 · Train")
-    fill(page, "knob-name", name)
-    page.click("#train-advanced button, #train-advanced .label-wrap")
-    for elem, value in TINY.items():
-        fill(page, elem, value)
-    fill(page, "knob-train-max_steps", steps)
-
 
 def test_whole_wizard(studio, page, tmp_path):
     url, runs_dir = studio
@@ -81,7 +48,7 @@ def test_whole_wizard(studio, page, tmp_path):
         before = page.inner_text("#reward-table")
         pick(page, "reward-which", "1.")
         page.click("#reward-remove")
-        _wait(lambda: page.inner_text("#reward-table") != before, 20, "a reward to go")
+        wait_until(lambda: page.inner_text("#reward-table") != before, 20, "a reward to go")
     for template in ("numeric_match", "length_target"):
         pick(page, "reward-pick", f"({template})")
         page.wait_for_function(f"document.querySelector('#reward-params textarea, #reward-params input').value.includes('{{')")
@@ -93,10 +60,10 @@ def test_whole_wizard(studio, page, tmp_path):
     shot(page, "3-rewards")
 
     # 4. train: a tiny run; the worker is a separate process; charts and samples fill in
-    _tiny_run(page, "browser-run", steps=30)
+    tiny_run(page, "browser-run", steps=30)
     page.click("#train-start")
     # row 10 has no answer and numeric_match needs one: the worker fails with one clear line
-    _wait(lambda: _state(page) == "failed", 120, "the run to fail")
+    wait_until(lambda: run_state(page) == "failed", 120, "the run to fail")
     assert "❌ Rewards numeric_match need a reference answer" in page.inner_text("#train-status")
     page.get_by_text("Details").click()
     page.wait_for_function("document.querySelector('#train-traceback').innerText.includes('Traceback')")
@@ -107,8 +74,8 @@ def test_whole_wizard(studio, page, tmp_path):
     fill(page, "knob-data-max_rows", 9)
     tab(page, "4 · Train")
     page.click("#train-start")
-    _wait(lambda: _state(page) not in ("failed", ""), 30, "the new run to show")
-    _wait(lambda: _step(page) >= 2, what="two training steps")
+    wait_until(lambda: run_state(page) not in ("failed", ""), 30, "the new run to show")
+    wait_until(lambda: run_step(page) >= 2, what="two training steps")
     assert "engine: transformers" in page.inner_text("#train-progress")
     page.wait_for_selector("#chart-0 .scatterlayer .trace path.point", state="attached")
     assert page.locator("#chart-0 .scatterlayer .trace").count() >= 3  # total + 2 templates
@@ -116,8 +83,8 @@ def test_whole_wizard(studio, page, tmp_path):
     assert "numeric_match" in page.inner_text("#train-samples")
     shot(page, "4-train")
     page.click("#train-stop")
-    _wait(lambda: _state(page) == "stopped", what="the run to stop")
-    stopped_at = _step(page)
+    wait_until(lambda: run_state(page) == "stopped", what="the run to stop")
+    stopped_at = run_step(page)
     assert 2 <= stopped_at < 30
     run_dirs = [p for p in runs_dir.iterdir() if (p / "config.yaml").exists()]
     trained = [p for p in run_dirs if (p / "checkpoints").exists()]
@@ -145,24 +112,20 @@ def test_whole_wizard(studio, page, tmp_path):
 
 def test_reload_reattaches_to_a_running_run(studio, page):
     url, runs_dir = studio
-    page.goto(url)
-    page.wait_for_selector("#machine-info")
-    tab(page, "2 · Data")
-    page.click("#data-sample")
-    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
-    _tiny_run(page, "reload-run", steps=40)
+    open_with_sample_data(page, url)
+    tiny_run(page, "reload-run", steps=40)
     page.click("#train-start")
-    _wait(lambda: _step(page) >= 1, what="the first step")
-    before = _step(page)
+    wait_until(lambda: run_step(page) >= 1, what="the first step")
+    before = run_step(page)
 
     page.reload()
     page.wait_for_selector("#machine-info")
     tab(page, "4 · Train")
-    _wait(lambda: _step(page) >= before and _state(page) == "training", timeout=30,
+    wait_until(lambda: run_step(page) >= before and run_state(page) == "training", timeout=30,
           what="the reloaded page to show the run")
     assert "reload-run" in page.inner_text("#runs-table")
-    _wait(lambda: _step(page) > before, what="steps to keep coming after the reload")
+    wait_until(lambda: run_step(page) > before, what="steps to keep coming after the reload")
     page.wait_for_selector("#chart-0 .scatterlayer .trace path.point", state="attached")
     shot(page, "reload-reattached")
     page.click("#train-stop")
-    _wait(lambda: _state(page) == "stopped", what="the run to stop")
+    wait_until(lambda: run_state(page) == "stopped", what="the run to stop")
