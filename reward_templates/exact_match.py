@@ -16,9 +16,6 @@ from .base import (
 )
 
 
-def _check(params: dict) -> dict:
-    return optional_tag_name(params)
-
 
 @template(
     name="exact_match",
@@ -26,7 +23,7 @@ def _check(params: dict) -> dict:
     description="Gives a reward when the answer is the same as the reference, ignoring case, punctuation and extra spaces.",
     category="correctness",
     needs_answer=True,
-    check=_check,
+    check=optional_tag_name,
     params=[
         Param(
             "answer_tag",

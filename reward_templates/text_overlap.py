@@ -67,9 +67,6 @@ def rouge_l(got: list[str], ref: list[str]) -> float:
 _METRICS = {"token_f1": token_f1, "rouge_l": rouge_l}
 
 
-def _check(params: dict) -> dict:
-    return optional_tag_name(params)
-
 
 @template(
     name="text_overlap",
@@ -77,7 +74,7 @@ def _check(params: dict) -> dict:
     description="Gives partial reward for the share of the reference's words the reply uses, as token F1 or ROUGE-L.",
     category="correctness",
     needs_answer=True,
-    check=_check,
+    check=optional_tag_name,
     params=[
         Param(
             "metric",

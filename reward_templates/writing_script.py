@@ -41,16 +41,13 @@ def script_share(text: str, script: str) -> float | None:
     return sum(map(len, _SCRIPT_RE[script].findall(text))) / letters
 
 
-def _check(params: dict) -> dict:
-    return optional_tag_name(params)
-
 
 @template(
     name="writing_script",
     title="Written in a chosen alphabet",
     description="Gives a reward when the letters of the reply are in the alphabet you choose, such as Latin, Cyrillic or Han.",
     category="style",
-    check=_check,
+    check=optional_tag_name,
     params=[
         Param("script", "choice", "Latin", "The alphabet the reply should be written in.", choices=list(SCRIPTS)),
         Param(
