@@ -17,8 +17,8 @@ from pathlib import Path
 from .config import RunConfig
 from .events import read_events
 
-# The trainer's stop-request file (core.trainer.STOP_FILE), named here so that watching runs
-# never imports the trainer and torch.
+# Touched to ask a worker to stop after its step (the trainer checks for it). Defined here, not
+# in the trainer, so that watching runs never imports the trainer and torch.
 STOP_FILE = "STOP"
 PID_FILE = "worker.pid"
 LOG_FILE = "worker.log"

@@ -26,8 +26,8 @@ from .events import EventLog
 from .generation import make_engine
 from .grpo import LossSettings, compute_advantages, policy_loss
 from .models import count_parameters, decoder_and_head, load_model
+from .runs import STOP_FILE
 
-STOP_FILE = "STOP"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 
