@@ -192,7 +192,6 @@ def test_custom_reward_errors_become_one_line_messages():
     [
         ("return float('nan')", "not a finite number"),
         ("return [1]", "expected a number or None"),
-        ("while True:\n    pass", "took longer than"),
         ("import os\nos.fork()", "blocked in the sandbox"),
         ("def helper(): pass", "failed to load"),
     ],
@@ -202,6 +201,22 @@ def test_custom_reward_bad_results(code, fragment):
         code if code.startswith("def helper") else "def reward(prompt, completion, answer):\n    " + code.replace("\n", "\n    "),
         [("p", "c", None)],
         Limits(timeout_s=1.0, cpu_s=1),
+    )
+    assert values == [None] and fragment in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    "timeout_s,cpu_s,fragment",
+    [
+        (1.0, 30, "took longer than 1 s"),  # the wall-clock limit comes first
+        (30.0, 1, "ran out of CPU time"),  # the CPU-time limit comes first
+    ],
+)
+def test_custom_reward_endless_loop_is_stopped(timeout_s, cpu_s, fragment):
+    values, problem = run_reward(
+        "def reward(prompt, completion, answer):\n    while True:\n        pass",
+        [("p", "c", None)],
+        Limits(timeout_s=timeout_s, cpu_s=cpu_s),
     )
     assert values == [None] and fragment in problem and "\n" not in problem
 

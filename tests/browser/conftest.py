@@ -1,6 +1,5 @@
 """A real studio server (python app.py) on localhost and a headless system Chromium."""
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -144,6 +143,20 @@ def wait_until(predicate, timeout=180, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_text(page, selector: str, text: str, timeout: float = 30) -> None:
+    """Wait until the element's text contains `text`; the element may not exist yet."""
+    page.wait_for_function(
+        "([sel, text]) => (document.querySelector(sel)?.innerText ?? '').includes(text)",
+        arg=[selector, text], timeout=timeout * 1000)
+
+
+def wait_value(page, selector: str, text: str, timeout: float = 30) -> None:
+    """Wait until the input's value contains `text`; the input may not exist yet."""
+    page.wait_for_function(
+        "([sel, text]) => (document.querySelector(sel)?.value ?? '').includes(text)",
+        arg=[selector, text], timeout=timeout * 1000)
+
+
 def tiny_run(page, name: str, steps: int) -> None:
     tab(page, "4 · Train")
     fill(page, "knob-name", name)
@@ -158,4 +171,4 @@ def open_with_sample_data(page, url: str) -> None:
     page.wait_for_selector("#machine-info")
     tab(page, "2 · Data")
     page.click("#data-sample")
-    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('rows')")
+    wait_text(page, "#data-messages", "rows")

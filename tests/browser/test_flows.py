@@ -10,7 +10,7 @@ from core.runs import RunManager
 from studio.presets import quick_demo_config
 
 from .conftest import (fill, open_with_sample_data, run_state, run_step, shot, tab,
-                       tiny_run, wait_until)
+                       tiny_run, wait_text, wait_until, wait_value)
 
 pytestmark = pytest.mark.model
 
@@ -42,7 +42,7 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     fill(page, "knob-grpo-max_completion_length", 8)
 
     tab(page, "3 · Rewards")
-    page.wait_for_function("document.querySelector('#reward-table').innerText.includes('numeric_match')")
+    wait_text(page, "#reward-table", "numeric_match")
     table = _text(page, "#reward-table")
     templates = [t for t in ("numeric_match", "tag_partial_credit", "length_target") if t in table]
     page.click("#reward-try")
@@ -61,7 +61,7 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     assert manager.wait(run_dir, timeout=240) == 0, (run_dir / "worker.log").read_text()[-2000:]
     tab(page, "5 · Try and export")
     page.click("#export-refresh")
-    page.wait_for_function("document.querySelector('#export-run input').value.includes('chat-run')")
+    wait_value(page, "#export-run input", "chat-run")
     question = "What is 2 + 3?"
     fill(page, "chat-question", question)
     page.click("#chat-ask")
@@ -98,7 +98,7 @@ def test_settings_yaml_roundtrip_and_resume(studio, page, tmp_path):
     assert page.input_value("#knob-grpo-num_generations input") == "5"
     page.set_input_files("#train-load-yaml input[type=file], input[type=file][accept*='.yaml']",
                          str(saved))
-    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Loaded settings')")
+    wait_text(page, "#train-message", "Loaded settings")
     wait_until(lambda: page.input_value("#knob-grpo-num_generations input") == "2", 20,
           "num_generations to come back")
     assert page.input_value("#knob-name input, #knob-name textarea") == "resume-run"
@@ -114,7 +114,7 @@ def test_settings_yaml_roundtrip_and_resume(studio, page, tmp_path):
     assert (run_dir / "checkpoints" / f"step-{stopped_at}").exists()
     shot(page, "flows-4-stopped")
     page.click("#train-resume")
-    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Resuming')")
+    wait_text(page, "#train-message", "Resuming")
     wait_until(lambda: run_step(page) > stopped_at, what="a step after the resume")
     assert run_state(page) in ("resumed", "training")
     shot(page, "flows-4-resumed")
@@ -130,11 +130,11 @@ def test_a_start_too_big_to_fit_asks_first(studio, page):
     for elem, value in {"knob-grpo-prompts_per_step": 64, "knob-grpo-num_generations": 64,
                         "knob-grpo-max_completion_length": 32768}.items():
         fill(page, elem, value)
-    page.wait_for_function("document.querySelector('#train-estimate').innerText.includes('not fit')")
+    wait_text(page, "#train-estimate", "not fit")
     before = sorted(p.name for p in runs_dir.iterdir())
     page.click("#train-start")
     page.wait_for_function("(t => t.includes('will not fit') && !t.includes('processing'))"
-                           "(document.querySelector('#train-message').innerText)")
+                           "(document.querySelector('#train-message')?.innerText ?? '')")
     message = _text(page, "#train-message").strip()
     assert "\n" not in message and "Traceback" not in message
     assert page.locator("#train-fit-confirm input[type=checkbox]").is_visible()

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from .conftest import (fill, open_with_sample_data, pick, run_state, run_step, shot, tab,
-                       tiny_run, wait_until)
+                       tiny_run, wait_text, wait_until, wait_value)
 
 pytestmark = pytest.mark.model
 
@@ -22,7 +22,7 @@ def test_whole_wizard(studio, page, tmp_path):
     assert "CPU" in page.inner_text("#machine-info") or "GPU" in page.inner_text("#machine-info")
     assert page.input_value("#knob-model-source textarea, #knob-model-source input") == "default"
     fill(page, "knob-model-lora_r", 8)
-    page.wait_for_function("document.querySelector('#model-estimate').innerText.includes('Memory estimate')")
+    wait_text(page, "#model-estimate", "Memory estimate")
     shot(page, "1-model")
 
     # 2. data: upload a CSV, see the preview, the mapping and a row-numbered message
@@ -32,7 +32,7 @@ def test_whole_wizard(studio, page, tmp_path):
                    + "What is 9 + 9?,\n", encoding="utf-8")
     tab(page, "2 · Data")
     page.set_input_files("#data-upload input[type=file]", str(csv))
-    page.wait_for_function("document.querySelector('#data-messages').innerText.includes('10 rows')")
+    wait_text(page, "#data-messages", "10 rows")
     assert "row 10" in page.inner_text("#data-messages")  # the data row with no answer
     assert "What is 1 + 1?" in page.inner_text("#data-preview")
     assert page.input_value("#data-question input") == "Problem"
@@ -41,9 +41,9 @@ def test_whole_wizard(studio, page, tmp_path):
 
     # 3. rewards: a proposed set arrives; replace it with two templates of our choice
     tab(page, "3 · Rewards")
-    page.wait_for_function("document.querySelector('#reward-table').innerText.includes('numeric_match')")
+    wait_text(page, "#reward-table", "numeric_match")
     # numbers in the answers: the math set (right number + think/answer layout) is proposed
-    page.wait_for_function("document.querySelector('#reward-table').innerText.includes('tag_partial_credit')")
+    wait_text(page, "#reward-table", "tag_partial_credit")
     for _ in range(2):  # empty it
         before = page.inner_text("#reward-table")
         pick(page, "reward-which", "1.")
@@ -51,9 +51,9 @@ def test_whole_wizard(studio, page, tmp_path):
         wait_until(lambda: page.inner_text("#reward-table") != before, 20, "a reward to go")
     for template in ("numeric_match", "length_target"):
         pick(page, "reward-pick", f"({template})")
-        page.wait_for_function(f"document.querySelector('#reward-params textarea, #reward-params input').value.includes('{{')")
+        wait_value(page, "#reward-params textarea, #reward-params input", "{")
         page.click("#reward-add")
-        page.wait_for_function(f"document.querySelector('#reward-message').innerText.includes('{template}')")
+        wait_text(page, "#reward-message", template)
     table = page.inner_text("#reward-table")
     assert "numeric_match" in table and "length_target" in table
     assert "tag_partial_credit" not in table
@@ -66,7 +66,7 @@ def test_whole_wizard(studio, page, tmp_path):
     wait_until(lambda: run_state(page) == "failed", 120, "the run to fail")
     assert "❌ Rewards numeric_match need a reference answer" in page.inner_text("#train-status")
     page.get_by_text("Details").click()
-    page.wait_for_function("document.querySelector('#train-traceback').innerText.includes('Traceback')")
+    wait_text(page, "#train-traceback", "Traceback")
     shot(page, "4-train-failed")
     # use only the first 9 rows, then start again
     tab(page, "2 · Data")
@@ -94,8 +94,8 @@ def test_whole_wizard(studio, page, tmp_path):
     # 5. export: the adapter as a zip download, the YAML, the command line
     tab(page, "5 · Try and export")
     page.click("#export-refresh")
-    page.wait_for_function("document.querySelector('#export-run input').value.includes('browser-run')")
-    page.wait_for_function("document.querySelector('#export-command').innerText.includes('python -m core train')")
+    wait_value(page, "#export-run input", "browser-run")
+    wait_text(page, "#export-command", "python -m core train")
     page.click("#export-zip")
     link = page.locator("#export-files a").first
     link.wait_for()
