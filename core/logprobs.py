@@ -26,14 +26,23 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
         entropy = hidden.new_empty(n, dtype=torch.float32)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            # Two [c, V] buffers at most, reused in place: log-probs, then p * log p.
-            logp = (hidden[start:end] @ weight.t()).float().div_(temperature)  # [c, V]
-            chunk_lse = torch.logsumexp(logp, dim=-1)
-            lse[start:end] = chunk_lse
-            logp.sub_(chunk_lse[:, None])
-            logps[start:end] = logp.gather(-1, targets[start:end, None]).squeeze(-1)
-            entropy[start:end] = -logp.exp().mul_(logp).sum(-1)
-            del logp
+            # One exp pass per chunk and two [c, V] buffers at most, reused in place:
+            # shifted logits l - max, then p' = exp(l - max), then p' * (l - max).
+            shifted = hidden[start:end] @ weight.t()                          # [c, V]
+            shifted = shifted.float() if shifted.dtype != torch.float32 else shifted
+            if temperature != 1.0:
+                shifted.div_(temperature)
+            top = shifted.amax(dim=-1, keepdim=True)                          # [c, 1]
+            shifted.sub_(top)
+            picked = shifted.gather(-1, targets[start:end, None]).squeeze(-1)
+            weights = shifted.exp()
+            total = weights.sum(-1)                                           # sum p'
+            spread = weights.mul_(shifted).sum(-1)                            # sum p' (l - max)
+            del shifted, weights
+            log_total = total.log()
+            lse[start:end] = top.squeeze(-1) + log_total
+            logps[start:end] = picked - log_total
+            entropy[start:end] = log_total - spread / total                   # -sum p log p
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
@@ -52,9 +61,13 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
             h = hidden[start:end]
             # d logp_target / d logits = onehot(target) - softmax, then the 1/T of the scaling;
             # built in place in the one [c, V] buffer of recomputed logits.
-            g = (h @ weight.t()).float().div_(t).sub_(lse[start:end, None]).exp_().neg_()
-            g.scatter_add_(-1, targets[start:end, None], torch.ones_like(g[:, :1]))
-            g.mul_((grad_logps[start:end] / t)[:, None])
+            g = h @ weight.t()
+            g = g.float() if g.dtype != torch.float32 else g
+            if t != 1.0:
+                g.div_(t)
+            scale = grad_logps[start:end, None] / t                               # [c, 1]
+            g.sub_(lse[start:end, None]).exp_().mul_(-scale)                      # -softmax
+            g.scatter_add_(-1, targets[start:end, None], scale.to(g.dtype))       # + onehot
             g = g.to(hidden.dtype)
             if need_h:
                 grad_h[start:end] = g @ weight

@@ -13,6 +13,21 @@ kernels/_switches.py.
 """
 from __future__ import annotations
 
+import logging
+
+
+class _NoHubKernelWarning(logging.Filter):
+    """bitsandbytes (on AVX512-BF16 CPUs) tries `from kernels import get_kernel` to fetch an
+    optional kernel from the Hub; that finds this package and fails, and would need the network
+    anyway. Its fallback is the normal path, so its warning is only noise in the run logs.
+    bitsandbytes imports this package right before it logs, so the filter is always in time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelWarning())
+
 
 def patch_model(model, *, rms_norm: bool = True, rope: bool = True, swiglu: bool = True,
                 lora: bool = True) -> dict:

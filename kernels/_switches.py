@@ -12,6 +12,7 @@ Read at every call, so a benchmark or a test can flip them between two steps:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -30,7 +31,10 @@ def enabled(name: str) -> bool:
     return not (_off("AHA_KERNELS") or _off(f"AHA_KERNELS_{name.upper()}"))
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
+    """Triton is installed (looked up once: a spec search costs a file-system walk, and this
+    is asked on every patched forward, hundreds of times per generated token)."""
     return importlib.util.find_spec("triton") is not None
 
 

@@ -46,7 +46,8 @@ def _set_forward(module, forward) -> None:
 
 
 def _lora_layer_forward(self, x, *args, **kwargs):
-    if not args and not kwargs:
+    # Without grad (generation) peft's own forward is the fast one: skip the checks at once.
+    if not args and not kwargs and torch.is_grad_enabled():
         from .lora import lora_linear
 
         out = lora_linear(self, x)
@@ -57,13 +58,13 @@ def _lora_layer_forward(self, x, *args, **kwargs):
 
 def _make_mlp_forward(use_lora: bool, use_swiglu: bool):
     def forward(self, x):
-        if use_lora:
+        if use_lora and torch.is_grad_enabled():
             from .lora import lora_mlp
 
             out = lora_mlp(self, x)
             if out is not None:
                 return out
-        if use_swiglu and _switches.enabled("swiglu"):
+        if use_swiglu and _switches.use_triton("swiglu", x):
             from .lora import _is_silu
             from .swiglu import swiglu
 
@@ -75,7 +76,9 @@ def _make_mlp_forward(use_lora: bool, use_swiglu: bool):
 
 def _make_rms_norm_forward(offset: float):
     def forward(self, x):
-        if not _switches.enabled("rms_norm"):
+        # Off the Triton path the kernel's torch path is transformers' own math: run the
+        # original forward itself rather than a copy of it.
+        if not _switches.use_triton("rms_norm", x):
             return type(self).forward(self, x)
         from .rms_norm import rms_norm
 
