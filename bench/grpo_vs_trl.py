@@ -15,6 +15,12 @@ generation, rewards, log-probs, loss, backward and the optimizer update.
 
 Results go to bench/results/grpo_vs_trl_cpu.json (ratios are ours / TRL; lower is better for
 step time and memory, higher is better for tokens/s).
+
+On a GPU: `--preset gpu` runs the Qwen2.5-1.5B-size config (bench/configs/qwen2.5-1.5b.json with
+random weights, see bench/random_model.py; QLoRA, 8 generations, prompts of about 220 tokens under
+a 256 cap, 200-token completions) with sides ours, ours_nokernels and trl, measures peak GPU
+memory (torch.cuda.max_memory_allocated of each side's process) and writes
+bench/results/grpo_vs_trl_gpu.json. bench/gpu.sh runs it on a machine without network.
 """
 from __future__ import annotations
 
@@ -37,8 +43,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULT_PREFIX = "BENCH_RESULT "
-DEFAULT_OUT = ROOT / "bench" / "results" / "grpo_vs_trl_cpu.json"
-TARGETS = {"step_time_ratio": 0.8, "peak_memory_ratio": 0.6}
+DEFAULT_OUT = {"cpu": ROOT / "bench" / "results" / "grpo_vs_trl_cpu.json",
+               "gpu": ROOT / "bench" / "results" / "grpo_vs_trl_gpu.json"}
+TARGETS_BY_PRESET = {"cpu": {"step_time_ratio": 0.8, "peak_memory_ratio": 0.6},
+                     "gpu": {"step_time_ratio": 0.5, "peak_memory_ratio": 0.15}}
+TARGETS = TARGETS_BY_PRESET["cpu"]
 
 # The fixed benchmark config. Both sides are built from this dict.
 CONFIG = {
@@ -78,7 +87,24 @@ CONFIG = {
     "threads": 2,
     "warmup_steps": 1,                  # benchmark warm-up steps, not counted
     "steps": 6,                         # measured steps
+    "device": "cpu",
 }
+
+# The GPU config: a Qwen2.5-1.5B-size model (random weights), QLoRA, 8 generations, prompt 256 /
+# completion 200. Random weights never stop early, so every completion is 200 tokens long.
+GPU_CONFIG = dict(
+    CONFIG,
+    model="random:qwen2.5-1.5b",        # bench/configs/qwen2.5-1.5b.json, see bench/random_model.py
+    data="long-prompts",                # about 220-token prompts, written by long_prompt_data()
+    num_generations=8,
+    prompts_per_step=2,                 # 16 completions per optimizer step
+    max_prompt_length=256,
+    max_completion_length=200,
+    threads=8,
+    steps=3,
+    device="cuda",
+)
+PRESETS = {"cpu": CONFIG, "gpu": GPU_CONFIG}
 
 TRL_OPTIM = {"adamw_8bit": "adamw_bnb_8bit", "adamw": "adamw_torch"}
 
@@ -92,6 +118,17 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def peak_memory(cfg: dict) -> dict:
+    """The side's peak memory: GPU memory allocated by torch on a GPU run, else peak RSS."""
+    if cfg.get("device") == "cuda":
+        import torch
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
+                "peak_memory_kind": "torch.cuda.max_memory_allocated",
+                "gpu": torch.cuda.get_device_name()}
+    return {"peak_memory_mb": peak_rss_mb(), "peak_memory_kind": "ru_maxrss"}
 
 
 class RssSampler:
@@ -239,7 +276,8 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
             "bnb_packing_at_end": bnb_packing_state(trainer.model),
             "warmup_step_time_s": warm,
             "setup_time_s": setup_s,
-            "peak_memory_mb": peak_rss_mb(),
+            **peak_memory(cfg),
+            "peak_rss_mb": peak_rss_mb(),
             "peak_rss_after_setup_mb": setup_peak,
             "rss_after_setup_mb": setup_rss,
             "train_rss_max_mb": sampler.max_mb,
@@ -288,10 +326,12 @@ def load_trl_model(cfg: dict, path: str):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs = {"device_map": {"": "cpu"}, "dtype": torch.float32}
+    gpu = cfg.get("device") == "cuda"
+    compute = torch.bfloat16 if gpu else torch.float32
+    kwargs = {"device_map": {"": 0 if gpu else "cpu"}, "dtype": compute}
     if cfg["precision"] == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
@@ -352,7 +392,7 @@ def run_trl(cfg: dict) -> dict:
         weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"],
         optim=TRL_OPTIM[cfg["optimizer"]],
         max_steps=total_steps, seed=cfg["seed"],
-        use_cpu=True, bf16=False, fp16=False,
+        use_cpu=cfg.get("device") != "cuda", bf16=cfg.get("device") == "cuda", fp16=False,
         gradient_checkpointing=cfg["gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_vllm=False, report_to="none", logging_steps=1, save_strategy="no",
@@ -400,7 +440,8 @@ def run_trl(cfg: dict) -> dict:
         "bnb_packing_at_end": bnb_packing_state(trainer.model),
         "warmup_step_time_s": step_times[:w],
         "setup_time_s": setup_s,
-        "peak_memory_mb": peak_rss_mb(),
+        **peak_memory(cfg),
+        "peak_rss_mb": peak_rss_mb(),
         "peak_rss_after_setup_mb": setup_peak,
         "rss_after_setup_mb": setup_rss,
         "train_rss_max_mb": sampler.max_mb,
@@ -419,6 +460,40 @@ def run_trl(cfg: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- the parent
+
+def long_prompt_data(path: Path, rows: int = 256, filler_sentences: int = 16) -> Path:
+    """Arithmetic questions behind a preamble of about 150 tokens: chat-formatted prompts of
+    about 220 tokens, under the 256 cap."""
+    import random
+    rng = random.Random(0)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(rows):
+            notes = " ".join(f"Box {rng.randint(1, 99)} holds {rng.randint(1, 999)} marbles."
+                             for _ in range(filler_sentences))
+            a, b = rng.randint(10, 999), rng.randint(10, 999)
+            f.write(json.dumps({"question": f"Notes: {notes} Question: what is {a} + {b}?",
+                                "answer": str(a + b)}) + "\n")
+    return path
+
+
+def prepare_inputs(cfg: dict, work: Path, tokenizer: Path | None) -> dict:
+    """Make what a preset names but nobody can download: a random-weight model, long prompts."""
+    cfg = dict(cfg)
+    if str(cfg["model"]).startswith("random:"):
+        name = cfg["model"].split(":", 1)[1]
+        cache = Path(os.environ.get("AHA_BENCH_CACHE", Path(tempfile.gettempdir()) / "aha-bench"))
+        folder = cache / f"{name}-random"
+        cmd = [sys.executable, str(ROOT / "bench" / "random_model.py"),
+               str(ROOT / "bench" / "configs" / f"{name}.json"), str(folder)]
+        if tokenizer:
+            cmd += ["--tokenizer", str(tokenizer)]
+        print(f"== building {folder} (random weights)", flush=True)
+        subprocess.run(cmd, check=True, cwd=str(ROOT))
+        cfg["model"] = str(folder)
+    if cfg["data"] == "long-prompts":
+        cfg["data"] = str(long_prompt_data(work / "long_prompts.jsonl"))
+    return cfg
+
 
 def machine_info() -> dict:
     cpu = platform.processor() or "unknown"
@@ -594,7 +669,7 @@ def ratio(a, b):
     return (a / b) if a is not None and b else None
 
 
-def compare(ours: dict, trl: dict) -> dict:
+def compare(ours: dict, trl: dict, targets: dict = TARGETS) -> dict:
     ratios = {
         "step_time_ratio": ratio(ours["step_time_median_s"], trl["step_time_median_s"]),
         "step_time_ratio_mean": ratio(ours["step_time_mean_s"], trl["step_time_mean_s"]),
@@ -604,8 +679,8 @@ def compare(ours: dict, trl: dict) -> dict:
         "train_rss_max_ratio": ratio(ours["train_rss_max_mb"], trl["train_rss_max_mb"]),
         "tokens_per_second_ratio": ratio(ours["tokens_per_second"], trl["tokens_per_second"]),
     }
-    met = {k: (ratios[k] is not None and ratios[k] <= v) for k, v in TARGETS.items()}
-    return {"ours_side": ours["side"], "ratios": ratios, "targets": TARGETS, "targets_met": met}
+    met = {k: (ratios[k] is not None and ratios[k] <= v) for k, v in targets.items()}
+    return {"ours_side": ours["side"], "ratios": ratios, "targets": targets, "targets_met": met}
 
 
 def cpu_calibration(threads: int) -> float | None:
@@ -708,7 +783,7 @@ def run_sides(sides: list[str], cfg: dict, timeout: float,
 
 def run_all(sides: list[str], cfg: dict, out: Path, timeout: float, wait_idle: float) -> dict:
     notes = []
-    if cfg["optimizer"] == "adamw_8bit":
+    if cfg["optimizer"] == "adamw_8bit" and cfg.get("device") != "cuda":
         ok, why = probe_bnb_8bit_optimizer()
         if not ok:
             notes.append(f"bitsandbytes AdamW8bit does not run on this CPU ({why}); both sides "
@@ -724,19 +799,24 @@ def run_all(sides: list[str], cfg: dict, out: Path, timeout: float, wait_idle: f
         "config": cfg,
         "config_notes": {
             "trl_max_prompt_length": "TRL 1.x has no max_prompt_length option; the longest "
-                                     "prompt of the data set is max_prompt_tokens tokens, so the "
-                                     "128-token cut is a no-op on our side as well.",
+                                     "prompt of the data set is max_prompt_tokens tokens, so our "
+                                     "max_prompt_length cut is a no-op as well.",
             "max_prompt_tokens": max_prompt_tokens(cfg),
             "optimizer": {"ours": cfg["optimizer"], "trl": TRL_OPTIM[cfg["optimizer"]]},
-            "trl_batch": "per_device_train_batch_size=16, gradient_accumulation_steps=1, "
+            "trl_batch": f"per_device_train_batch_size="
+                         f"{cfg['prompts_per_step'] * cfg['num_generations']}, "
+                         "gradient_accumulation_steps=1, "
                          "generation_batch_size/steps_per_generation left at their defaults",
             "stop_tokens": "TRL's generation_config.eos_token_id is set to our stop ids, so both "
                            "stop on the same tokens",
             "step_time_trl": "TrainerCallback on_step_begin -> on_step_end (includes generation, "
                              "rewards, forward/backward and the optimizer step)",
             "tokens_trl": "completions/mean_length x completions per step",
-            "peak_memory": "ru_maxrss of the side's process (includes model loading); "
-                           "train_rss_max_mb is the highest RSS sampled during the steps",
+            "peak_memory": ("torch.cuda.max_memory_allocated of the side's process (includes "
+                            "model loading); peak_rss_mb is the host side"
+                            if cfg.get("device") == "cuda" else
+                            "ru_maxrss of the side's process (includes model loading); "
+                            "train_rss_max_mb is the highest RSS sampled during the steps"),
             "trl_lora_dtype": "TRL casts LoRA weights of a quantized model to bfloat16 "
                               "(trainable_param_dtypes); ours keeps them in float32",
         },
@@ -766,7 +846,8 @@ def run_all(sides: list[str], cfg: dict, out: Path, timeout: float, wait_idle: f
                 f"(max {info.get('other_cores_max')}); its wall-clock timings are inflated, "
                 f"compare step_cpu_time as well.")
     trl = report["sides"].get("trl")
-    report["comparisons"] = [compare(report["sides"][s], trl) for s in sides
+    targets = TARGETS_BY_PRESET["gpu" if cfg.get("device") == "cuda" else "cpu"]
+    report["comparisons"] = [compare(report["sides"][s], trl, targets) for s in sides
                              if s != "trl" and report["sides"].get(s) and trl]
     # Headline: the first of our sides that ran (by default "ours", the core as it is).
     if report["comparisons"]:
@@ -790,7 +871,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per side")
     ap.add_argument("--optimizer", choices=("adamw_8bit", "adamw"), default=None)
     ap.add_argument("--precision", choices=("4bit", "32bit"), default=None)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                    help="cpu: the embedded model on this CPU; gpu: the Qwen2.5-1.5B-size config")
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="tokenizer folder for a random model (default: the embedded model's)")
+    ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per side")
     ap.add_argument("--wait-idle", type=float, default=300,
                     help="before each side, wait up to this many seconds for other processes to "
@@ -798,7 +883,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
-    cfg = json.loads(a.config_json) if a.config_json else dict(CONFIG)
+    cfg = json.loads(a.config_json) if a.config_json else dict(PRESETS[a.preset])
     for key, value in (("steps", a.steps), ("warmup_steps", a.warmup),
                        ("optimizer", a.optimizer), ("precision", a.precision)):
         if value is not None:
@@ -811,7 +896,13 @@ def main(argv=None) -> int:
         unknown = set(sides) - set(SIDE_NOTES)
         if unknown or not sides:
             ap.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDE_NOTES)}")
-        report = run_all(sides, cfg, a.out, a.timeout, a.wait_idle)
+        if cfg.get("device") == "cuda":
+            sides = [s for s in sides if s != "ours_nopack"]  # a CPU-layout variant
+        work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
+        cfg = prepare_inputs(cfg, work, a.tokenizer)
+        out = a.out or DEFAULT_OUT[a.preset]
+        report = run_all(sides, cfg, out, a.timeout,
+                         0 if cfg.get("device") == "cuda" else a.wait_idle)
         return 0 if all(report["sides"].get(s) for s in sides) else 1
     if a.side == "trl":
         result = run_trl(cfg)

@@ -223,8 +223,63 @@ def bench_lora_mlp(reps, dtype):
     return rows
 
 
+def copy_bandwidth(reps: int, gib: float = 1.0) -> float:
+    """Device-to-device copy rate in GB/s, counting bytes read and written: the ceiling a
+    memory-bound kernel is judged against."""
+    src = torch.empty(int(gib * 2 ** 30), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = measure(lambda: dst.copy_(src), reps)["ms"]
+    return 2 * gib * 2 ** 30 / (ms / 1e3) / 1e9
+
+
+def bench_bandwidth(reps, dtype):
+    """The memory-bound Triton kernels alone (no autograd, no loss): bytes each call must read
+    and write, over its time, as a share of the copy rate. Target: at least 0.8."""
+    from kernels.rms_norm import rms_norm_backward_triton, rms_norm_forward_triton
+    from kernels.rope import rope_triton
+    from kernels.swiglu import swiglu_backward_triton, swiglu_forward_triton
+
+    copy = copy_bandwidth(reps)
+    size = torch.finfo(dtype).bits // 8
+    rows = []
+
+    def add(kernel, shape, fn, nbytes):
+        ms = measure(fn, reps)["ms"]
+        rate = nbytes / (ms / 1e3) / 1e9
+        row = {"kernel": kernel, "shape": shape, "ms": ms, "bytes": nbytes, "gb_per_s": rate,
+               "share_of_copy": rate / copy}
+        rows.append(row)
+        print("bandwidth", json.dumps(row), flush=True)
+
+    for n, h in NORM_SHAPES:
+        x = torch.randn(n, h, device="cuda", dtype=dtype)
+        w = torch.ones(h, device="cuda", dtype=dtype)
+        y, rstd = rms_norm_forward_triton(x, w, 1e-6, 0.0)
+        add("rms_norm_forward", [n, h], lambda: rms_norm_forward_triton(x, w, 1e-6, 0.0),
+            2 * n * h * size + n * 4)
+        add("rms_norm_backward", [n, h],
+            lambda: rms_norm_backward_triton(y, x, w, rstd, 0.0, True), 3 * n * h * size + n * 4)
+    for b, s, hq, hk, d in ROPE_SHAPES:
+        q = torch.randn(b, hq, s, d, device="cuda", dtype=dtype)
+        k = torch.randn(b, hk, s, d, device="cuda", dtype=dtype)
+        cos = torch.randn(b, s, d, device="cuda", dtype=dtype)
+        sin = torch.randn(b, s, d, device="cuda", dtype=dtype)
+        add("rope", [b, s, hq, hk, d], lambda: rope_triton(q, k, cos, sin),
+            2 * b * s * (hq + hk) * d * size + 2 * b * s * d * size)
+    for n, i in SWIGLU_SHAPES:
+        gate = torch.randn(n, i, device="cuda", dtype=dtype)
+        up = torch.randn(n, i, device="cuda", dtype=dtype)
+        grad = torch.randn(n, i, device="cuda", dtype=dtype)
+        add("swiglu_forward", [n, i], lambda: swiglu_forward_triton(gate, up), 3 * n * i * size)
+        add("swiglu_backward", [n, i], lambda: swiglu_backward_triton(grad, gate, up),
+            5 * n * i * size)
+    return {"copy_gb_per_s": copy, "rows": rows,
+            "min_share_of_copy": min(r["share_of_copy"] for r in rows)}
+
+
 BENCHES = {"selective_log_prob": bench_selective_log_prob, "rms_norm": bench_rms_norm,
-           "rope": bench_rope, "swiglu": bench_swiglu, "lora_mlp_4bit": bench_lora_mlp}
+           "rope": bench_rope, "swiglu": bench_swiglu, "lora_mlp_4bit": bench_lora_mlp,
+           "bandwidth": bench_bandwidth}
 
 
 def main() -> None:

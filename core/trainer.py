@@ -471,13 +471,17 @@ def seed_everything(seed: int) -> None:
 
 
 def return_freed_memory_to_os() -> bool:
-    """Make glibc give large freed blocks back to the OS instead of keeping them.
+    """Fix glibc's thresholds so big freed blocks go back to the OS, and middling ones are reused.
 
     By default glibc raises its mmap threshold (up to 32 MB) after large blocks are freed, so
-    activations and dequantized weights then come from a heap that fragments and never shrinks.
-    A fixed 2 MiB threshold maps the big blocks on their own and unmaps them when freed. Measured
-    on the benchmark config (2-core CPU): 128 KiB gave the least memory but 1.5x the step time
-    (every few-MB buffer mapped and zero-filled again); 2 MiB keeps the speed of the default.
+    big activations then come from a heap that fragments and never shrinks. A fixed threshold
+    maps the big blocks on their own and unmaps them when freed. Below it, blocks come from the
+    heap and are reused without touching the OS; the trim threshold lets the heap keep up to
+    64 MiB of free pages rather than hand them back and fault them in again.
+    Measured on the benchmark config (2-core CPU): 128 KiB gave the least memory but 1.5x the
+    step time; 2 MiB mapped every dequantized MLP weight (3.5 MB) afresh, 1.8 million page faults
+    and about 4 s of system time a step; 8 MiB has 20x fewer faults and 0.4 s of system time at
+    the same peak memory (within 50 MB).
     """
     try:
         import ctypes
@@ -485,7 +489,8 @@ def return_freed_memory_to_os() -> bool:
     except OSError:
         return False  # not glibc (macOS, musl): nothing to tune
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 2 << 20) and libc.mallopt(m_trim_threshold, 2 << 20))
+    return bool(libc.mallopt(m_mmap_threshold, 8 << 20)
+                and libc.mallopt(m_trim_threshold, 64 << 20))
 
 
 def trim_heap() -> None:

@@ -18,7 +18,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     from core.models import embedded_model_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    # AHA_TEST_TOKENIZER: where the embedded model cannot be installed (the GPU machine of
+    # bench/gpu.sh), a folder holding just its tokenizer files.
+    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("AHA_TEST_TOKENIZER")
+                                              or embedded_model_dir())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, tie_word_embeddings=True,
