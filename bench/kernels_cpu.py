@@ -154,6 +154,9 @@ def one_logprob_variant(variant: str, scope: str, tokens: int, chunk: int) -> di
     from core.grpo import LossSettings, policy_loss
     from core.logprobs import chunked_selective_log_prob, naive_selective_log_prob
     from core.models import decoder_and_head
+    from core.trainer import return_freed_memory_to_os
+
+    return_freed_memory_to_os()  # the allocator settings a training worker runs with
 
     def logprob(h, w, t):
         if variant == "naive":
