@@ -62,7 +62,7 @@ case "${1:-}" in
         install
         "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels_ops.py \
             tests/test_kernels_selective_log_prob.py tests/test_kernels_lora.py \
-            tests/test_kernels_grpo_step.py 2>&1 | tee "$results/gpu_tests.log" ;;
+            tests/test_kernels_grpo_step.py tests/test_kernels_architectures.py 2>&1 | tee "$results/gpu_tests.log" ;;
     kernels)
         install
         "$PY" bench/kernels_gpu.py --out "$results/kernels_gpu.json" ;;

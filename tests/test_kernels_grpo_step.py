@@ -2,60 +2,24 @@
 import pytest
 import torch
 
-from tests.kernels_helpers import kernel_module
+from tests.kernels_helpers import DEVICE, grpo_step, kernel_module, make_batch
 
 import kernels  # noqa: E402
 import kernels.lora as lora_mod  # noqa: E402
 from core.config import ModelConfig  # noqa: E402
-from core.grpo import LossSettings, policy_loss  # noqa: E402
-from core.models import decoder_and_head, load_model  # noqa: E402
-
-
-def grpo_step(model, batch, logprob):
-    """Forward, per-token log-probs of the completions, the GRPO loss, backward."""
-    input_ids, attention_mask, completion_mask, prompt_width, advantages = batch
-    body, head = decoder_and_head(model)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids, use_cache=False).last_hidden_state
-    hidden = hidden[:, prompt_width - 1:-1]
-    targets = input_ids[:, prompt_width:]
-    selected = completion_mask.bool()
-    logps, _ = logprob(hidden[selected], head.weight, targets[selected], 0.8)
-    full = torch.zeros(selected.shape, dtype=torch.float32).masked_scatter(selected, logps)
-    old = (full.detach() + 0.05 * torch.randn(full.shape,
-                                              generator=torch.Generator().manual_seed(3)))
-    loss, _ = policy_loss(full, old, None, advantages, completion_mask,
-                          LossSettings(loss_type="dapo", max_completion_length=8))
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.detach(), grads
+from core.models import load_model  # noqa: E402
 
 
 def load(tiny_model_dir, precision, checkpointing):
     cfg = ModelConfig(source=str(tiny_model_dir), precision=precision, lora_r=4, lora_alpha=8,
                       gradient_checkpointing=checkpointing)
-    model = load_model(cfg, seed=0, device=torch.device("cpu")).model
+    model = load_model(cfg, seed=0, device=torch.device(DEVICE)).model
     model.train()
     with torch.no_grad():  # peft starts B at zero (A would get no gradient): as after some steps
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     return model
-
-
-def make_batch(vocab):
-    g = torch.Generator().manual_seed(0)
-    b, tp, tc = 4, 5, 8
-    ids = torch.randint(0, vocab, (b, tp + tc), generator=g)
-    attention = torch.ones(b, tp + tc, dtype=torch.long)
-    attention[0, :2] = 0  # left padding of a shorter prompt
-    completion = torch.ones(b, tc, dtype=torch.long)
-    completion[1, 5:] = 0  # a completion that stopped early
-    attention[1, tp + 5:] = 0
-    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
-    return ids, attention, completion, tp, advantages
 
 
 def chunked(hidden, weight, targets, temperature):

@@ -1,7 +1,5 @@
 """The trainer and the worker process on a tiny random model, through the real loader."""
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
