@@ -1,4 +1,4 @@
-"""GRPO on the real embedded model learns: the reward of the last steps beats the first steps.
+"""GRPO on the real embedded model learns: the reward of the last steps beats the untrained one.
 
 Runs the classroom demo's settings for a few steps as a real worker process. Seeds are fixed, so
 on one machine the run is deterministic; the margin leaves room for other CPUs' rounding.
@@ -28,8 +28,11 @@ def test_reward_rises_on_embedded_model(tmp_path):
     events, _ = read_events(run_dir)
     rewards = [e["reward"] for e in events if e["type"] == "metrics"]
     assert len(rewards) == STEPS
-    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    # Step 1 scores completions of the untrained model (they are sampled before its update);
+    # on this task the reward can jump within a step or two, so later steps are no baseline.
+    before = rewards[0]
+    last, second_half = sum(rewards[-3:]) / 3, sum(rewards[STEPS // 2:]) / (STEPS - STEPS // 2)
     print(f"reward by step: {[round(r, 2) for r in rewards]}")
-    assert last > first + 0.25, rewards
+    assert last > before + 0.25 and second_half > before + 0.25, rewards
     assert manager.status(run_dir).state == "finished"
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()

@@ -1,0 +1,70 @@
+"""The transformers engine's sampler: the same distribution as torch.multinomial, and the
+sampling knobs (temperature, top-k, top-p) with their usual meaning, on a real tiny model."""
+import torch
+
+from core.config import ModelConfig
+from core.generation import InverseCdfSampling, make_engine, sample_inverse_cdf
+from core.models import load_model
+
+
+def test_inverse_cdf_draws_follow_the_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.25, 0.15, 0.1, 0.0]]).expand(40_000, 5)
+    counts = torch.bincount(sample_inverse_cdf(probs), minlength=5).float() / 40_000
+    torch.testing.assert_close(counts, probs[0], atol=0.01, rtol=0)
+    assert counts[4] == 0
+
+
+def test_inverse_cdf_never_returns_a_zero_probability_token(monkeypatch):
+    torch.manual_seed(0)
+    # zeros first, in the middle and at the end; a row of one token; unnormalised rows
+    probs = torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.7, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0],
+                          [1e-30, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]).repeat(5_000, 1)
+    allowed = probs > 0
+    picked = sample_inverse_cdf(probs)
+    assert allowed[torch.arange(len(picked)), picked].all()
+    # The extremes of the uniform draw, where float rounding can land u on the total (past
+    # every token) or at 0 (before the first).
+    real_rand = torch.rand
+    for edge in (0.0, 1.0):
+        monkeypatch.setattr(torch, "rand", lambda *shape, _e=edge, **kw: torch.full(
+            shape, _e, dtype=kw.get("dtype")))
+        picked = sample_inverse_cdf(probs[:3])
+        assert picked.tolist() == ([2, 6, 0] if edge == 0.0 else [4, 6, 0]), (edge, picked)
+    monkeypatch.setattr(torch, "rand", real_rand)
+
+
+def test_processor_applies_temperature_top_k_and_top_p():
+    torch.manual_seed(0)
+    scores = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]])).expand(20_000, 4).clone()
+    ids = torch.zeros(20_000, 1, dtype=torch.long)
+
+    def frequencies(**knobs):
+        out = InverseCdfSampling(**{"temperature": 1.0, "top_p": 1.0, "top_k": 0, **knobs})(
+            ids, scores)
+        assert ((out == 0).sum(-1) == 1).all() and torch.isinf(out).sum(-1).eq(3).all()
+        return torch.bincount(out.argmax(-1), minlength=4).float() / len(out)
+
+    torch.testing.assert_close(frequencies(), torch.tensor([0.4, 0.3, 0.2, 0.1]), atol=0.015,
+                               rtol=0)
+    assert frequencies(top_k=2)[2:].sum() == 0
+    assert frequencies(top_p=0.65)[2:].sum() == 0  # 0.4 + 0.3 reach 0.65
+    cold = frequencies(temperature=0.25)  # p^4, renormalised: 0.72, 0.23, 0.045, 0.003
+    assert cold[0] > 0.68 and cold[3] < 0.01
+
+
+def test_engine_samples_reproducibly_and_by_the_knobs(tiny_model_dir):
+    loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="32bit", lora_r=4,
+                                    gradient_checkpointing=False), seed=0)
+    engine = make_engine("auto", loaded.model, loaded.tokenizer, loaded.device)
+
+    def run(seed, **knobs):
+        torch.manual_seed(seed)
+        return engine.generate([[1, 20, 300], [1, 7]], num_generations=3, max_new_tokens=6,
+                               **knobs).completion_ids
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+    greedy = run(0, top_k=1)
+    assert greedy == run(5, top_k=1)  # top-1 is greedy whatever the seed
+    assert greedy[0] == greedy[1] == greedy[2] and greedy[3] == greedy[4] == greedy[5]
