@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import regex
 
-from .base import Example, Param, RewardError, clip, extract_tag, optional_tag_name, template
+from .base import Example, Param, RewardError, answer_text, clip, optional_tag_name, template
 
 # Choice shown to users -> ISO 639-1 code of the language identifier. The identifier only
 # chooses among these, which keeps it from confusing a language with a rare close relative.
@@ -72,7 +72,6 @@ def answer_language(prompts, completions, answers, *, language="English", answer
     want = LANGUAGES[language]
     scores = []
     for completion in completions:
-        tagged = extract_tag(completion, answer_tag) if answer_tag else None
-        found = detect_language(tagged if tagged is not None else completion)
+        found = detect_language(answer_text(completion, answer_tag))
         scores.append(None if found is None else float(found == want))
     return scores

@@ -483,6 +483,13 @@ def extract_tag(text: str, tag: str, last: bool = True) -> str | None:
     return text[start + len(open_t) : end]
 
 
+def answer_text(text: str, tag: str) -> str:
+    """What a template judges: the content of the last ``<tag>...</tag>`` when the reply has
+    one and ``tag`` is set, else the whole reply."""
+    tagged = extract_tag(text, tag)
+    return tagged if tagged is not None else text
+
+
 def has_tag_pair(text: str, tag: str) -> bool:
     return extract_tag(text, tag) is not None
 
@@ -659,6 +666,13 @@ def check_tag_names(*param_names: str) -> Callable[[dict], dict]:
         return params
 
     return check
+
+
+def compare_tag_param() -> "Param":
+    """The optional answer tag of the templates that compare a reply with the reference."""
+    return Param("answer_tag", "str", "answer",
+                 "Compare only the text inside this tag when the model uses it; leave empty to "
+                 "compare the whole reply.")
 
 
 def optional_tag_name(params: dict, name: str = "answer_tag") -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .base import (
     Example,
     Param,
+    answer_text,
     clip,
-    extract_tag,
+    compare_tag_param,
     normalize_text,
     numbers_equal,
     optional_tag_name,
@@ -25,12 +26,7 @@ from .base import (
     needs_answer=True,
     check=optional_tag_name,
     params=[
-        Param(
-            "answer_tag",
-            "str",
-            "answer",
-            "Compare only the text inside this tag when the model uses it; leave empty to compare the whole reply.",
-        ),
+        compare_tag_param(),
         Param("ignore_case", "bool", True, "Treat 'Paris' and 'paris' as the same."),
         Param("ignore_punctuation", "bool", True, "Ignore commas, full stops, quotes and other punctuation."),
         Param("ignore_articles", "bool", True, "Ignore the words 'a', 'an' and 'the'."),
@@ -63,8 +59,7 @@ def exact_match(
         if ref is None:
             scores.append(None)
             continue
-        tagged = extract_tag(completion, answer_tag) if answer_tag else None
-        got = (tagged if tagged is not None else clip(completion)).strip()
+        got = clip(answer_text(completion, answer_tag)).strip()
         # Numbers are compared as numbers, so "1,200" equals "1200".
         ref_num = parse_number(ref)
         if ref_num is not None:

@@ -20,8 +20,9 @@ from .base import (
     Example,
     Param,
     RewardError,
+    answer_text,
     clip,
-    extract_tag,
+    compare_tag_param,
     optional_tag_name,
     reference_text,
     template,
@@ -127,12 +128,7 @@ def _check(params: dict) -> dict:
             min=-1.0,
             max=0.99,
         ),
-        Param(
-            "answer_tag",
-            "str",
-            "answer",
-            "Compare only the text inside this tag when the model uses it; leave empty to compare the whole reply.",
-        ),
+        compare_tag_param(),
     ],
     examples=[
         Example("<answer>The capital of France is Paris.</answer>", "The capital of France is Paris.", 1.0),
@@ -146,8 +142,7 @@ def semantic_similarity(prompts, completions, answers, *, min_similarity=0.3, an
         ref = reference_text(answer)
         if ref is None:
             continue
-        tagged = extract_tag(completion, answer_tag) if answer_tag else None
-        got = clip(tagged if tagged is not None else completion, _MAX_TEXT_CHARS).strip()
+        got = clip(answer_text(completion, answer_tag), _MAX_TEXT_CHARS).strip()
         pairs.append((got, ref))
         where.append(i)
     scores: list[float | None] = [None] * len(completions)

@@ -7,7 +7,8 @@ from collections import Counter
 from .base import (
     Example,
     Param,
-    extract_tag,
+    answer_text,
+    compare_tag_param,
     normalize_text,
     optional_tag_name,
     reference_text,
@@ -83,12 +84,7 @@ _METRICS = {"token_f1": token_f1, "rouge_l": rouge_l}
             "'token_f1': shared words in any order (as in SQuAD); 'rouge_l': shared words in the same order.",
             choices=["token_f1", "rouge_l"],
         ),
-        Param(
-            "answer_tag",
-            "str",
-            "answer",
-            "Compare only the text inside this tag when the model uses it; leave empty to compare the whole reply.",
-        ),
+        compare_tag_param(),
     ],
     examples=[
         Example("<answer>The Eiffel Tower</answer>", "Eiffel Tower", 1.0),
@@ -106,7 +102,6 @@ def text_overlap(prompts, completions, answers, *, metric="token_f1", answer_tag
         if ref is None:
             scores.append(None)
             continue
-        tagged = extract_tag(completion, answer_tag) if answer_tag else None
-        got = tagged if tagged is not None else completion
+        got = answer_text(completion, answer_tag)
         scores.append(score(tokens(got), tokens(ref)))
     return scores

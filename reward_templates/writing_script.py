@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import regex
 
-from .base import Example, Param, clip, extract_tag, optional_tag_name, template
+from .base import Example, Param, answer_text, clip, optional_tag_name, template
 
 # Choice shown to users -> Unicode scripts that count. Japanese mixes kanji
 # (Han) with the two kana syllabaries.
@@ -72,7 +72,6 @@ def script_share(text: str, script: str) -> float | None:
 def writing_script(prompts, completions, answers, *, script="Latin", min_share=0.9, answer_tag=""):
     scores = []
     for completion in completions:
-        tagged = extract_tag(completion, answer_tag) if answer_tag else None
-        share = script_share(tagged if tagged is not None else completion, script)
+        share = script_share(answer_text(completion, answer_tag), script)
         scores.append(0.0 if share is None else min(1.0, share / min_share))
     return scores
