@@ -24,15 +24,11 @@ fetch() {
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
     "$PY" - <<'PY'
-import shutil, sys
-from pathlib import Path
+import sys
 sys.path.insert(0, ".")
+from transformers import AutoTokenizer
 from core.models import embedded_model_dir
-src = Path(embedded_model_dir())
-for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-             "special_tokens_map.json"):
-    if (src / name).exists():
-        shutil.copy(src / name, Path(".benchcache/tokenizer") / name)
+AutoTokenizer.from_pretrained(embedded_model_dir()).save_pretrained(".benchcache/tokenizer")
 PY
     du -sh .whl .benchcache
     echo "carry: [\".whl\", \".benchcache\"]   (64 MiB per call with the working tree)"

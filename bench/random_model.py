@@ -24,8 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                   "special_tokens_map.json", "generation_config.json")
 STAMP = "random_model.json"
 
 
@@ -46,8 +44,7 @@ def build(config_path: Path, out: Path, tokenizer_dir: Path | None = None, seed:
     out = Path(out)
     if (out / STAMP).exists() and json.loads((out / STAMP).read_text()) == stamp:
         return out
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else default_tokenizer_dir()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or default_tokenizer_dir())
     fields = {k: v for k, v in spec.items() if not k.startswith("_")}
     model_type = fields.pop("model_type")
     fields.pop("torch_dtype", None)
@@ -66,9 +63,7 @@ def build(config_path: Path, out: Path, tokenizer_dir: Path | None = None, seed:
     out.mkdir(parents=True)
     model.save_pretrained(out)
     del model
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).exists() and not (out / name).exists():
-            shutil.copy(tokenizer_dir / name, out / name)
+    tokenizer.save_pretrained(out)
     (out / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
     return out
 

@@ -36,10 +36,11 @@ def sample_inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
     The same draw as torch.multinomial(probs, 1): one uniform number per row, found in the
     cumulative sum by binary search. A zero-probability token is never returned.
     """
-    cdf = probs.cumsum(-1)                                                      # [B, V]
+    cdf = probs.cumsum(-1)                                               # [B, V]
     u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
-    picked = torch.searchsorted(cdf, u, right=True).squeeze(-1)                 # c[i-1] <= u < c[i]
-    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).float().argmax(-1)        # rounding at the top
+    picked = torch.searchsorted(cdf, u, right=True).squeeze(-1)          # c[i-1] <= u < c[i]
+    # u can round up to the total: then the last token with p > 0, not one past the end
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).float().argmax(-1)
     return torch.minimum(picked, last)
 
 
@@ -116,26 +117,23 @@ class TransformersEngine:
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Generation(expanded, completion_ids, texts, truncated)
 
-    def _config(self, max_new_tokens, temperature, top_p, top_k):
-        """Only what this engine asks for, never the model's own sampling defaults."""
-        from transformers import GenerationConfig
+    def _sampling(self, max_new_tokens, temperature, top_p, top_k):
+        """(generation config, logits processors): only what this engine asks for, never the
+        model's own sampling defaults. On CPU, InverseCdfSampling draws and generate() picks
+        its choice greedily; elsewhere generate() samples."""
+        from transformers import GenerationConfig, LogitsProcessorList
 
         common = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
                       pad_token_id=self.pad_id, use_cache=True)
-        if self.device.type == "cpu":  # sampled by InverseCdfSampling, picked greedily
-            return GenerationConfig(do_sample=False, **common)
-        return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p,
-                                top_k=top_k, **common)
-
-    def _processors(self, temperature, top_p, top_k):
-        from transformers import LogitsProcessorList
-
         if self.device.type == "cpu":
-            return LogitsProcessorList([InverseCdfSampling(temperature, top_p, top_k)])
-        return LogitsProcessorList()
+            return (GenerationConfig(do_sample=False, **common),
+                    LogitsProcessorList([InverseCdfSampling(temperature, top_p, top_k)]))
+        return (GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p,
+                                 top_k=top_k, **common), LogitsProcessorList())
 
     def _sample(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
                 completion_ids, truncated) -> None:
+        config, processors = self._sampling(max_new_tokens, temperature, top_p, top_k)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -149,8 +147,7 @@ class TransformersEngine:
                     mask[i, width - len(p):] = 1
                 out = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    generation_config=self._config(max_new_tokens, temperature, top_p, top_k),
-                    logits_processor=self._processors(temperature, top_p, top_k))
+                    generation_config=config, logits_processor=processors)
                 for row in out[:, width:].tolist():
                     cut = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
                     completion_ids.append(row[:cut + 1] if cut is not None else row)

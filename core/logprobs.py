@@ -28,8 +28,7 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
             end = min(start + chunk_size, n)
             # One exp pass per chunk and two [c, V] buffers at most, reused in place:
             # shifted logits l - max, then p' = exp(l - max), then p' * (l - max).
-            shifted = hidden[start:end] @ weight.t()                          # [c, V]
-            shifted = shifted.float() if shifted.dtype != torch.float32 else shifted
+            shifted = (hidden[start:end] @ weight.t()).float()                # [c, V]
             if temperature != 1.0:
                 shifted.div_(temperature)
             top = shifted.amax(dim=-1, keepdim=True)                          # [c, 1]
@@ -61,8 +60,7 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
             h = hidden[start:end]
             # d logp_target / d logits = onehot(target) - softmax, then the 1/T of the scaling;
             # built in place in the one [c, V] buffer of recomputed logits.
-            g = h @ weight.t()
-            g = g.float() if g.dtype != torch.float32 else g
+            g = (h @ weight.t()).float()
             if t != 1.0:
                 g.div_(t)
             scale = grad_logps[start:end, None] / t                               # [c, 1]

@@ -69,7 +69,7 @@ def _make_mlp_forward(use_lora: bool, use_swiglu: bool):
             from .swiglu import swiglu
 
             if _is_silu(self.act_fn):
-                return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+                return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), triton_path=True))
         return type(self).forward(self, x)
     return forward
 
@@ -83,7 +83,7 @@ def _make_rms_norm_forward(offset: float):
         from .rms_norm import rms_norm
 
         eps = getattr(self, "variance_epsilon", getattr(self, "eps", 1e-6))
-        return rms_norm(x, self.weight, eps, offset=offset)
+        return rms_norm(x, self.weight, eps, offset=offset, triton_path=True)
     return forward
 
 
@@ -91,10 +91,10 @@ def _rope_replacement(original):
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
         from .rope import rope
 
-        if args or set(kwargs) - {"unsqueeze_dim"} or not _switches.enabled("rope") \
-                or not _switches.use_triton("rope", q):
+        if args or set(kwargs) - {"unsqueeze_dim"} or not _switches.use_triton("rope", q):
             return original(q, k, cos, sin, *args, **kwargs)
-        return rope(q, k, cos, sin, unsqueeze_dim=kwargs.get("unsqueeze_dim", 1))
+        return rope(q, k, cos, sin, unsqueeze_dim=kwargs.get("unsqueeze_dim", 1),
+                    triton_path=True)
     apply_rotary_pos_emb._aha_original = original
     return apply_rotary_pos_emb
 

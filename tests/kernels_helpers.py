@@ -62,3 +62,15 @@ def make_batch(vocab):
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
     return (ids.to(DEVICE), attention.to(DEVICE), completion.to(DEVICE), tp,
             advantages.to(DEVICE))
+
+
+def assert_same_step(step, reference, atol, rtol, loss_rtol=None):
+    """Two grpo_step results agree: the loss (to loss_rtol, else rtol) and every gradient, and
+    no reference gradient is all zero (which would make the comparison empty)."""
+    (loss, grads), (ref_loss, ref_grads) = step, reference
+    torch.testing.assert_close(loss, ref_loss, atol=atol,
+                               rtol=rtol if loss_rtol is None else loss_rtol)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name in grads:
+        assert ref_grads[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=atol, rtol=rtol, msg=name)

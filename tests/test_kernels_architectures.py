@@ -5,7 +5,8 @@ import pytest
 import torch
 import transformers
 
-from tests.kernels_helpers import DEVICE, grpo_step, kernel_module, make_batch
+from tests.kernels_helpers import (DEVICE, assert_same_step, grpo_step, kernel_module,
+                                   make_batch)
 
 import kernels  # noqa: E402
 from core.models import LORA_TARGETS  # noqa: E402
@@ -40,15 +41,6 @@ def tiny_model(arch: str):
     return model.to(DEVICE).train()
 
 
-def assert_same(a, b, atol, rtol):
-    (loss_a, grads_a), (loss_b, grads_b) = a, b
-    torch.testing.assert_close(loss_a, loss_b, atol=atol, rtol=rtol)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for name in grads_a:
-        assert grads_b[name].abs().sum() > 0, name
-        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=rtol, msg=name)
-
-
 def chunked(hidden, weight, targets, temperature):
     return kernels.selective_log_prob(hidden, weight, targets, temperature, chunk_size=16)
 
@@ -74,10 +66,10 @@ def test_patched_architecture_trains_like_the_original(arch, monkeypatch):
             assert report["lora_linear"] == 2 * 4 and report["lora_mlp"] == 0
         else:
             assert report["lora_mlp"] == 2 and report["lora_linear"] == 2 * 7
-        assert_same(grpo_step(model, batch, chunked), original, atol=1e-6, rtol=1e-4)
+        assert_same_step(grpo_step(model, batch, chunked), original, atol=1e-6, rtol=1e-4)
         monkeypatch.setenv("AHA_TRITON", "force")
         assert DEVICE == "cuda" or not calls  # off CUDA the torch paths ran
-        assert_same(grpo_step(model, batch, kernels.selective_log_prob), original,
+        assert_same_step(grpo_step(model, batch, kernels.selective_log_prob), original,
                     atol=1e-5, rtol=1e-3)
         silu_mlp = arch not in ("gemma", "phi3")  # GELU, or a fused gate/up projection
         assert calls == {"rms_norm", "rope", "log_prob"} | ({"swiglu"} if silu_mlp else set())

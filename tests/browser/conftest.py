@@ -143,6 +143,17 @@ def wait_until(predicate, timeout=180, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def download(page, button: str, files: str, path):
+    """Press `button`, wait for the file link it puts in `files`, save that download as `path`."""
+    page.click(button)
+    link = page.locator(f"{files} a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    dl.value.save_as(path)
+    return path
+
+
 def wait_text(page, selector: str, text: str, timeout: float = 30) -> None:
     """Wait until the element's text contains `text`; the element may not exist yet."""
     page.wait_for_function(

@@ -9,7 +9,7 @@ import pytest
 from core.runs import RunManager
 from studio.presets import quick_demo_config
 
-from .conftest import (fill, open_with_sample_data, run_state, run_step, shot, tab,
+from .conftest import (download, fill, open_with_sample_data, run_state, run_step, shot, tab,
                        tiny_run, wait_text, wait_until, wait_value)
 
 pytestmark = pytest.mark.model
@@ -83,13 +83,7 @@ def test_settings_yaml_roundtrip_and_resume(studio, page, tmp_path):
     tiny_run(page, "resume-run", steps=30)
 
     # save the settings, change one, load the file: the field comes back
-    page.click("#train-save-yaml")
-    link = page.locator("#train-yaml-file a").first
-    link.wait_for()
-    with page.expect_download() as dl:
-        link.click()
-    saved = tmp_path / "settings.yaml"
-    dl.value.save_as(saved)
+    saved = download(page, "#train-save-yaml", "#train-yaml-file", tmp_path / "settings.yaml")
     data = yaml.safe_load(saved.read_text(encoding="utf-8"))
     assert data["name"] == "resume-run" and data["grpo"]["num_generations"] == 2
     assert data["train"]["max_steps"] == 30

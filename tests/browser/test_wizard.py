@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from .conftest import (fill, open_with_sample_data, pick, run_state, run_step, shot, tab,
+from .conftest import (download, fill, open_with_sample_data, pick, run_state, run_step, shot, tab,
                        tiny_run, wait_text, wait_until, wait_value)
 
 pytestmark = pytest.mark.model
@@ -96,13 +96,7 @@ def test_whole_wizard(studio, page, tmp_path):
     page.click("#export-refresh")
     wait_value(page, "#export-run input", "browser-run")
     wait_text(page, "#export-command", "python -m core train")
-    page.click("#export-zip")
-    link = page.locator("#export-files a").first
-    link.wait_for()
-    with page.expect_download() as dl:
-        link.click()
-    path = tmp_path / "adapter.zip"
-    dl.value.save_as(path)
+    path = download(page, "#export-zip", "#export-files", tmp_path / "adapter.zip")
     names = set(zipfile.ZipFile(path).namelist())
     assert {"adapter_config.json", "adapter_model.safetensors"} <= names
     assert not any(n.endswith(".pt") for n in names)  # no optimizer or RNG state
