@@ -38,6 +38,20 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# Set by kernels.compile_check to a GPU's SM count, so launches captured on CPU tensors get the
+# grids (and the specialisations that follow from them) they would get on that GPU.
+simulated_sm_count: int | None = None
+
+
+def program_slots(device, off_gpu: int) -> int:
+    """How many programs a grid-stride or split kernel launches: two per SM on CUDA; `off_gpu`
+    elsewhere (the interpreter runs programs one at a time)."""
+    if device.type == "cuda":
+        import torch
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 2 * simulated_sm_count if simulated_sm_count else off_gpu
+
+
 def interpreting() -> bool:
     """Triton's CPU interpreter is on (tests): Triton kernels then run on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}

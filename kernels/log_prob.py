@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._switches import use_triton
+from ._switches import program_slots, use_triton
 
 # ---- torch reference -------------------------------------------------------------------------
 
@@ -150,11 +150,14 @@ if triton is not None:
 # ---- launchers -------------------------------------------------------------------------------
 
 
-def _blocks(n: int, v: int, h: int) -> tuple[int, int, int]:
-    """Tile sizes: tl.dot needs every side >= 16; small problems get small tiles."""
+def _blocks(n: int, v: int, h: int, element_size: int = 2) -> tuple[int, int, int]:
+    """Tile sizes: tl.dot needs every side >= 16; small problems get small tiles. 4-byte
+    inputs take half as deep a k-tile: at 64 the float32 backward needs 102,400 B of shared
+    memory, over the 101,376 B of an sm_86/sm_89 GPU (A10G, L4, RTX 30/40; see
+    kernels.compile_check)."""
     def fit(x, cap):
         return max(16, min(cap, triton.next_power_of_2(x)))
-    return fit(n, 64), fit(v, 128), fit(h, 64)
+    return fit(n, 64), fit(v, 128), fit(h, 64 if element_size <= 2 else 32)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -169,20 +172,21 @@ def _upcast() -> bool:
     return interpreting()
 
 
-def _num_programs_target(device: torch.device) -> int:
-    if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 1  # the interpreter runs programs one by one: no reason to split
+def triton_dot_is_fast(device: torch.device) -> bool:
+    """Triton lowers tl.dot to tensor-core instructions from Ampere (sm_80) on; for Turing and
+    older it emits FMA loops (seen in the PTX kernels.compile_check builds), far slower than
+    cuBLAS's tensor cores, so there the chunked torch path runs instead."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def selective_log_prob_forward_triton(hidden, weight, targets, temperature):
     """-> (logp [N], entropy [N], lse [N]), float32."""
     n, h = hidden.shape
     v = weight.shape[0]
-    block_n, block_v, block_h = _blocks(n, v, h)
+    block_n, block_v, block_h = _blocks(n, v, h, hidden.element_size())
     row_blocks = triton.cdiv(n, block_n)
     tiles = triton.cdiv(v, block_v)
-    splits = max(1, min(tiles, _num_programs_target(hidden.device) // row_blocks))
+    splits = max(1, min(tiles, program_slots(hidden.device, off_gpu=1) // row_blocks))
     v_per_split = triton.cdiv(tiles, splits) * block_v
     splits = triton.cdiv(v, v_per_split)
     partial = torch.empty(4, n, splits, device=hidden.device, dtype=torch.float32)
@@ -205,7 +209,7 @@ def selective_log_prob_backward_triton(grad, hidden, weight, targets, lse, tempe
                                        need_hidden: bool, need_weight: bool):
     n, h = hidden.shape
     v = weight.shape[0]
-    block_n, block_v, block_h = _blocks(n, v, h)
+    block_n, block_v, block_h = _blocks(n, v, h, hidden.element_size())
     dh = torch.zeros(n, h, device=hidden.device, dtype=torch.float32) if need_hidden else None
     dw = torch.zeros(v, h, device=hidden.device, dtype=torch.float32) if need_weight else None
     _backward_kernel[(triton.cdiv(n, block_n), triton.cdiv(v, block_v))](
@@ -248,11 +252,14 @@ def selective_log_prob(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
                        triton_path: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [N, H], weight [V, H], targets [N] -> (log p(target) [N], entropy [N], no grad).
 
-    Triton on CUDA (see kernels._switches); elsewhere the chunked torch version of the core.
+    Triton on CUDA GPUs from Ampere on (see kernels._switches and triton_dot_is_fast);
+    elsewhere the chunked torch version of the core.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
+    if triton_path is None and not triton_dot_is_fast(hidden.device):
+        triton_path = False
     if hidden.shape[0] == 0 or not use_triton("selective_log_prob", hidden, triton_path):
         from core.logprobs import chunked_selective_log_prob
 

@@ -49,7 +49,10 @@ def test_vocabulary_splits_merge_exactly(monkeypatch):
     """On a GPU the vocabulary is split across programs; the merge must not change anything."""
     hidden, weight, targets = inputs(20, 777, 24, torch.float32, weight_grad=False)
     whole = slp.selective_log_prob_forward_triton(hidden.detach(), weight, targets, 1.3)
-    monkeypatch.setattr(slp, "_num_programs_target", lambda device: 5)
+    from kernels import _switches
+
+    monkeypatch.setattr(_switches, "simulated_sm_count", 3)  # 6 program slots -> 4 splits
+    assert _switches.program_slots(hidden.device, off_gpu=1) == 6
     split = slp.selective_log_prob_forward_triton(hidden.detach(), weight, targets, 1.3)
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
