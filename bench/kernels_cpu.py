@@ -150,18 +150,27 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def one_logprob_variant(variant: str, scope: str, tokens: int, chunk: int) -> dict:
+def one_logprob_variant(variant: str, scope: str, tokens: int, tile_rows: int, tile_cols: int
+                        ) -> dict:
+    """variant naive, or tiled with [tile_rows, tile_cols] tiles of logits (tile_cols 0: the
+    whole vocabulary in each tile, i.e. row chunks alone)."""
+    import ctypes
+
     from core.grpo import LossSettings, policy_loss
     from core.logprobs import chunked_selective_log_prob, naive_selective_log_prob
     from core.models import decoder_and_head
     from core.trainer import return_freed_memory_to_os
 
     return_freed_memory_to_os()  # the allocator settings a training worker runs with
+    if scope == "op":
+        # Every block over 128 KiB mapped on its own and unmapped when freed: RSS then follows
+        # the live tensors, so a variant whose buffers the heap would recycle is not flattered.
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 << 10)
 
     def logprob(h, w, t):
         if variant == "naive":
             return naive_selective_log_prob(h, w, t, 1.0)
-        return chunked_selective_log_prob(h, w, t, 1.0, chunk)[0]
+        return chunked_selective_log_prob(h, w, t, 1.0, tile_rows, tile_cols or w.shape[0])[0]
 
     model = load("4bit")
     body, head = decoder_and_head(model)
@@ -193,17 +202,22 @@ def one_logprob_variant(variant: str, scope: str, tokens: int, chunk: int) -> di
     run()
     seconds = time.perf_counter() - start
     return {"variant": variant, "scope": scope, "tokens": tokens, "vocab": vocab,
-            "chunk_size": chunk if variant == "chunked" else None,
+            "tile": None if variant == "naive" else [tile_rows, tile_cols or vocab],
             "peak_above_start_mb": _vm_hwm_mb() - base, "seconds": seconds,
             "logits_fp32_mb": tokens * vocab * 4 / 2 ** 20}
+
+
+# naive; the core's default tiles; the row chunks alone (the whole vocabulary per tile)
+LOGPROB_VARIANTS = (("naive", 0, 0), ("tiled", 1024, 1024), ("tiled", 256, 0))
 
 
 def bench_logprob_memory(args) -> dict:
     out = {}
     for scope in ("op", "grpo_step"):
         rows = []
-        for variant, chunk in (("naive", 0), ("chunked", 256), ("chunked", 64)):
-            cmd = [sys.executable, __file__, "--one", f"{variant},{scope},{args.tokens},{chunk}",
+        for variant, tile_rows, tile_cols in LOGPROB_VARIANTS:
+            cmd = [sys.executable, __file__, "--one",
+                   f"{variant},{scope},{args.tokens},{tile_rows},{tile_cols}",
                    "--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if done.returncode:
@@ -231,8 +245,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.one:
-        variant, scope, tokens, chunk = args.one.split(",")
-        print(json.dumps(one_logprob_variant(variant, scope, int(tokens), int(chunk))))
+        variant, scope, tokens, rows, cols = args.one.split(",")
+        print(json.dumps(one_logprob_variant(variant, scope, int(tokens), int(rows), int(cols))))
         return
     result = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "args": {k: v for k, v in vars(args).items() if k != "one"}}

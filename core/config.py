@@ -93,7 +93,8 @@ class GRPOConfig:
                               "batch, or not at all.", choices=("group", "batch", "none"))
     num_iterations: int = knob(1, "Optimizer steps per generated batch (mu).", min=1, max=64)
     mask_truncated_completions: bool = knob(False, "Ignore completions cut off at the length limit.")
-    logprob_chunk_size: int = knob(256, "Tokens per chunk when computing log-probs.", min=16,
+    logprob_chunk_size: int = knob(1024, "Tokens per chunk when computing log-probs (the "
+                                   "vocabulary is split into tiles too).", min=16,
                                    max=1 << 20)
 
 

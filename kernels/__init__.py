@@ -44,7 +44,7 @@ def unpatch_model(model) -> int:
 
 
 def selective_log_prob(hidden, weight, targets, temperature: float = 1.0, *,
-                       chunk_size: int = 256, triton_path: bool | None = None):
+                       chunk_size: int = 1024, triton_path: bool | None = None):
     """hidden [N, H], weight [V, H], targets [N] -> (log p(target) [N], entropy [N]), float32.
 
     Triton (tiled, online log-sum-exp, no logits in memory) on CUDA; elsewhere, or switched

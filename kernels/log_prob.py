@@ -248,7 +248,7 @@ class SelectiveLogProbFunction(torch.autograd.Function):
 
 
 def selective_log_prob(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                       temperature: float = 1.0, *, chunk_size: int = 256,
+                       temperature: float = 1.0, *, chunk_size: int = 1024,
                        triton_path: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [N, H], weight [V, H], targets [N] -> (log p(target) [N], entropy [N], no grad).
 

@@ -112,7 +112,8 @@ def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int =
         activations = micro * seq * shape.hidden * shape.layers * compute + layer_acts
     else:
         activations = layer_acts * shape.layers
-    logprob_chunk = 256 * shape.vocab * 4 * 3      # chunked selective log-prob, fwd + bwd
+    # tiled selective log-prob, fwd + bwd: [1024 rows, 1024 or 16384 vocabulary columns] tiles
+    logprob_chunk = 1024 * (16384 if gpu else 1024) * 4 * 3
     runtime = 0.5 * GB if gpu else 0.8 * GB
     parts = {"base weights": base, "adapter + optimizer": adapter_bytes,
              "generation cache": kv_cache, "activations": activations,
