@@ -57,11 +57,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
 
 
-def use_triton(name: str, tensor, force: bool | None = None) -> bool:
+def use_triton(name: str, tensor, force: bool | None = None,
+               min_capability: tuple[int, int] | None = None) -> bool:
     """Take the Triton path for this call? force=True/False overrides the automatic choice.
 
     Automatic: the kernel is on, Triton is installed, Triton is not switched off, and the tensor
-    is on CUDA. Tests force it on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1).
+    is on CUDA, on a GPU of at least `min_capability` (compute capability) where one is given.
+    Tests force it on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1).
     """
     if force is not None:
         return bool(force)
@@ -69,4 +71,9 @@ def use_triton(name: str, tensor, force: bool | None = None) -> bool:
         return False
     if os.environ.get("AHA_TRITON", "").strip().lower() == "force":
         return True
-    return tensor.is_cuda
+    if not tensor.is_cuda:
+        return False
+    if min_capability is None:
+        return True
+    import torch
+    return torch.cuda.get_device_capability(tensor.device) >= min_capability

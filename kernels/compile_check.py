@@ -52,9 +52,17 @@ ARCHS = {
     89: Arch("sm_89", "L4, RTX 40", 101376, 24, 48, 58),
     90: Arch("sm_90", "H100, H200", 232448, 32, 64, 132),
 }
-# Kernels the automatic dispatch uses only from this compute capability on (see
-# kernels.log_prob.triton_dot_is_fast); below it they compile but never run unless forced.
-DISPATCHED_FROM = {"log_prob": 80}
+
+
+def dispatched(module: str, arch: int) -> bool:
+    """Whether the automatic dispatch runs this module's kernels on `arch` (a module may name a
+    minimum compute capability; below it its kernels compile but never run unless forced)."""
+    import importlib
+
+    low = getattr(importlib.import_module(f"kernels.{module}"), "TRITON_MIN_CAPABILITY", (0, 0))
+    return divmod(arch, 10) >= low
+
+
 USES_DOT = {"log_prob"}           # modules whose kernels are matmuls (tl.dot)
 MAX_REGS_PER_THREAD = 255
 
@@ -129,10 +137,9 @@ def capture(shape: Shape, dtype: torch.dtype, sm_count: int, tokens: int = 1024,
 
     seq = tokens // batch
     rd = shape.rotary_dim or shape.head_dim
-    weight_dtype = dtype
 
-    def leaf(*size, dt=dtype):
-        return torch.zeros(*size, dtype=dt).requires_grad_()
+    def leaf(*size):
+        return torch.zeros(*size, dtype=dtype).requires_grad_()
 
     with recording(sm_count) as launches:
         # RMSNorm over the hidden size, and over the head dim where q/k are normalised
@@ -140,7 +147,7 @@ def capture(shape: Shape, dtype: torch.dtype, sm_count: int, tokens: int = 1024,
         if shape.qk_norm:
             norms.append((tokens * shape.heads, shape.head_dim))
         for rows, width in norms:
-            x, w = leaf(rows, width), leaf(width, dt=weight_dtype)
+            x, w = leaf(rows, width), leaf(width)
             rms_norm(x, w, 1e-6, offset=shape.norm_offset, triton_path=True).sum().backward()
         # RoPE on q and k together, [B, H, S, D] as the attention layers call it
         q = leaf(batch, shape.heads, seq, shape.head_dim)
@@ -246,7 +253,7 @@ def describe(arch: int, dtype: torch.dtype, model: str, launch: Launch, compiled
     row = {
         "arch": ARCHS[arch].name, "kernel": f"{module}.{launch.fn.__name__}",
         "dtype": str(dtype).replace("torch.", ""), "models": [model],
-        "dispatched": arch >= DISPATCHED_FROM.get(module, 0),
+        "dispatched": dispatched(module, arch),
         "constexprs": {names[k[0]] if len(k) == 1 else str(k): _plain(v)
                        for k, v in constexprs.items()},
         "grid": [int(g) for g in launch.grid],

@@ -149,6 +149,11 @@ if triton is not None:
 
 # ---- launchers -------------------------------------------------------------------------------
 
+# Triton lowers tl.dot to tensor-core instructions from Ampere (sm_80) on; for Turing and older
+# it emits FMA loops (seen in the PTX kernels.compile_check builds), far slower than cuBLAS's
+# tensor cores, so there the automatic dispatch takes the chunked torch path instead.
+TRITON_MIN_CAPABILITY = (8, 0)
+
 
 def _blocks(n: int, v: int, h: int, element_size: int = 2) -> tuple[int, int, int]:
     """Tile sizes: tl.dot needs every side >= 16; small problems get small tiles. 4-byte
@@ -170,13 +175,6 @@ def _upcast() -> bool:
     # exact, so upcasting there computes what the GPU's 16-bit dot with float32 accumulation does.
     from ._switches import interpreting
     return interpreting()
-
-
-def triton_dot_is_fast(device: torch.device) -> bool:
-    """Triton lowers tl.dot to tensor-core instructions from Ampere (sm_80) on; for Turing and
-    older it emits FMA loops (seen in the PTX kernels.compile_check builds), far slower than
-    cuBLAS's tensor cores, so there the chunked torch path runs instead."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def selective_log_prob_forward_triton(hidden, weight, targets, temperature):
@@ -252,15 +250,14 @@ def selective_log_prob(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
                        triton_path: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [N, H], weight [V, H], targets [N] -> (log p(target) [N], entropy [N], no grad).
 
-    Triton on CUDA GPUs from Ampere on (see kernels._switches and triton_dot_is_fast);
-    elsewhere the chunked torch version of the core.
+    Triton on CUDA GPUs from TRITON_MIN_CAPABILITY on (see kernels._switches); elsewhere the
+    chunked torch version of the core.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
-    if triton_path is None and not triton_dot_is_fast(hidden.device):
-        triton_path = False
-    if hidden.shape[0] == 0 or not use_triton("selective_log_prob", hidden, triton_path):
+    if hidden.shape[0] == 0 or not use_triton("selective_log_prob", hidden, triton_path,
+                                              min_capability=TRITON_MIN_CAPABILITY):
         from core.logprobs import chunked_selective_log_prob
 
         return chunked_selective_log_prob(hidden, weight, targets, temperature, chunk_size)

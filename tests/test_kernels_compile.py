@@ -99,7 +99,8 @@ def test_the_check_reports_a_kernel_that_would_not_fit():
         "from kernels.compile_check import compile_all\n"
         "lp._blocks = lambda n, v, h, e=2: (64, 128, 64)\n"
         "r = compile_all([86], ['default'], dtypes_for=lambda a: [torch.float32], log=None)\n"
-        "print(json.dumps([(k['kernel'], k['problems']) for k in r['kernels'] if k['problems']]))\n")
+        "print(json.dumps([(k['kernel'], k['problems'])\n"
+        "                  for k in r['kernels'] if k['problems']]))\n")
     problems = json.loads(out.strip().splitlines()[-1])
     assert [k for k, _ in problems] == ["log_prob._backward_kernel"]
     assert "shared memory" in problems[0][1][0]

@@ -84,3 +84,20 @@ def test_dispatch_off_cuda_is_the_core_chunked_version(monkeypatch):
     assert not kernels.enabled("selective_log_prob")
     got = kernels.selective_log_prob(hidden, weight, targets.cpu(), 0.9, chunk_size=4)
     assert got[0].grad_fn.name() == want[0].grad_fn.name()
+
+
+def test_automatic_dispatch_needs_a_gpu_with_tensor_cores(monkeypatch):
+    """Triton emits no tensor-core code for tl.dot before sm_80: there the log-prob takes the
+    torch path; kernels without a minimum take Triton on any CUDA GPU."""
+    from types import SimpleNamespace
+
+    from kernels import _switches
+
+    monkeypatch.setattr(_switches, "triton_available", lambda: True)
+    monkeypatch.delenv("AHA_TRITON", raising=False)
+    gpu = SimpleNamespace(is_cuda=True, device="cuda:0")
+    for capability, want in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert _switches.use_triton("selective_log_prob", gpu,
+                                    min_capability=slp.TRITON_MIN_CAPABILITY) is want, capability
+        assert _switches.use_triton("rms_norm", gpu) is True
