@@ -24,6 +24,14 @@ def _vocab_chunk(device: torch.device) -> int:
     return 16384 if device.type == "cuda" else 1024
 
 
+def _targets_in_tile(targets: torch.Tensor, v0: int, v1: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which targets fall in vocabulary columns [v0, v1) -> (mask [c, 1], column in tile
+    [c, 1], clamped into the tile for the rows whose target lies elsewhere)."""
+    return (((targets >= v0) & (targets < v1))[:, None],
+            (targets - v0).clamp(0, v1 - v0 - 1)[:, None])
+
+
 class _ChunkedSelectiveLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk_size, vocab_chunk):
@@ -37,15 +45,14 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
             # Online over vocabulary tiles, per row: running max m, s0 = sum exp(l - m),
             # s1 = sum exp(l - m) (l - m), and the target's logit. One exp pass per tile.
             m = s0 = s1 = None
-            picked = torch.zeros(end - start, dtype=torch.float32, device=hidden.device)
+            picked = torch.zeros(end - start, 1, dtype=torch.float32, device=hidden.device)
             for v0 in range(0, v, vocab_chunk):
                 v1 = min(v0 + vocab_chunk, v)
                 tile = (h @ weight[v0:v1].t()).float()                      # [c, vt]
                 if temperature != 1.0:
                     tile.div_(temperature)
-                inside = (t >= v0) & (t < v1)
-                logit = tile.gather(1, (t - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
-                picked = torch.where(inside, logit, picked)
+                inside, column = _targets_in_tile(t, v0, v1)
+                picked = torch.where(inside, tile.gather(1, column), picked)
                 m_new = tile.amax(1) if m is None else torch.maximum(m, tile.amax(1))
                 shifted = tile.sub_(m_new[:, None])
                 p = shifted.exp()
@@ -62,7 +69,7 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
                 m = m_new
             log_s0 = s0.log()
             lse[start:end] = m + log_s0
-            logps[start:end] = picked - lse[start:end]
+            logps[start:end] = picked.squeeze(1) - lse[start:end]
             entropy[start:end] = log_s0 - s1 / s0                           # -sum p log p
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk_size, ctx.vocab_chunk = temperature, chunk_size, vocab_chunk
@@ -72,7 +79,7 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps, _grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
-        t_, rows, cols = ctx.temperature, ctx.chunk_size, ctx.vocab_chunk
+        temperature, rows, cols = ctx.temperature, ctx.chunk_size, ctx.vocab_chunk
         n, v = hidden.shape[0], weight.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -80,7 +87,7 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
         for start in range(0, n, rows):
             end = min(start + rows, n)
             h, t = hidden[start:end], targets[start:end]
-            scale = grad_logps[start:end, None] / t_                               # [c, 1]
+            scale = grad_logps[start:end, None] / temperature                      # [c, 1]
             acc = (torch.zeros(end - start, hidden.shape[1], dtype=torch.float32,
                                device=hidden.device) if need_h else None)
             for v0 in range(0, v, cols):
@@ -89,12 +96,11 @@ class _ChunkedSelectiveLogProb(torch.autograd.Function):
                 # d logp_target / d logits = onehot(target) - softmax, times 1/T, built in
                 # place in the one [c, vt] buffer of recomputed logits.
                 g = (h @ w.t()).float()
-                if t_ != 1.0:
-                    g.div_(t_)
+                if temperature != 1.0:
+                    g.div_(temperature)
                 g.sub_(lse[start:end, None]).exp_().mul_(-scale)                   # -softmax
-                inside = ((t >= v0) & (t < v1))[:, None]
-                g.scatter_add_(1, (t - v0).clamp(0, v1 - v0 - 1)[:, None],
-                               torch.where(inside, scale, 0.0).to(g.dtype))        # + onehot
+                inside, column = _targets_in_tile(t, v0, v1)
+                g.scatter_add_(1, column, torch.where(inside, scale, 0.0).to(g.dtype))  # + onehot
                 g = g.to(hidden.dtype)
                 if need_h:
                     if g.dtype == acc.dtype:
