@@ -59,6 +59,47 @@ def cmd_train(args) -> int:
         events.close()
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import EVAL_FILE, evaluate_run
+
+    try:
+        result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split,
+                              samples=args.samples, max_questions=args.max_questions,
+                              threads=args.threads)
+    except BaseException as exc:
+        print(f"error: {friendly_error(exc)}", file=sys.stderr)
+        if os.environ.get("AHA_DEBUG"):
+            traceback.print_exc()
+        return 1
+    print(format_eval(result))
+    print(f"wrote {Path(args.run_dir) / EVAL_FILE}")
+    return 0
+
+
+def format_eval(result: dict) -> str:
+    """The evaluation as a small table: one row per measure, base against trained."""
+    lines = [f"{result['questions']} {result['split']} questions, adapter: {result['checkpoint']}",
+             f"{'':28} {'base':>8} {'trained':>8}"]
+    for mode in ("greedy", "sampled"):
+        if mode not in result:
+            continue
+        base, trained = result[mode]["base"], result[mode]["trained"]
+        label = "greedy" if mode == "greedy" else f"{result[mode]['samples']} samples"
+        rows = [("accuracy", "accuracy")] if "accuracy" in base else []
+        rows += [("total reward", "total")] + [(name, name) for name in base["rewards"]]
+        for title, key in rows:
+            b = base[key] if key in base else base["rewards"][key]
+            t = trained[key] if key in trained else trained["rewards"][key]
+            lines.append(f"{(label + ' ' + title)[:28]:28} {_num(b):>8} {_num(t):>8}")
+    changed = sum(1 for item in result["items"] if item["changed"])
+    lines.append(f"answers that changed: {changed} of {len(result['items'])}")
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def cmd_data_check(args) -> int:
     from .data import check_data
 
@@ -84,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="Override a setting, e.g. --set grpo.num_generations=8 (repeatable).")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="Score the base model and the trained adapter on questions "
+                       "training never saw; writes RUN_DIR/eval.json.")
+    e.add_argument("run_dir", help="The run's folder.")
+    e.add_argument("--checkpoint", help="A checkpoint such as step-20 (default: the final adapter).")
+    e.add_argument("--split", default="heldout", choices=("heldout", "train"),
+                   help="heldout: the questions kept aside (default); train: training questions.")
+    e.add_argument("--samples", type=int, default=0,
+                   help="Also sample K answers per question at the training temperature.")
+    e.add_argument("--max-questions", type=int, default=None,
+                   help="Score at most this many questions (default: train.eval_max_questions).")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+    e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="Data tools.")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -54,6 +54,11 @@ class DataConfig:
     system_prompt: str = knob("", "System prompt used for every question without its own.")
     max_rows: int | None = knob(None, "Use only the first N rows (empty: all).", min=1)
     split: str = knob("train", "Which split of a Hub dataset to use.")
+    eval_share: float = knob(0.1, "Share of the distinct questions kept aside to test the model "
+                             "on questions it never trained on (0: none).", min=0.0, max=0.5)
+    eval_source: str | None = knob(None, "A separate file or Hub dataset to test on instead of "
+                                   "a share of the training data (empty: use eval_share).")
+    eval_split: str = knob("test", "Which split of eval_source to use when it is a Hub dataset.")
 
 
 @dataclass
@@ -115,6 +120,14 @@ class TrainConfig:
     save_steps: int = knob(10, "Save a checkpoint every N steps (0: only at the end).", min=0)
     sample_every: int = knob(1, "Log example completions every N steps.", min=1)
     threads: int | None = knob(None, "CPU threads for torch (empty: all cores).", min=1)
+    eval_steps: int = knob(0, "Score the held-out questions (greedy) before training and every N "
+                           "steps (0: off; `python -m core eval` does it after training).", min=0,
+                           max=1_000_000)
+    eval_max_questions: int = knob(50, "Most held-out questions scored in one evaluation.", min=1,
+                                   max=100_000)
+    stop_on_collapse: int = knob(0, "Stop when a collapse warning lasts this many steps, keeping "
+                                 "the last checkpoint from before it as the adapter (0: warn "
+                                 "only).", min=0, max=1_000_000)
     kernels: bool = knob(True, "Fused kernels: LoRA layers with hand-derived gradients (CPU and "
                          "GPU), Triton RMSNorm, RoPE, SwiGLU and log-probs on GPUs. Off: plain "
                          "peft and transformers, for comparison.")

@@ -11,6 +11,7 @@ import csv
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -615,3 +616,61 @@ def prepare_dataset(source: str, question: str | None = None, answer: str | None
     return ds.map(_training_rows, batched=True, with_indices=True, remove_columns=ds.column_names,
                   features=_TRAIN_FEATURES, desc="Preparing rows",
                   fn_kwargs={"mapping": report.mapping, "system_prompt": str(system_prompt or "")})
+
+
+# ---------------------------------------------------------------- held-out split
+
+def heldout_questions(questions: list[str], share: float) -> set[str]:
+    """The distinct questions kept aside for evaluation: ceil(share x distinct), chosen by hash.
+
+    Chosen from the text alone, so the same data gives the same held-out set whatever the seed,
+    the row order or a resume, and a question asked twice lands on one side only: training never
+    sees a held-out question. At least one question stays for training.
+    """
+    distinct = sorted(set(questions), key=lambda q: hashlib.sha256(q.encode("utf-8")).digest())
+    if share <= 0 or len(distinct) < 2:
+        return set()
+    k = min(len(distinct) - 1, max(1, math.ceil(share * len(distinct) - 1e-9)))
+    return set(distinct[:k])
+
+
+def split_heldout(ds: datasets.Dataset, share: float) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(training rows, held-out rows, one per distinct question) of a prepared dataset."""
+    questions = ds["question"][:]
+    held = heldout_questions(questions, share)
+    train_idx = [i for i, q in enumerate(questions) if q not in held]
+    seen, eval_idx = set(), []
+    for i, q in enumerate(questions):
+        if q in held and q not in seen:
+            seen.add(q)
+            eval_idx.append(i)
+    return ds.select(train_idx), ds.select(eval_idx)
+
+
+def dedupe_questions(ds: datasets.Dataset) -> datasets.Dataset:
+    """One row per distinct question (the first), for scoring a separate evaluation set."""
+    seen, keep = set(), []
+    for i, q in enumerate(ds["question"][:]):
+        if q not in seen:
+            seen.add(q)
+            keep.append(i)
+    return ds.select(keep)
+
+
+def prepare_run_data(d) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(training rows, evaluation rows or None) for a run's DataConfig.
+
+    With `eval_source` the evaluation rows come from that file or Hub split (same columns) and
+    the training data is used whole; otherwise `eval_share` of the distinct questions is held
+    out of the training data.
+    """
+    ds = prepare_dataset(d.source, question=d.question_column, answer=d.answer_column,
+                         system=d.system_column, system_prompt=d.system_prompt,
+                         max_rows=d.max_rows, split=d.split)
+    if d.eval_source:
+        held = prepare_dataset(d.eval_source, question=d.question_column, answer=d.answer_column,
+                               system=d.system_column, system_prompt=d.system_prompt,
+                               split=d.eval_split)
+        return ds, dedupe_questions(held)
+    train, held = split_heldout(ds, d.eval_share)
+    return train, (held if held.num_rows else None)

@@ -22,7 +22,9 @@ import kernels
 
 from . import data as data_lib
 from .config import RunConfig
-from .events import EventLog
+from .evaluate import build_reward_set, prompt_ids, score_questions
+from .events import EventLog, read_events
+from .health import CollapseDetector, settings_advice
 from .generation import make_engine
 from .grpo import LossSettings, compute_advantages, policy_loss
 from .models import count_parameters, decoder_and_head, load_model
@@ -132,17 +134,8 @@ class Trainer:
         self.cfg.save(self.run_dir / "config.yaml")
 
         self._status("loading_data", "Loading the data")
-        from reward_templates import RewardSet, default_reward_set
-
-        d = cfg.data
-        self.dataset = data_lib.prepare_dataset(
-            d.source, question=d.question_column, answer=d.answer_column, system=d.system_column,
-            system_prompt=d.system_prompt, max_rows=d.max_rows, split=d.split)
-        if cfg.rewards:
-            self.rewards = RewardSet.from_config([_reward_item(r) for r in cfg.rewards])
-        else:
-            self.rewards = default_reward_set([self.dataset[i] for i in
-                                               range(min(20, len(self.dataset)))])
+        self.dataset, self.heldout = data_lib.prepare_run_data(cfg.data)
+        self.rewards = build_reward_set(cfg, self.dataset)
         missing = [i + 1 for i, a in enumerate(self.dataset["answer"]) if not a]
         if self.rewards.needs_answer and missing:
             raise data_lib.DataError(
@@ -172,18 +165,13 @@ class Trainer:
         self._status("ready", "Model and data ready", engine=self.engine.name,
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
+                     heldout_questions=self.heldout.num_rows if self.heldout else 0,
                      kernels=self.kernel_report)
         return self
 
     # ---- one step ---------------------------------------------------------------------
     def _prompt_ids(self, row: dict) -> list[int]:
-        messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else [])
-        messages.append({"role": "user", "content": row["question"]})
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)[-self.cfg.grpo.max_prompt_length:]
+        return prompt_ids(self.tokenizer, row, self.cfg.grpo.max_prompt_length)
 
     @torch.no_grad()
     def generate_batch(self) -> Batch:
@@ -353,15 +341,28 @@ class Trainer:
                 self.load_checkpoint(ckpt)
                 self._status("resumed", f"Resumed from step {self.step_count}", step=self.step_count)
         self._install_signal_handlers()
+        self.health = self._detector()
         self._status("training", "Training", step=self.step_count, max_steps=max_steps)
+        every, eval_every = self.cfg.train.save_steps, self.cfg.train.eval_steps
+        if self.step_count == 0:
+            for advice in settings_advice(self.cfg):
+                self.events.emit("warning", code="risky_setting", step=0, **advice)
+        if eval_every and self.step_count == 0:
+            self.evaluate()  # the untrained model: the baseline every later score is read against
         while self.step_count < max_steps:
             metrics = self.step()
             self.events.emit("metrics", step=self.step_count, max_steps=max_steps, **metrics)
-            every = self.cfg.train.save_steps
+            for warning in self.health.update(self.step_count, metrics):
+                self.events.emit("warning", **warning.to_event())
+            if eval_every and (self.step_count % eval_every == 0 or self.step_count == max_steps):
+                self.evaluate()
             if self._should_stop():
                 self.save_checkpoint()
                 self._status("stopped", f"Stopped at step {self.step_count}", step=self.step_count)
                 return "stopped"
+            limit = self.cfg.train.stop_on_collapse
+            if limit and self.health.persisted(self.step_count) >= limit:
+                return self._stop_collapsed()
             if every and self.step_count % every == 0 and self.step_count < max_steps:
                 self.save_checkpoint()
         self.save_checkpoint()
@@ -369,6 +370,52 @@ class Trainer:
         self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
                      adapter=str(self.run_dir / ADAPTER_DIR))
         return "finished"
+
+    def _detector(self) -> CollapseDetector:
+        """A collapse detector that has seen this run's earlier steps (after a resume)."""
+        detector = CollapseDetector(self.rewards.correctness_best, self.rewards.names)
+        if self.step_count:
+            events, _ = read_events(self.run_dir)
+            for e in events:
+                if e["type"] == "metrics" and e["step"] <= self.step_count:
+                    detector.update(e["step"], e)
+        return detector
+
+    def _stop_collapsed(self) -> str:
+        """Stop a run whose collapse persisted; its adapter is the newest checkpoint from before
+        the collapse began (or the untrained adapter's state when none is that old)."""
+        began = self.health.collapsed_since
+        self.save_checkpoint()  # where it ended, for whoever wants to look
+        good = [p for p in checkpoints(self.run_dir) if checkpoint_step(p) < began]
+        if good:
+            shutil.rmtree(self.run_dir / ADAPTER_DIR, ignore_errors=True)
+            shutil.copytree(good[-1], self.run_dir / ADAPTER_DIR,
+                            ignore=lambda _d, names: [n for n in names if not n.startswith(
+                                ("adapter_", "README"))])
+            kept = f"the adapter from step {checkpoint_step(good[-1])}, before it began"
+        else:
+            self.save_adapter(self.run_dir / ADAPTER_DIR)
+            kept = "the last adapter (no checkpoint from before it exists)"
+        self._status("stopped", f"Stopped at step {self.step_count}: the run collapsed at step "
+                     f"{began} and did not recover; kept {kept}.", step=self.step_count,
+                     collapsed_at=began, adapter=str(self.run_dir / ADAPTER_DIR))
+        return "stopped"
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Greedy answers to the held-out questions, scored; an `eval` event. Training's random
+        state is left as it was, so evaluating never changes what the run learns."""
+        if self.heldout is None:
+            return None
+        n = min(self.cfg.train.eval_max_questions, self.heldout.num_rows)
+        rows = [self.heldout[i] for i in range(n)]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            greedy, _ = score_questions(self.engine, self.tokenizer, rows, self.rewards, self.cfg)
+        self.model.train()
+        summary = greedy.summary()
+        self.events.emit("eval", step=self.step_count, questions=n, **summary)
+        return summary
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -445,13 +492,6 @@ class Trainer:
         self.events.emit("samples", step=self.step_count + 1, items=items)
 
 
-def _reward_item(r) -> dict:
-    item = {"template": r.template, "weight": r.weight, "params": dict(r.params or {})}
-    if r.name:
-        item["name"] = r.name
-    return item
-
-
 def build_optimizer(params, t) -> torch.optim.Optimizer:
     kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                   weight_decay=t.weight_decay)
@@ -508,9 +548,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    steps = [(int(p.name.split("-")[1]), p) for p in root.glob("step-*")
-             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()]
-    return max(steps)[1] if steps else None
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
 
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    found = [p for p in root.glob("step-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None

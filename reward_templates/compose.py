@@ -144,6 +144,16 @@ class RewardSet:
         return [t.name for t, s in zip(self.terms, self._specs) if s.needs_answer]
 
     @property
+    def correctness_best(self) -> dict[str, float]:
+        """The score of a right answer for each correctness term (its `correct_score`, else 1).
+
+        What "accuracy" means for a reward set: the share of answers that earn this in every
+        correctness term. Collapse warnings and evaluations read it.
+        """
+        return {t.name: float(t.params.get("correct_score", 1.0))
+                for t, s in zip(self.terms, self._specs) if s.category == "correctness"}
+
+    @property
     def weights(self) -> dict[str, float]:
         return {t.name: t.weight for t in self.terms}
 

@@ -20,6 +20,10 @@ CSS = """
 .aha-think { background: #e0f2fe; } .aha-answer { background: #dcfce7; font-weight: 600; }
 .aha-sample { border: 1px solid #e5e7eb; border-radius: 6px; padding: 6px 10px; margin: 6px 0; }
 .aha-prompt { font-weight: 600; } .aha-scores { color: #6b7280; font-size: 0.85em; }
+.aha-health { border: 1px solid #f59e0b; background: #fffbeb; border-radius: 6px;
+              padding: 6px 12px; margin: 6px 0; }
+.aha-health ul { margin: 4px 0 0 0; } .aha-health-title { font-weight: 600; }
+.aha-fix { color: #92400e; font-size: 0.9em; }
 """
 
 # System fonts only: the page must render with no network at all.

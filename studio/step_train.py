@@ -13,6 +13,7 @@ import gradio as gr
 
 from core.config import ConfigError, RunConfig
 from core.events import read_events
+from core.health import settings_advice
 from core.runs import RunManager
 
 from . import watch as w
@@ -22,6 +23,20 @@ from .form import (config_from_values, make_widget, rewards_from_config, section
 from .machine import Machine
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
 from .step_model import ESTIMATE_PATHS, estimate
+
+ADVICE_PATHS = ("train.learning_rate", "grpo.temperature", "grpo.num_generations")
+
+
+def advice_markdown(values: dict) -> str:
+    """Advice on the settings that decide whether a run keeps learning, as the fields change."""
+    try:
+        cfg = RunConfig.from_dict({"train": {"learning_rate": values["train.learning_rate"]},
+                                   "grpo": {"temperature": values["grpo.temperature"],
+                                            "num_generations": values["grpo.num_generations"]}})
+    except (ConfigError, TypeError, ValueError):
+        return ""  # the field's own check says what is wrong
+    return "\n\n".join(f"⚠️ {a['message']} Try: {a['fix']}" for a in settings_advice(cfg))
+
 
 ACTIVE = ("created", "loading_data", "loading_model", "ready", "resumed", "training")
 CHART_TITLES = list(w.CHARTS)
@@ -83,11 +98,12 @@ def render(watch: dict, charts: bool = True, samples: bool = True) -> list:
     out = [watch, w.progress_html(watch), w.status_line(watch),
            gr.update(visible=failed), watch.get("traceback") or ""]
     if charts:
-        data = w.chart_data(watch["metrics"])
+        data = w.chart_data(watch["metrics"], watch.get("evals", []))
         out += [w.figure(t, data[t]) for t in CHART_TITLES]
     else:
         out += [gr.skip()] * len(CHART_TITLES)
     out.append(w.samples_html(watch["samples"]) if samples else gr.skip())
+    out.append(w.health_html(watch))
     return out
 
 
@@ -110,6 +126,7 @@ def build(form: dict) -> dict:
                     for path in paths[i:i + 4]:
                         form[path] = make_widget(path, values_from_config(defaults, [path])[0])
     estimate = gr.Markdown(elem_id="train-estimate")
+    advice = gr.Markdown(elem_id="train-advice")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -125,6 +142,7 @@ def build(form: dict) -> dict:
     message = gr.Markdown(elem_id="train-message")
     progress = gr.HTML(w.progress_html(w.new_watch()), elem_id="train-progress")
     status = gr.Markdown(elem_id="train-status")
+    health = gr.HTML(w.health_html(w.new_watch()), elem_id="train-health")
     with gr.Accordion("Details", open=False, visible=False) as details:
         traceback = gr.Code(label="Traceback", language="python", elem_id="train-traceback")
     plots = []
@@ -140,6 +158,7 @@ def build(form: dict) -> dict:
             refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="runs-refresh")
         runs = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=240)
     return {"demo": demo, "steps": steps, "quality": quality, "estimate": estimate,
+            "advice": advice, "health": health,
             "start": start, "fit_confirm": fit_confirm, "stop": stop, "resume": resume, "save_yaml": save_yaml,
             "load_yaml": load_yaml, "yaml_file": yaml_file, "message": message,
             "progress": progress, "status": status, "details": details,
@@ -152,7 +171,7 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
     paths = list(form)
     fields = [form[p] for p in paths]
     view = [watch, ui["progress"], ui["status"], ui["details"], ui["traceback"], *ui["plots"],
-            ui["samples"]]
+            ui["samples"], ui["health"]]
     runs_out = [ui["runs"], ui["run_pick"]]
 
     def runs_update(selected=None):
@@ -174,6 +193,14 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
 
     estimate_at = [paths.index(p) for p in ESTIMATE_PATHS]
 
+    advice_fields = [form[p] for p in ADVICE_PATHS]
+
+    def on_advice(*values):
+        return advice_markdown(dict(zip(ADVICE_PATHS, values)))
+
+    for comp in advice_fields:
+        comp.change(on_advice, advice_fields, ui["advice"], show_progress="hidden", queue=False)
+
     @friendly
     def on_start(rs, confirmed, *values):
         keep = [gr.skip()] * (len(view) + 3)
@@ -190,7 +217,11 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
         run_dir = manager.create(cfg)
         manager.start(run_dir)
         new = w.new_watch(str(run_dir))
-        return ([f"Started **{run_dir.name}** in its own process.", str(run_dir)] + render(new)
+        started = f"Started **{run_dir.name}** in its own process."
+        risky = settings_advice(cfg)
+        if risky:
+            started += " Note: " + " ".join(f"{a['message']} Try: {a['fix']}" for a in risky)
+        return ([started, str(run_dir)] + render(new)
                 + list(runs_update(str(run_dir))) + [gr.update(visible=False, value=False)])
 
     ui["start"].click(on_start, [rewards, ui["fit_confirm"]] + fields,

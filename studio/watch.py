@@ -10,17 +10,21 @@ import html
 import re
 
 MAX_SAMPLE_STEPS = 3   # the samples panel shows the latest few steps
+MAX_WARNINGS = 20      # collapse warnings kept per run (the panel shows the newest few)
 
 
 def new_watch(run_dir: str | None = None) -> dict:
-    return {"run_dir": run_dir, "offset": 0, "metrics": [], "samples": [], "state": "created",
+    return {"run_dir": run_dir, "offset": 0, "metrics": [], "samples": [], "warnings": [],
+            "evals": [], "state": "created",
             "message": "Not started", "engine": None, "device": None, "step": 0,
             "max_steps": None, "error": None, "traceback": None, "started": None}
 
 
 def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
     """A new record with `events` applied; `offset` is where reading continues."""
-    w = dict(watch, metrics=list(watch["metrics"]), samples=list(watch["samples"]), offset=offset)
+    w = dict(watch, metrics=list(watch["metrics"]), samples=list(watch["samples"]),
+             warnings=list(watch.get("warnings", [])), evals=list(watch.get("evals", [])),
+             offset=offset)
     for e in events:
         kind = e.get("type")
         if kind == "status":
@@ -33,14 +37,34 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             if w["state"] != "failed":
                 w["error"] = w["traceback"] = None
         elif kind == "metrics":
-            w["metrics"].append(e)
+            _put_by_step(w["metrics"], e)
             w["step"], w["max_steps"] = e.get("step", w["step"]), e.get("max_steps", w["max_steps"])
+        elif kind == "eval":
+            _put_by_step(w["evals"], e)
+        elif kind == "warning":
+            w["warnings"] = [x for x in w["warnings"]
+                             if (x.get("step"), x.get("code")) != (e.get("step"), e.get("code"))]
+            w["warnings"] = (w["warnings"] + [e])[-MAX_WARNINGS:]
         elif kind == "samples":
             w["samples"] = (w["samples"] + [e])[-MAX_SAMPLE_STEPS:]
         elif kind == "error":
             w["state"], w["error"], w["traceback"] = "failed", e.get("message"), e.get("traceback")
             w["message"] = w["error"]
     return w
+
+
+def _put_by_step(items: list[dict], event: dict) -> None:
+    """Append a per-step event, replacing one of the same step: a step trained again after a
+    resume from an earlier checkpoint shows once, with its newest values."""
+    step = event.get("step")
+    for i in range(len(items) - 1, -1, -1):
+        if items[i].get("step") == step:
+            items[i] = event
+            del items[i + 1:]  # later steps were trained on a branch the resume replaced
+            return
+        if (items[i].get("step") or 0) < (step or 0):
+            break
+    items.append(event)
 
 
 # ---- charts ---------------------------------------------------------------------------
@@ -66,8 +90,12 @@ def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def chart_data(metrics: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
-    """Chart title -> line name -> (steps, values)."""
+HELDOUT_LINE = "held-out questions (greedy)"
+
+
+def chart_data(metrics: list[dict], evals: list[dict] = ()) -> dict[str, dict[str, tuple[list, list]]]:
+    """Chart title -> line name -> (steps, values). Held-out evaluations (`train.eval_steps`)
+    join the reward chart as one more line."""
     templates = []
     for m in metrics:
         for k in m:
@@ -83,6 +111,8 @@ def chart_data(metrics: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
                     lines[name] = series(metrics, f"rewards/{name}/mean")
             else:
                 lines["total" if key == "reward" else key] = series(metrics, key)
+        if title == "Reward" and evals:
+            lines[HELDOUT_LINE] = series(list(evals), "total")
         out[title] = lines
     return out
 
@@ -187,6 +217,30 @@ def samples_html(samples: list[dict]) -> str:
             blocks.append(f'<div class="aha-sample"><div class="aha-prompt">Step {event.get("step")}'
                           f'{ref}<br>{html.escape(prompt)}</div><ol>{"".join(rows)}</ol></div>')
     return f'<div class="aha-samples">{"".join(blocks)}</div>'
+
+
+# ---- health ---------------------------------------------------------------------------
+
+SHOWN_WARNINGS = 3
+
+
+def health_html(watch: dict) -> str:
+    """The newest collapse warnings of the run, each with what to try; empty when there are
+    none."""
+    warnings = watch.get("warnings") or []
+    if not warnings:
+        return '<div class="aha-health aha-empty"></div>'
+    items = []
+    for e in reversed(warnings[-SHOWN_WARNINGS:]):
+        when = f"Step {e.get('step')}" if e.get("step") else "Before training"
+        items.append(f'<li data-code="{html.escape(str(e.get("code")))}"><b>{when}:</b> '
+                     f'{html.escape(str(e.get("message", "")))}<br><span class="aha-fix">Try: '
+                     f'{html.escape(str(e.get("fix", "")))}</span></li>')
+    more = len(warnings) - SHOWN_WARNINGS
+    tail = f'<div class="aha-fix">{more} earlier warning(s) in the run\'s events.</div>' \
+        if more > 0 else ""
+    return (f'<div class="aha-health" role="status"><div class="aha-health-title">⚠️ Learning check'
+            f'</div><ul>{"".join(items)}</ul>{tail}</div>')
 
 
 def status_line(watch: dict) -> str:

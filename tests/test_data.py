@@ -1,4 +1,5 @@
 """Tests for core.data against real files and the real `datasets` library (no network)."""
+import math
 import json
 
 import datasets
@@ -403,3 +404,36 @@ def test_prepare_dataset_without_answer_column(tmp_path):
                              "system": "", "row": 1}]
     assert "No answer column" in error_of(prepare_dataset, path, require_answer=True)
     assert "at least 1" in error_of(prepare_dataset, path, max_rows=0)
+
+
+# ---------------------------------------------------------------- held-out split
+
+def test_heldout_split_is_disjoint_stable_and_keeps_repeats_together():
+    from core.data import heldout_questions, split_heldout
+
+    ds = prepare_dataset("builtin:arithmetic?n=300&max_operand=9")  # 100 sums, many repeats
+    distinct = set(ds["question"][:])
+    train, held = split_heldout(ds, 0.3)
+    assert held.num_rows == math.ceil(0.3 * len(distinct))  # 94 distinct here
+    assert len(set(held["question"][:])) == held.num_rows          # one row per question
+    assert not set(held["question"][:]) & set(train["question"][:])  # never trained on
+    assert train.num_rows + sum(ds["question"][:].count(q) for q in held["question"][:]) == 300
+    # chosen from the text alone: another order, another seed of the same questions agree
+    shuffled = ds.shuffle(seed=5)
+    assert set(split_heldout(shuffled, 0.3)[1]["question"][:]) == set(held["question"][:])
+    assert heldout_questions(["a", "b"], 0.5) and not heldout_questions(["a"], 0.5)
+    assert heldout_questions(list("abcdefghij"), 0) == set()
+    assert len(heldout_questions(list("abc"), 0.5)) == 2  # rounds up, but one stays to train
+
+
+def test_run_data_with_a_separate_eval_file(tmp_path):
+    from core.config import DataConfig
+    from core.data import prepare_run_data
+
+    path = tmp_path / "eval.csv"
+    path.write_text("question,answer\nWhat is 1 + 1?,2\nWhat is 1 + 1?,2\nWhat is 2 + 3?,5\n")
+    train, held = prepare_run_data(DataConfig(source="builtin:arithmetic?n=40",
+                                              eval_source=str(path)))
+    assert train.num_rows == 40 and held["question"][:] == ["What is 1 + 1?", "What is 2 + 3?"]
+    train, held = prepare_run_data(DataConfig(source="builtin:arithmetic?n=40", eval_share=0))
+    assert train.num_rows == 40 and held is None
