@@ -1,6 +1,11 @@
-"""Aha Studio in the browser: `python app.py [--host H] [--port P] [--runs-dir DIR] [--trusted]`.
+"""Aha Studio in the browser.
 
-On Hugging Face Spaces (SPACE_ID set) it binds 0.0.0.0:7860. Nothing here phones home.
+    python app.py [--host H] [--port P] [--runs-dir DIR] [--trusted]       one person, no sign-in
+    python app.py --classroom USERS.yaml [--runs-dir DIR]                  a teacher's server
+    SPACE_ID=... python app.py                                             a Hugging Face Space
+
+On a Space it binds 0.0.0.0:7860, signs people in with Hugging Face and keeps runs under /data
+when persistent storage is attached. Nothing here phones home.
 """
 from __future__ import annotations
 
@@ -24,17 +29,46 @@ def main(argv: list[str] | None = None) -> int:
                    int(os.environ.get("AHA_PORT", "7860")))
     p.add_argument("--runs-dir", default=os.environ.get("AHA_RUNS_DIR", "runs"),
                    help="Where runs are kept (default: runs/).")
+    p.add_argument("--classroom", metavar="USERS.yaml",
+                   help="Classroom mode: sign-in for the users in this file (name: {password, "
+                        "role: student|teacher}); students see only their own runs.")
+    p.add_argument("--allow-model-folder", action="append", default=[], metavar="DIR",
+                   help="In classroom or Space mode, a model folder on this server that users "
+                        "may train (repeatable).")
+    p.add_argument("--hash-password", metavar="PASSWORD",
+                   help="Print a password hash for USERS.yaml (password_hash:) and exit.")
     p.add_argument("--trusted", action="store_true",
                    help="Trusted mode, for a local single-user studio: lets the code rewards "
                         "(python_tests, custom_python) run Python in a sandboxed process.")
     args = p.parse_args(argv)
-    if args.trusted:
-        if on_space:
-            p.error("--trusted is for a local, single-user studio, not a shared Space.")
-        os.environ["AHA_STUDIO_TRUSTED"] = "1"  # inherited by the training workers
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from studio.access import AccessError, Policy, hash_password, load_accounts
+
+    if args.hash_password:
+        print(hash_password(args.hash_password))
+        return 0
+    if args.trusted:
+        if on_space or args.classroom:
+            p.error("--trusted is for a local, single-user studio, not a shared one.")
+        os.environ["AHA_STUDIO_TRUSTED"] = "1"  # inherited by the training workers
+    try:
+        if args.classroom:
+            accounts, limits = load_accounts(args.classroom)
+            policy = Policy("classroom", args.runs_dir, accounts, limits,
+                            local_models=args.allow_model_folder)
+        elif on_space:
+            persistent = os.path.isdir("/data") and os.access("/data", os.W_OK)
+            runs_dir = "/data/aha-runs" if persistent and "AHA_RUNS_DIR" not in os.environ \
+                else args.runs_dir
+            owner = os.environ.get("SPACE_AUTHOR_NAME") or os.environ["SPACE_ID"].split("/")[0]
+            policy = Policy("space", runs_dir, local_models=args.allow_model_folder,
+                            persistent=persistent, admins=(owner,))
+        else:
+            policy = Policy("local", args.runs_dir)
+    except AccessError as exc:
+        p.error(str(exc))
     from studio.app import launch
-    launch(args.host, args.port, args.runs_dir)
+    launch(args.host, args.port, policy=policy)
     return 0
 
 

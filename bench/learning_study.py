@@ -79,7 +79,8 @@ SETTINGS = {
 
 def overrides(setting: str, seed: int) -> list[str]:
     values = {**SHIPPED, **SETTINGS[setting][1], "train.seed": seed, "train.save_steps": 20,
-              "train.eval_steps": 0, "data.eval_share": 0.3, "train.stop_on_collapse": 0}
+              "train.eval_steps": 0, "data.eval_share": 0.3, "train.stop_on_collapse": 0,
+              "train.keep_checkpoints": 0}
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]
 
 

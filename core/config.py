@@ -118,6 +118,8 @@ class TrainConfig:
                           choices=("adamw_8bit", "adamw"))
     seed: int = knob(42, "Random seed for data order, sampling and initialisation.")
     save_steps: int = knob(10, "Save a checkpoint every N steps (0: only at the end).", min=0)
+    keep_checkpoints: int = knob(2, "Checkpoints kept on disk, the newest (0: all). The final "
+                                 "adapter is always kept.", min=0, max=1_000_000)
     sample_every: int = knob(1, "Log example completions every N steps.", min=1)
     threads: int | None = knob(None, "CPU threads for torch (empty: all cores).", min=1)
     eval_steps: int = knob(0, "Score the held-out questions (greedy) before training and every N "

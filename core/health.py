@@ -57,6 +57,7 @@ class CollapseDetector:
         self.peak_window = None                  # best WINDOW-step mean of correctness so far
         self.zero_streak = 0
         self.active: dict[str, int] = {}         # code -> step it became active
+        self.clear: dict[str, int] = {}          # code -> steps in a row it has been false
         self.collapsed_since: int | None = None  # first step of the current serious episode
 
     def correctness_share(self, metrics: dict) -> float | None:
@@ -82,13 +83,14 @@ class CollapseDetector:
             found = [w for w in found if w.code != "correctness_falling"]
         now = {w.code for w in found}
         new = [w for w in found if w.code not in self.active]
-        for code in list(self.active):
-            if code not in now:
-                del self.active[code]
+        for code in list(self.active):  # a warning ends after WINDOW clear steps: no flapping
+            self.clear[code] = 0 if code in now else self.clear.get(code, 0) + 1
+            if self.clear[code] >= WINDOW:
+                del self.active[code], self.clear[code]
         for w in new:
             self.active[w.code] = step
             w.values["step"] = step
-        serious = now & set(SERIOUS)
+        serious = set(self.active) & set(SERIOUS)
         if serious and self.collapsed_since is None:
             self.collapsed_since = step
         elif not serious:

@@ -6,11 +6,15 @@ closing a browser tab or restarting the server loses nothing.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from .events import read_events
 # in the trainer, so that watching runs never imports the trainer and torch.
 STOP_FILE = "STOP"
 PID_FILE = "worker.pid"
+QUEUE_FILE = "queue.json"
 LOG_FILE = "worker.log"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,13 +34,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class RunStatus:
     run_dir: Path
     name: str
-    state: str          # created | loading_* | ready | training | stopped | finished | failed | interrupted
+    state: str          # created | queued | loading_* | ready | training | stopped | finished | failed | interrupted
     step: int
     max_steps: int | None
     message: str
     alive: bool
     error: str | None = None
     traceback: str | None = None
+    position: int | None = None  # place in the line while it waits to start
 
 
 def _slug(text: str) -> str:
@@ -67,25 +73,40 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunManager:
-    """Creates run directories and owns their worker processes, one per run."""
+    """Creates run directories and owns their worker processes, one per run, and the queue.
 
-    def __init__(self, root: str | Path = "runs"):
+    At most `max_workers` workers train at once; further runs wait first-in first-out in
+    `<root>/queue.json`, which survives a restart of the server. Memory admission: a run starts
+    only when its memory estimate fits beside the estimates of the runs already training (a run
+    alone always starts: the page asked for a second yes when it will not fit).
+    """
+
+    def __init__(self, root: str | Path = "runs", max_workers: int | None = None,
+                 memory_budget: float | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._procs: dict[Path, subprocess.Popen] = {}
+        self.max_workers = max_workers or default_max_workers()
+        self.memory_budget = memory_budget
+        self._lock = threading.RLock()
+        self._scheduler: threading.Thread | None = None
 
-    def create(self, cfg: RunConfig) -> Path:
+    def create(self, cfg: RunConfig, parent: str | Path | None = None) -> Path:
+        """A new run folder (in `parent`, default the root) named after the time and the run's
+        name as a slug: never a path taken from the name."""
+        parent = Path(parent) if parent is not None else self.root
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = self.root / f"{stamp}-{_slug(cfg.name)}"
+        run_dir = parent / f"{stamp}-{_slug(cfg.name)}"
         n = 2
         while run_dir.exists():
-            run_dir = self.root / f"{stamp}-{_slug(cfg.name)}-{n}"
+            run_dir = parent / f"{stamp}-{_slug(cfg.name)}-{n}"
             n += 1
         run_dir.mkdir(parents=True)
         cfg.save(run_dir / "config.yaml")
         return run_dir
 
     def start(self, run_dir: str | Path, max_steps: int | None = None, resume: bool = False) -> int:
+        """Start a worker now, whatever the queue holds (the CLI and tests; the studio submits)."""
         run_dir = Path(run_dir).resolve()
         if self.is_alive(run_dir):
             raise RuntimeError("This run is already training.")
@@ -102,9 +123,120 @@ class RunManager:
         self._procs[run_dir] = proc
         return proc.pid
 
+    # ---- the queue ------------------------------------------------------------------------
+    def submit(self, run_dir: str | Path, owner: str = "local", resume: bool = False,
+               memory: float | None = None, max_steps: int | None = None) -> int:
+        """Queue a run; it starts at once when a slot and the memory allow. Returns its place in
+        the line: 0 when it started, 1 when it is next, ..."""
+        run_dir = Path(run_dir).resolve()
+        with self._lock, self._queue() as q:
+            if self.is_alive(run_dir):
+                raise RuntimeError("This run is already training.")
+            if any(e["run_dir"] == str(run_dir) for e in q["waiting"]):
+                raise RuntimeError("This run is already waiting to start.")
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            q["waiting"].append({"run_dir": str(run_dir), "owner": owner, "resume": resume,
+                                 "memory": memory, "max_steps": max_steps,
+                                 "queued": time.time()})
+            self._schedule(q)
+        return self.position(run_dir) or 0
+
+    def cancel(self, run_dir: str | Path) -> bool:
+        """Take a waiting run out of the line; False when it was not waiting."""
+        run_dir = str(Path(run_dir).resolve())
+        with self._lock, self._queue() as q:
+            before = len(q["waiting"])
+            q["waiting"] = [e for e in q["waiting"] if e["run_dir"] != run_dir]
+            return len(q["waiting"]) < before
+
+    def position(self, run_dir: str | Path) -> int | None:
+        """1 for the next run to start, ...; None when the run is not waiting."""
+        run_dir = str(Path(run_dir).resolve())
+        for i, e in enumerate(self.waiting(), start=1):
+            if e["run_dir"] == run_dir:
+                return i
+        return None
+
+    def waiting(self) -> list[dict]:
+        return list(self._read_queue()["waiting"])
+
+    def running(self) -> list[dict]:
+        """The runs the queue started whose workers are still alive."""
+        return [e for e in self._read_queue()["running"] if self.is_alive(e["run_dir"])]
+
+    def schedule(self) -> list[Path]:
+        """Start the waiting runs that fit now; returns the ones started."""
+        with self._lock, self._queue() as q:
+            return self._schedule(q)
+
+    def _schedule(self, q: dict) -> list[Path]:
+        q["running"] = [e for e in q["running"] if self.is_alive(e["run_dir"])]
+        started = []
+        while q["waiting"] and len(q["running"]) < self.max_workers:
+            entry = q["waiting"][0]
+            used = sum(e.get("memory") or 0.0 for e in q["running"])
+            if q["running"] and self.memory_budget and entry.get("memory") and \
+                    used + entry["memory"] > self.memory_budget:
+                break  # first in, first out: the head waits for memory, nobody jumps it
+            q["waiting"].pop(0)
+            run_dir = Path(entry["run_dir"])
+            if not (run_dir / "config.yaml").exists():
+                continue  # deleted while it waited
+            try:
+                self.start(run_dir, entry.get("max_steps"), entry.get("resume", False))
+            except RuntimeError:
+                continue  # already training (started by hand)
+            q["running"].append(dict(entry, started=time.time()))
+            started.append(run_dir)
+        return started
+
+    def start_scheduler(self, interval: float = 2.0) -> None:
+        """A daemon thread that starts waiting runs as workers end."""
+        if self._scheduler is not None:
+            return
+
+        def loop():
+            while True:
+                time.sleep(interval)
+                try:
+                    self.schedule()
+                except Exception:  # a bad queue file must not end the scheduler
+                    pass
+
+        self._scheduler = threading.Thread(target=loop, name="run-scheduler", daemon=True)
+        self._scheduler.start()
+
+    def _read_queue(self) -> dict:
+        try:
+            q = json.loads((self.root / QUEUE_FILE).read_text(encoding="utf-8"))
+            if isinstance(q, dict) and isinstance(q.get("waiting"), list) and \
+                    isinstance(q.get("running"), list):
+                return q
+        except (OSError, ValueError):
+            pass
+        return {"waiting": [], "running": []}
+
+    @contextmanager
+    def _queue(self):
+        """The queue file, read and written under an exclusive lock (one server process at a
+        time edits it; a second server on the same folder waits)."""
+        with open(self.root / (QUEUE_FILE + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                q = self._read_queue()
+                yield q
+                tmp = self.root / (QUEUE_FILE + ".tmp")
+                tmp.write_text(json.dumps(q, indent=1), encoding="utf-8")
+                os.replace(tmp, self.root / QUEUE_FILE)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # ---- one run ----------------------------------------------------------------------------
     def stop(self, run_dir: str | Path) -> None:
-        """Ask the worker to finish its current step, checkpoint and exit."""
-        (Path(run_dir) / STOP_FILE).touch()
+        """Ask the worker to finish its current step, checkpoint and exit; a waiting run leaves
+        the line."""
+        if not self.cancel(run_dir):
+            (Path(run_dir) / STOP_FILE).touch()
 
     def wait(self, run_dir: str | Path, timeout: float | None = None) -> int | None:
         proc = self._procs.get(Path(run_dir).resolve())
@@ -125,7 +257,7 @@ class RunManager:
         pid = self.pid(run_dir)
         return pid is not None and _pid_alive(pid)
 
-    def status(self, run_dir: str | Path) -> RunStatus:
+    def status(self, run_dir: str | Path, waiting: list[dict] | None = None) -> RunStatus:
         run_dir = Path(run_dir)
         events, _ = read_events(run_dir)
         state, message, step, max_steps, error, tb = "created", "Not started", 0, None, None, None
@@ -141,15 +273,37 @@ class RunManager:
                 state, error, tb = "failed", e.get("message"), e.get("traceback")
                 message = error
         alive = self.is_alive(run_dir)
-        if not alive and state not in ("created", "stopped", "finished", "failed"):
+        place = None
+        if not alive:
+            key = str(run_dir.resolve())
+            line = self.waiting() if waiting is None else waiting
+            place = next((i for i, e in enumerate(line, start=1) if e["run_dir"] == key), None)
+        if place is not None:
+            state, message = "queued", f"Waiting to start: number {place} in line."
+        elif not alive and state not in ("created", "stopped", "finished", "failed"):
             state, message = "interrupted", "The worker ended without finishing; resume it."
         try:
             name = RunConfig.load(run_dir / "config.yaml").name
         except Exception:
             name = run_dir.name
-        return RunStatus(run_dir, name, state, step, max_steps, message, alive, error, tb)
+        return RunStatus(run_dir, name, state, step, max_steps, message, alive, error, tb,
+                         place)
 
-    def list(self) -> list[RunStatus]:
-        dirs = sorted((p for p in self.root.iterdir() if (p / "config.yaml").exists()),
-                      key=lambda p: p.name, reverse=True)
-        return [self.status(p) for p in dirs]
+    def list(self, folders: list[str | Path] | None = None) -> list[RunStatus]:
+        """The runs in these folders (default: the root), newest first."""
+        dirs = []
+        for folder in folders if folders is not None else [self.root]:
+            folder = Path(folder)
+            if folder.is_dir():
+                dirs += [p for p in folder.iterdir() if (p / "config.yaml").exists()]
+        dirs.sort(key=lambda p: p.name, reverse=True)
+        waiting = self.waiting()
+        return [self.status(p, waiting) for p in dirs]
+
+
+def default_max_workers() -> int:
+    """Training workers at once: one per GPU, else one per four CPU cores (at least one)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return max(1, len([d for d in visible.split(",") if d.strip()]))
+    return max(1, (os.cpu_count() or 1) // 4)

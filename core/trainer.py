@@ -340,6 +340,9 @@ class Trainer:
             if ckpt is not None:
                 self.load_checkpoint(ckpt)
                 self._status("resumed", f"Resumed from step {self.step_count}", step=self.step_count)
+            else:
+                self._status("resumed", "No checkpoint was saved yet: starting again from the "
+                             "beginning", step=0)
         self._install_signal_handlers()
         self.health = self._detector()
         self._status("training", "Training", step=self.step_count, max_steps=max_steps)
@@ -454,7 +457,25 @@ class Trainer:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         self.events.emit("checkpoint", step=self.step_count, path=str(final))
+        self.prune_checkpoints()
         return final
+
+    def prune_checkpoints(self) -> None:
+        """Keep the newest `train.keep_checkpoints`, and the newest one from before a collapse
+        that is going on (the one `stop_on_collapse` would keep)."""
+        keep = self.cfg.train.keep_checkpoints
+        found = checkpoints(self.run_dir)
+        if not keep or len(found) <= keep:
+            return
+        kept = set(found[-keep:])
+        health = getattr(self, "health", None)
+        began = health.collapsed_since if health is not None else None
+        if began is not None:
+            before = [p for p in found if checkpoint_step(p) < began]
+            kept.update(before[-1:])
+        for path in found:
+            if path not in kept:
+                shutil.rmtree(path, ignore_errors=True)
 
     def load_checkpoint(self, path: Path) -> None:
         from peft import set_peft_model_state_dict

@@ -7,8 +7,11 @@ import gradio as gr
 
 from core.runs import RunManager
 
-from . import step_data, step_export, step_model, step_rewards, step_train
+from . import step_classroom, step_data, step_export, step_model, step_rewards, step_train
+from .access import Policy
+from .jobs import JobPool, default_job_slots
 from .machine import detect_machine
+from .session import Studio
 from .step_rewards import propose
 from .watch import new_watch
 
@@ -32,13 +35,29 @@ THEME = gr.themes.Soft(primary_hue="orange",
                        font_mono=["ui-monospace", "monospace"])
 
 
-def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
-    runs_dir = Path(runs_dir)
-    manager = RunManager(runs_dir)
+def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None = None) -> gr.Blocks:
+    """The wizard for one server. `policy` says the mode (local, classroom, Space); a plain
+    folder means the local, single-user studio on that runs folder."""
+    if not isinstance(policy, Policy):
+        policy = Policy("local", policy)
     machine = detect_machine()
+    if manager is None:
+        manager = RunManager(policy.root, max_workers=policy.limits.concurrent_runs
+                             if policy.shared else default_workers(machine),
+                             memory_budget=machine.total_bytes * 0.85)
+    studio = Studio(policy, manager, machine,
+                    JobPool(default_job_slots(machine.available_bytes, machine.gpu)))
+    manager.start_scheduler()
     form: dict = {}
-    with gr.Blocks(title="Aha Studio") as demo:
+    with gr.Blocks(title="Aha Studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Aha Studio\nTeach a small language model with rewards (GRPO), step by step.")
+        if policy.mode == "space":
+            with gr.Row():
+                gr.LoginButton(elem_id="login")
+            if not policy.persistent:
+                gr.Markdown("⚠️ This Space has no persistent storage: runs vanish when it "
+                            "restarts. Download what you want to keep.", elem_id="banner-storage")
+        who = gr.Markdown(elem_id="who")
         rewards = gr.State([])
         sample = gr.State([])
         watch = gr.State(new_watch())
@@ -54,12 +73,29 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                 train_ui = step_train.build(form)
             with gr.Tab("5 · Try and export", id="export", elem_id="tab-export"):
                 export_ui = step_export.build()
+            if policy.shared:
+                with gr.Tab("Classroom", id="classroom", elem_id="tab-classroom",
+                            visible=False) as class_tab:
+                    class_ui = step_classroom.build(policy)
 
-        step_model.wire(model_ui, form, machine, [train_ui["estimate"]], demo)
-        step_data.wire(data_ui, form, runs_dir / "uploads", sample, rewards)
-        step_rewards.wire(rewards_ui, form, rewards, sample)
-        step_train.wire(train_ui, form, rewards, watch, remembered, manager, machine, demo)
-        step_export.wire(export_ui, manager, watch)
+        step_model.wire(model_ui, form, studio, [train_ui["estimate"]], demo)
+        step_data.wire(data_ui, form, studio, sample, rewards)
+        step_rewards.wire(rewards_ui, form, studio, rewards, sample)
+        step_train.wire(train_ui, form, studio, rewards, watch, remembered, demo)
+        step_export.wire(export_ui, studio, watch)
+        if policy.shared:
+            step_classroom.wire(class_ui, studio, class_tab, demo)
+
+        def greet(user):
+            if policy.mode == "local":
+                return ""
+            if user.role == "visitor":
+                return ("You are not signed in: look at the example run and chat with it in "
+                        "step 5; sign in with Hugging Face to train your own.")
+            link = " · [Sign out](/logout)" if policy.mode == "classroom" else ""
+            return f"Signed in as **{user.name}** ({user.role}){link}"
+
+        demo.load(studio.handler(greet), None, who)
 
         def propose_if_empty(rs, smp):  # new data, no rewards chosen yet: suggest a set
             if rs or not smp:
@@ -67,12 +103,23 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
             return propose(smp)[0]
 
         sample.change(propose_if_empty, [rewards, sample], rewards)
+    demo.studio = studio
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, runs_dir: str | Path = "runs") -> None:
-    demo = build_app(runs_dir)
+def default_workers(machine) -> int:
+    """Training workers at once on a local studio: one (a GPU, or a CPU it would share)."""
+    return 1
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, runs_dir: str | Path = "runs",
+           policy: Policy | None = None) -> None:
+    policy = policy or Policy("local", runs_dir)
+    demo = build_app(policy)
     demo.queue(default_concurrency_limit=4)
+    auth = policy.check_login if policy.mode == "classroom" else None
     demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, ssr_mode=False,
-                max_file_size="500mb", footer_links=[], show_error=False,
-                allowed_paths=[str(Path(runs_dir).resolve())])
+                max_file_size=f"{policy.limits.upload_mb}mb" if policy.shared else "500mb",
+                footer_links=[],
+                show_error=True, auth=auth,
+                auth_message="Sign in with the name and password your teacher gave you.")

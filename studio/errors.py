@@ -10,7 +10,8 @@ log = logging.getLogger("studio")
 
 # Errors whose message is already written for a beginner (matched by name: importing
 # core.models here would pull torch into the UI process).
-BEGINNER_ERRORS = {"ConfigError", "DataError", "ModelError", "RewardError", "JobError"}
+BEGINNER_ERRORS = {"ConfigError", "DataError", "ModelError", "RewardError", "JobError",
+                   "AccessError"}
 
 
 def one_line(exc: BaseException) -> str:
@@ -49,4 +50,19 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except Exception as exc:
             report(exc)
+    return wrapper
+
+
+def quietly(fn, outputs: int):
+    """A timer's handler: a failure is logged and the tick changes nothing (the next tick tries
+    again), instead of an error popping up every few seconds."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.exception("timer handler %s failed", fn.__name__)
+            return [gr.skip()] * outputs
     return wrapper

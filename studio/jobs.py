@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -56,3 +58,46 @@ def run_job_quietly(request: dict, timeout: float = 900) -> object:
         if kind == "result":
             return value
     raise JobError("The model process gave no result.")
+
+
+class JobPool:
+    """At most `size` model jobs (try it, chat, merge, model checks) at once for the whole
+    server; further clicks wait their turn with a message, up to `wait` seconds, then give up.
+    No number of people clicking at once can load more models than this."""
+
+    def __init__(self, size: int, wait: float = 600.0):
+        self.size = max(1, int(size))
+        self.wait = wait
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._lock = threading.Lock()
+        self.busy = 0
+
+    def run(self, request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]:
+        """run_job inside a slot: yields ("progress", text) while waiting and working."""
+        deadline = time.monotonic() + self.wait
+        while not self._slots.acquire(timeout=2.0):
+            if time.monotonic() > deadline:
+                raise JobError("The studio is busy with other model jobs; try again in a few "
+                               "minutes.")
+            yield "progress", f"Waiting for a free model slot ({self.size} in use)"
+        with self._lock:
+            self.busy += 1
+        try:
+            yield from run_job(request, timeout)
+        finally:
+            with self._lock:
+                self.busy -= 1
+            self._slots.release()
+
+    def run_quietly(self, request: dict, timeout: float = 900) -> object:
+        for kind, value in self.run(request, timeout):
+            if kind == "result":
+                return value
+        raise JobError("The model process gave no result.")
+
+
+def default_job_slots(available_bytes: float, gpu: bool) -> int:
+    """Model jobs at once: about one per 3 GB of free memory, between 1 and 4 (1 on a GPU)."""
+    if gpu:
+        return 1
+    return max(1, min(4, int(available_bytes // (3 * 2**30))))

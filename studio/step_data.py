@@ -9,7 +9,7 @@ import gradio as gr
 
 from core.data import DataError, check_data, load_table
 
-from .errors import friendly
+from .access import MB, AccessError
 from .form import make_widget
 
 SAMPLE_SOURCE = "builtin:arithmetic?n=200&max_operand=9"
@@ -25,10 +25,13 @@ def keep_upload(temp_path: str, uploads_dir: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     uploads_dir.mkdir(parents=True, exist_ok=True)
+    prefix = digest.hexdigest()[:12]
+    same = sorted(uploads_dir.glob(f"{prefix}-*"))
+    if same:  # the same bytes uploaded before, under any name: keep one copy
+        return str(same[0])
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-80:]
-    target = uploads_dir / f"{digest.hexdigest()[:12]}-{name}"
-    if not target.exists():
-        shutil.copyfile(src, target)
+    target = uploads_dir / f"{prefix}-{name}"
+    shutil.copyfile(src, target)
     return str(target)
 
 
@@ -135,26 +138,44 @@ def needing_answer(rewards: list[dict]) -> list[str]:
     return out
 
 
-def wire(ui: dict, form: dict, uploads_dir: Path, sample_state: gr.State,
-         rewards: gr.State) -> None:
+def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State) -> None:
     source = form["data.source"]
     cols = [form["data.question_column"], form["data.answer_column"], form["data.system_column"]]
+    policy = studio.policy
 
-    @friendly
-    def on_upload(path):
+    def on_upload(user, path):
         if not path:
-            return gr.skip()
-        return keep_upload(path, uploads_dir)
+            return gr.skip(), gr.skip()
+        size = Path(path).stat().st_size
+        limit = policy.limits.upload_mb if policy.shared else None
+        try:
+            if limit and size > limit * MB:
+                raise AccessError(f"This file is {size / MB:.0f} MB; uploads here may be at most "
+                                  f"{limit} MB.")
+            user.check_quota(adding=size)
+            kept = keep_upload(path, user.uploads_dir)
+        finally:
+            Path(path).unlink(missing_ok=True)  # Gradio's copy: the upload is kept once, here
+        return user.upload_ref(kept), f"Uploaded **{Path(kept).name.split('-', 1)[-1]}**."
 
-    ui["upload"].upload(on_upload, ui["upload"], source)
-    ui["use_hub"].click(lambda h: (h or "").strip() or gr.skip(), ui["hub"], source)
+    ui["upload"].upload(studio.handler(on_upload), ui["upload"], [source, ui["messages"]])
+
+    def on_hub(user, text):
+        text = (text or "").strip()
+        if not text:
+            return gr.skip()
+        user.data_source(text)  # a Hub id (or, locally, a path), never a server path elsewhere
+        return text
+
+    ui["use_hub"].click(studio.handler(on_hub), ui["hub"], source)
     ui["sample"].click(lambda: SAMPLE_SOURCE, None, source)
 
-    def refresh(src, q, a, s, rs):
+    def refresh(user, src, q, a, s, rs):
         try:
-            columns, rows, mapping, text, sample = inspect_source(src, q, a, s,
+            real = user.data_source(src) if (src or "").strip() else ""
+            columns, rows, mapping, text, sample = inspect_source(real, q, a, s,
                                                                   needing_answer(rs))
-        except DataError as exc:
+        except (DataError, AccessError) as exc:
             return [gr.update(choices=[], value=None)] * 3 + [f"❌ {exc}", None, []]
         choices = [""] + columns
         updates = [gr.update(choices=choices, value=mapping.get(k) or "")
@@ -163,11 +184,7 @@ def wire(ui: dict, form: dict, uploads_dir: Path, sample_state: gr.State,
         return updates + [text, preview, sample]
 
     outputs = cols + [ui["messages"], ui["table"], sample_state]
-
-    @friendly
-    def on_source(src, q, a, s, rs):  # a loaded YAML brings its own mapping; keep what fits
-        return refresh(src, q, a, s, rs)
-
-    source.change(on_source, [source] + cols + [rewards], outputs)
+    handler = studio.handler(refresh)  # a loaded YAML brings its own mapping; keep what fits
+    source.change(handler, [source] + cols + [rewards], outputs)
     for c in cols:
-        c.input(on_source, [source] + cols + [rewards], outputs)
+        c.input(handler, [source] + cols + [rewards], outputs)

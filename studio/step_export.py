@@ -8,11 +8,11 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError, RunConfig
-from core.runs import RunManager
 
+from .access import AccessError
 from .errors import friendly
 from .form import cli_command
-from .jobs import JobError, run_job
+from .jobs import JobError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
@@ -65,9 +65,10 @@ def push_to_hub(folder: Path, repo_id: str, token: str) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
-def run_choices(manager: RunManager) -> list[tuple[str, str]]:
-    return [(f"{st.run_dir.name} · {st.state}", str(st.run_dir)) for st in manager.list()
-            if adapter_dir(st.run_dir) is not None]
+def run_choices(studio, user) -> list[tuple[str, str]]:
+    """(label, run ref) of the runs with an adapter this user may see."""
+    return [(f"{user.run_ref(st.run_dir)} · {st.state}", user.run_ref(st.run_dir))
+            for st in studio.runs_of(user) if adapter_dir(st.run_dir) is not None]
 
 
 def build() -> dict:
@@ -105,32 +106,40 @@ def build() -> dict:
             "push_status": push_status}
 
 
-def wire(ui: dict, manager: RunManager, watch: gr.State) -> None:
-    def choices(wt=None):
-        opts = run_choices(manager)
+def wire(ui: dict, studio, watch: gr.State) -> None:
+    policy = studio.policy
+
+    def choices(user, wt=None):
+        opts = run_choices(studio, user)
         current = (wt or {}).get("run_dir")
+        current = user.run_ref(current) if current else None
         value = current if current in {v for _, v in opts} else (opts[0][1] if opts else None)
         return gr.update(choices=opts, value=value)
 
-    ui["refresh"].click(choices, watch, ui["run"], queue=False)
-    watch.change(lambda wt: choices(wt) if wt.get("state") in ("stopped", "finished") else
-                 gr.skip(), watch, ui["run"], queue=False)
+    ui["refresh"].click(studio.handler(choices), watch, ui["run"], queue=False)
 
-    @friendly
-    def on_run(run_dir):
-        if not run_dir:
+    def on_watch(user, wt):
+        return choices(user, wt) if wt.get("state") in ("stopped", "finished") else gr.skip()
+
+    watch.change(studio.handler(on_watch), watch, ui["run"], queue=False)
+
+    def on_run(user, ref):
+        if not ref:
             return ""
-        return cli_command(str(Path(run_dir) / "config.yaml"), run_dir)
+        run_dir = user.run_dir(ref)
+        if policy.shared:
+            return cli_command(f"{run_dir.name}/config.yaml", run_dir.name)
+        return cli_command(str(run_dir / "config.yaml"), str(run_dir))
 
-    ui["run"].change(on_run, ui["run"], ui["command"])
+    ui["run"].change(studio.handler(on_run), ui["run"], ui["command"])
 
-    @friendly
-    def on_ask(run_dir, question, hist_t, hist_b):
+    def on_ask(user, ref, question, hist_t, hist_b):
         hist_t, hist_b = list(hist_t or []), list(hist_b or [])
-        if not run_dir or not (question or "").strip():
+        if not ref or not (question or "").strip():
             yield "Choose a run and type a question.", gr.skip(), gr.skip()
             return
-        cfg = RunConfig.load(Path(run_dir) / "config.yaml")
+        run_dir = user.run_dir(ref)
+        cfg = RunConfig.load(run_dir / "config.yaml")
         req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
                "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
                "adapter": str(adapter_dir(run_dir)), "compare_base": True,
@@ -138,70 +147,90 @@ def wire(ui: dict, manager: RunManager, watch: gr.State) -> None:
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
                "temperature": cfg.grpo.temperature}
         try:
-            for kind, value in run_job(req):
+            for kind, value in studio.jobs.run(req):
                 if kind == "progress":
                     yield f"⏳ {value}…", gr.skip(), gr.skip()
                 else:
-                    user = {"role": "user", "content": question}
-                    hist_t += [user, {"role": "assistant", "content": value["adapter"][0][0]}]
-                    hist_b += [user, {"role": "assistant", "content": value["base"][0][0]}]
+                    user_turn = {"role": "user", "content": question}
+                    hist_t += [user_turn, {"role": "assistant", "content": value["adapter"][0][0]}]
+                    hist_b += [user_turn, {"role": "assistant", "content": value["base"][0][0]}]
                     yield "", hist_t, hist_b
         except JobError as exc:
             yield f"❌ {exc}", gr.skip(), gr.skip()
 
-    ui["ask"].click(on_ask, [ui["run"], ui["question"], ui["trained"], ui["base"]],
-                    [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=1)
+    ui["ask"].click(studio.handler(on_ask), [ui["run"], ui["question"], ui["trained"], ui["base"]],
+                    [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4)
 
-    @friendly
-    def on_zip(run_dir):
-        if not run_dir:
+    def owned(user, ref) -> Path:
+        """A run whose files this user may take: their own, any for a teacher (the published
+        example only to look at and chat with)."""
+        run_dir = user.run_dir(ref)
+        if not user.owns(run_dir) and not (user.sees_all and policy.shared):
+            raise AccessError("Only the run's owner or a teacher can export it.")
+        return run_dir
+
+    def on_zip(user, ref):
+        if not ref:
             return gr.skip(), "Choose a run first."
         try:
-            path = zip_adapter(run_dir)
+            path = zip_adapter(owned(user, ref))
         except FileNotFoundError as exc:
             return gr.skip(), f"❌ {exc}"
         return [str(path)], f"Adapter packed: {path.name}"
 
-    ui["zip"].click(on_zip, ui["run"], [ui["files"], ui["status"]])
+    ui["zip"].click(studio.handler(on_zip), ui["run"], [ui["files"], ui["status"]])
 
-    @friendly
-    def on_yaml(run_dir):
-        if not run_dir:
+    def on_yaml(user, ref):
+        if not ref:
             return gr.skip(), "Choose a run first."
-        return [str(Path(run_dir) / "config.yaml")], "The run's settings, as the worker used them."
+        run_dir = owned(user, ref)
+        cfg = RunConfig.load(run_dir / "config.yaml")
+        cfg.data.source = user.display_source(cfg.data.source)
+        out = Path(tempfile.mkdtemp(prefix="aha-config-")) / f"{run_dir.name}.yaml"
+        cfg.save(out)
+        return [str(out)], "The run's settings, as the worker used them."
 
-    ui["yaml"].click(on_yaml, ui["run"], [ui["files"], ui["status"]])
+    ui["yaml"].click(studio.handler(on_yaml), ui["run"], [ui["files"], ui["status"]])
 
-    @friendly
-    def on_merge(run_dir):
-        if not run_dir:
+    def on_merge(user, ref):
+        if not ref:
             yield gr.skip(), "Choose a run first."
             return
         try:
-            cfg = RunConfig.load(Path(run_dir) / "config.yaml")
-        except ConfigError as exc:
+            run_dir = owned(user, ref)
+            user.check_quota()
+            cfg = RunConfig.load(run_dir / "config.yaml")
+        except (ConfigError, AccessError) as exc:
             yield gr.skip(), f"❌ {exc}"
             return
-        out = Path(run_dir) / "merged-16bit"
+        out = run_dir / "merged-16bit"
         req = {"job": "merge", "source": cfg.model.source, "adapter": str(adapter_dir(run_dir)),
                "out": str(out)}
         try:
-            for kind, value in run_job(req):
+            for kind, value in studio.jobs.run(req):
                 if kind == "progress":
                     yield gr.skip(), f"⏳ {value}…"
                 else:
-                    yield gr.skip(), f"✅ Merged model saved in `{value['path']}`."
+                    yield gr.skip(), f"✅ Merged model saved in the run's folder " \
+                        f"(`{run_dir.name}/merged-16bit`)."
         except JobError as exc:
             yield gr.skip(), f"❌ {exc}"
 
-    ui["merge"].click(on_merge, ui["run"], [ui["files"], ui["status"]], concurrency_limit=1)
+    ui["merge"].click(studio.handler(on_merge), ui["run"], [ui["files"], ui["status"]],
+                      concurrency_limit=1)
 
     @friendly
-    def on_push(run_dir, repo, token):
-        if not run_dir:
+    def on_push(ref, repo, token, request: gr.Request, profile: gr.OAuthProfile | None,
+                oauth: gr.OAuthToken | None):
+        user = policy.user(request, profile)
+        if not ref:
             return "❌ Choose a run with an adapter first."
+        if policy.mode == "space":  # the signed-in user's own token, never one of the server's
+            if oauth is None:
+                return "❌ Sign in with Hugging Face first: the push uses your own account."
+            token = oauth.token
         try:
-            return f"✅ Pushed: {push_to_hub(adapter_files(run_dir), repo, token)}"
+            return f"✅ Pushed: {push_to_hub(adapter_files(owned(user, ref)), repo, token)}"
         except (ValueError, FileNotFoundError) as exc:
             return f"❌ {exc}"
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .errors import friendly
+from .access import AccessError
 from .estimate import GB, estimate_memory, fit_verdict, shape_for_source
 from .form import make_widget
-from .jobs import JobError, run_job
+from .jobs import JobError
 from .machine import Machine
 
 PRESETS = [  # (label, source): the embedded default first, then popular small instruct models
@@ -35,6 +35,25 @@ def source_for_preset(preset: str, current: str) -> tuple[str, bool]:
     return preset, False
 
 
+def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, completion_len,
+                   prompts_per_step, num_generations, accumulation, checkpointing,
+                   optimizer) -> dict | None:
+    """The estimate's parts in bytes (with 'total'), or None when it cannot be made."""
+    shape = shape_for_source(str(source or ""))
+    if shape is None:
+        return None
+    try:
+        return estimate_memory(
+            shape, precision=precision or "4bit", lora_r=int(lora_r or 16),
+            prompt_tokens=int(prompt_len or 256), completion_tokens=int(completion_len or 64),
+            prompts_per_step=int(prompts_per_step or 1), num_generations=int(num_generations or 2),
+            gradient_accumulation_steps=int(accumulation or 1),
+            gradient_checkpointing=bool(checkpointing), optimizer=optimizer or "adamw",
+            gpu=machine.gpu)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion_len,
              prompts_per_step, num_generations, accumulation, checkpointing, optimizer):
     """(verdict, markdown) for the chosen settings; verdict is 'ok', 'tight', 'too_big' or
@@ -43,15 +62,10 @@ def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion
     if shape is None:
         return "unknown", ("Memory estimate: unknown until the model's config is available "
                            "(press *Check the model*).")
-    try:
-        parts = estimate_memory(
-            shape, precision=precision or "4bit", lora_r=int(lora_r or 16),
-            prompt_tokens=int(prompt_len or 256), completion_tokens=int(completion_len or 64),
-            prompts_per_step=int(prompts_per_step or 1), num_generations=int(num_generations or 2),
-            gradient_accumulation_steps=int(accumulation or 1),
-            gradient_checkpointing=bool(checkpointing), optimizer=optimizer or "adamw",
-            gpu=machine.gpu)
-    except (TypeError, ValueError):
+    parts = estimate_parts(machine, source, precision, lora_r, prompt_len, completion_len,
+                           prompts_per_step, num_generations, accumulation, checkpointing,
+                           optimizer)
+    if parts is None:
         return "unknown", "Memory estimate: fill in every number first."
     verdict, line = fit_verdict(parts["total"], machine.available_bytes)
     icon = {"ok": "✅", "tight": "⚠️", "too_big": "⛔"}[verdict]
@@ -86,8 +100,9 @@ def build(form: dict, machine: Machine) -> dict:
     return {"preset": preset, "estimate": estimate_md, "check": check, "check_out": check_out}
 
 
-def wire(ui: dict, form: dict, machine: Machine, extra_outputs: list, demo_block) -> None:
+def wire(ui: dict, form: dict, studio, extra_outputs: list, demo_block) -> None:
     source = form["model.source"]
+    machine = studio.machine
 
     def on_preset(preset, current):
         value, typing = source_for_preset(preset, current)
@@ -97,20 +112,22 @@ def wire(ui: dict, form: dict, machine: Machine, extra_outputs: list, demo_block
 
     ui["preset"].change(on_preset, [ui["preset"], source], source, show_progress="hidden")
 
-    @friendly
-    def check(src, precision):
+    def check(user, src, precision):
         yield "⏳ Starting…"
         try:
-            for kind, value in run_job({"job": "prepare", "source": src, "precision": precision}):
+            src = user.model_source(src)
+            for kind, value in studio.jobs.run({"job": "prepare", "source": src,
+                                                "precision": precision}):
                 if kind == "progress":
                     yield f"⏳ {value}…"
                 else:
+                    where = f" from `{value['path']}`" if not studio.policy.shared else ""
                     yield (f"✅ Ready: {value['params'] / 1e6:.0f}M parameters, "
-                           f"{value['model_type']} architecture, from `{value['path']}`.")
-        except JobError as exc:
+                           f"{value['model_type']} architecture{where}.")
+        except (JobError, AccessError) as exc:
             yield f"❌ {exc}"
 
-    ui["check"].click(check, [source, form["model.precision"]], ui["check_out"],
+    ui["check"].click(studio.handler(check), [source, form["model.precision"]], ui["check_out"],
                       concurrency_limit=2)
 
     inputs = [form[p] for p in ESTIMATE_PATHS]

@@ -8,8 +8,9 @@ import gradio as gr
 from reward_templates import (DEFAULT_SET_DESCRIPTIONS, RewardError, RewardSet,
                               default_reward_set, get_template, list_templates, preview)
 
+from .access import AccessError
 from .errors import friendly
-from .jobs import JobError, run_job
+from .jobs import JobError
 
 
 def gallery_markdown() -> str:
@@ -145,7 +146,7 @@ def build() -> dict:
             "try_status": try_status, "try_table": try_table}
 
 
-def wire(ui: dict, form: dict, rewards: gr.State, sample: gr.State) -> None:
+def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> None:
     def show(rs, note=""):
         return rs, rewards_table(rs), gr.update(choices=remove_choices(rs), value=None), note
 
@@ -181,8 +182,8 @@ def wire(ui: dict, form: dict, rewards: gr.State, sample: gr.State) -> None:
                                       "data.system_prompt", "grpo.max_completion_length",
                                       "grpo.temperature")]
 
-    @friendly
-    def on_try(rs, smp, n_q, n_c, source, precision, template, system, max_new, temperature):
+    def on_try(user, rs, smp, n_q, n_c, source, precision, template, system, max_new,
+               temperature):
         if not rs:
             yield "❌ Add at least one reward first.", gr.skip()
             return
@@ -190,13 +191,18 @@ def wire(ui: dict, form: dict, rewards: gr.State, sample: gr.State) -> None:
         if not rows:
             yield "❌ Choose data in step 2 first: the questions come from there.", gr.skip()
             return
+        try:
+            source = user.model_source(source)
+        except AccessError as exc:
+            yield f"❌ {exc}", gr.skip()
+            return
         req = {"job": "generate", "source": source, "precision": precision,
                "chat_template": template, "system": system, "num": int(n_c),
                "questions": [r["question"] for r in rows],
                "max_new_tokens": int(max_new or 64), "temperature": float(temperature or 0.7)}
         yield "⏳ Starting the model…", gr.skip()
         try:
-            for kind, value in run_job(req):
+            for kind, value in studio.jobs.run(req):
                 if kind == "progress":
                     yield f"⏳ {value}…", gr.skip()
                 else:
@@ -206,5 +212,5 @@ def wire(ui: dict, form: dict, rewards: gr.State, sample: gr.State) -> None:
         except (JobError, RewardError) as exc:
             yield f"❌ {exc}", gr.skip()
 
-    ui["try"].click(on_try, [rewards, sample, ui["n_q"], ui["n_c"]] + model_inputs,
+    ui["try"].click(studio.handler(on_try), [rewards, sample, ui["n_q"], ui["n_c"]] + model_inputs,
                     [ui["try_status"], ui["try_table"]], concurrency_limit=1)

@@ -5,6 +5,7 @@ directory's events on a timer, so reloading it or restarting the server loses no
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -14,15 +15,16 @@ import gradio as gr
 from core.config import ConfigError, RunConfig
 from core.events import read_events
 from core.health import settings_advice
-from core.runs import RunManager
+from core.runs import RunManager, _slug
 
 from . import watch as w
-from .errors import friendly
+from .access import AccessError, User
+from .errors import quietly
 from .form import (config_from_values, make_widget, rewards_from_config, section_paths,
                    values_from_config)
-from .machine import Machine
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
-from .step_model import ESTIMATE_PATHS, estimate
+from .session import Studio, require_training
+from .step_model import ESTIMATE_PATHS, estimate, estimate_parts
 
 ADVICE_PATHS = ("train.learning_rate", "grpo.temperature", "grpo.num_generations")
 
@@ -38,18 +40,27 @@ def advice_markdown(values: dict) -> str:
     return "\n\n".join(f"⚠️ {a['message']} Try: {a['fix']}" for a in settings_advice(cfg))
 
 
-ACTIVE = ("created", "loading_data", "loading_model", "ready", "resumed", "training")
+ACTIVE = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training")
 CHART_TITLES = list(w.CHARTS)
 
 
-def runs_table(manager: RunManager) -> tuple[dict, list]:
+def runs_table(studio: Studio, user: User) -> tuple[dict, list]:
+    """The runs this user may see, as a table and as (label, run ref) choices."""
     rows, choices = [], []
-    for st in manager.list():
-        step = f"{st.step}/{st.max_steps or '?'}"
-        rows.append([st.run_dir.name, st.name, w.STATE_WORDS.get(st.state, st.state).split(";")[0],
-                     step, (st.error or "")[:120]])
-        choices.append((f"{st.run_dir.name} · {st.state}", str(st.run_dir)))
-    return {"headers": ["run", "name", "state", "step", "problem"], "data": rows}, choices
+    shared_view = user.sees_all and studio.policy.shared
+    for st in studio.runs_of(user):
+        ref = user.run_ref(st.run_dir)
+        state = w.STATE_WORDS.get(st.state, st.state).split(";")[0]
+        if st.state == "queued":
+            state = f"waiting, number {st.position} in line"
+        row = [st.run_dir.name, st.name, state, f"{st.step}/{st.max_steps or '?'}",
+               (st.error or "")[:120]]
+        if shared_view:
+            row.insert(0, ref.split("/")[0] if "/" in ref else user.name)
+        rows.append(row)
+        choices.append((f"{ref} · {st.state}", ref))
+    headers = ["run", "name", "state", "step", "problem"]
+    return {"headers": (["user"] if shared_view else []) + headers, "data": rows}, choices
 
 
 def fit_warning(verdict: str, confirmed: bool) -> str | None:
@@ -70,13 +81,19 @@ def wait_for_exit(manager: RunManager, run_dir: str, seconds: float = 30.0) -> b
     return True
 
 
-def pick_run_to_show(manager: RunManager, remembered: str | None) -> str | None:
-    """After a reload: the run this browser watched, else the newest one still training."""
-    if remembered and (Path(remembered) / "config.yaml").exists():
-        return remembered
-    for st in manager.list():
-        if st.alive:
-            return str(st.run_dir)
+def pick_run_to_show(studio: Studio, user: User, remembered: str | None) -> Path | None:
+    """After a reload: the run this browser watched (if this user may still see it), else this
+    user's newest run that is training or waiting, else (a visitor) the published example."""
+    if remembered:
+        try:
+            return user.run_dir(str(remembered))
+        except AccessError:
+            pass
+    if user.role == "visitor":
+        return studio.policy.example_run()
+    for st in studio.manager.list([user.runs_dir]):
+        if st.alive or st.state == "queued":
+            return st.run_dir
     return None
 
 
@@ -88,9 +105,37 @@ def catch_up(watch: dict, manager: RunManager) -> tuple[dict, bool, bool]:
     events, offset = read_events(run_dir, watch["offset"])
     new = w.fold_events(watch, events, offset)
     if not events and new["state"] in ACTIVE and not manager.is_alive(run_dir):
-        new = dict(new, state="interrupted", message=w.STATE_WORDS["interrupted"])
+        place = manager.position(run_dir)
+        if place is not None:
+            eta = w.queue_eta(manager, place)
+            new = dict(new, state="queued", position=place, queue_eta=eta,
+                       message=f"Waiting to start: number {place} in line")
+        else:
+            new = dict(new, state="interrupted", message=w.STATE_WORDS["interrupted"])
     return (new, any(e.get("type") == "metrics" for e in events),
             any(e.get("type") == "samples" for e in events))
+
+
+def apply_policy(cfg: RunConfig, user: User) -> tuple[RunConfig, list[str]]:
+    """The config as this user may run it: sources resolved inside their folder, the teacher's
+    limits applied. Returns the notes to show (what was limited)."""
+    limits, notes = user.policy.limits, []
+    cfg.model.source = user.model_source(cfg.model.source)
+    cfg.data.source = user.data_source(cfg.data.source)
+    if cfg.data.eval_source:
+        cfg.data.eval_source = user.data_source(cfg.data.eval_source)
+    if user.policy.shared:
+        if limits.max_steps and cfg.train.max_steps > limits.max_steps:
+            cfg.train.max_steps = limits.max_steps
+            notes.append(f"Steps limited to {limits.max_steps} here.")
+        if limits.keep_checkpoints and cfg.train.keep_checkpoints > limits.keep_checkpoints:
+            cfg.train.keep_checkpoints = limits.keep_checkpoints
+    return cfg, notes
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    root = Path(run_dir) / "checkpoints"
+    return any((p / "trainer_state.json").exists() for p in root.glob("step-*"))
 
 
 def render(watch: dict, charts: bool = True, samples: bool = True) -> list:
@@ -151,11 +196,12 @@ def build(form: dict) -> dict:
             for title in CHART_TITLES[i:i + 3]:
                 plots.append(gr.Plot(label=title, elem_id=f"chart-{len(plots)}"))
     samples = gr.HTML(w.samples_html([]), elem_id="train-samples")
-    with gr.Accordion("Runs on this machine", open=True):
+    with gr.Accordion("Your runs", open=True):
         with gr.Row():
-            run_pick = gr.Dropdown([], label="Show run", elem_id="runs-pick", scale=3,
-                                   allow_custom_value=True)
+            run_pick = gr.Dropdown([], label="Show run", elem_id="runs-pick", scale=3)
             refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="runs-refresh")
+            delete = gr.Button("Delete the shown run", size="sm", scale=1, variant="stop",
+                               elem_id="runs-delete")
         runs = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=240)
     return {"demo": demo, "steps": steps, "quality": quality, "estimate": estimate,
             "advice": advice, "health": health,
@@ -163,36 +209,37 @@ def build(form: dict) -> dict:
             "load_yaml": load_yaml, "yaml_file": yaml_file, "message": message,
             "progress": progress, "status": status, "details": details,
             "traceback": traceback, "plots": plots, "samples": samples, "run_pick": run_pick,
-            "refresh": refresh, "runs": runs}
+            "refresh": refresh, "delete": delete, "runs": runs}
 
 
-def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: gr.BrowserState,
-         manager: RunManager, machine: Machine, demo_block: gr.Blocks) -> None:
+def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.State,
+         remembered: gr.BrowserState, demo_block: gr.Blocks) -> None:
+    manager, machine = studio.manager, studio.machine
     paths = list(form)
     fields = [form[p] for p in paths]
     view = [watch, ui["progress"], ui["status"], ui["details"], ui["traceback"], *ui["plots"],
             ui["samples"], ui["health"]]
     runs_out = [ui["runs"], ui["run_pick"]]
 
-    def runs_update(selected=None):
-        table, choices = runs_table(manager)
+    def runs_update(user, selected=None):
+        table, choices = runs_table(studio, user)
         return table, gr.update(choices=choices, value=selected) if selected else \
             gr.update(choices=choices)
 
-    def load_config(cfg: RunConfig):
+    def load_config(user, cfg: RunConfig):
+        cfg.data.source = user.display_source(cfg.data.source)
         return (values_from_config(cfg, paths) + [rewards_from_config(cfg), cfg.train.max_steps])
 
-    @friendly
-    def on_demo():
-        return load_config(quick_demo_config(machine.gpu)) + ["Loaded the quick demo: the built-in "
-                                                      "model learns one-digit sums."]
+    def on_demo(user):
+        return load_config(user, quick_demo_config(machine.gpu)) + [
+            "Loaded the quick demo: the built-in model learns one-digit sums."]
 
-    ui["demo"].click(on_demo, None, fields + [rewards, ui["steps"], ui["message"]])
+    ui["demo"].click(studio.handler(on_demo), None,
+                     fields + [rewards, ui["steps"], ui["message"]])
     ui["steps"].input(lambda s: int(s), ui["steps"], form["train.max_steps"])
     ui["quality"].input(quality_settings, ui["quality"], [form[p] for p in QUALITY_PATHS])
 
     estimate_at = [paths.index(p) for p in ESTIMATE_PATHS]
-
     advice_fields = [form[p] for p in ADVICE_PATHS]
 
     def on_advice(*values):
@@ -201,58 +248,100 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
     for comp in advice_fields:
         comp.change(on_advice, advice_fields, ui["advice"], show_progress="hidden", queue=False)
 
-    @friendly
-    def on_start(rs, confirmed, *values):
+    def on_start(user, rs, confirmed, *values):
         keep = [gr.skip()] * (len(view) + 3)
         try:
+            require_training(user)
             cfg = config_from_values(paths, list(values), rs)
-        except ConfigError as exc:
+            if not cfg.data.source:
+                return ["❌ Choose data in step 2 first.", gr.skip()] + keep
+            cfg, notes = apply_policy(cfg, user)
+            user.check_quota()
+        except (ConfigError, AccessError) as exc:
             return [f"❌ {exc}", gr.skip()] + keep
-        if not cfg.data.source:
-            return ["❌ Choose data in step 2 first.", gr.skip()] + keep
-        verdict, _ = estimate(machine, *[values[i] for i in estimate_at])
+        chosen = [values[i] for i in estimate_at]
+        verdict, _ = estimate(machine, *chosen)
         warning = fit_warning(verdict, bool(confirmed))
         if warning:
             return [warning, gr.skip()] + keep[:-1] + [gr.update(visible=True, value=False)]
-        run_dir = manager.create(cfg)
-        manager.start(run_dir)
+        parts = estimate_parts(machine, *chosen)
+        run_dir = manager.create(cfg, parent=user.runs_dir)
+        place = manager.submit(run_dir, owner=user.name,
+                               memory=parts["total"] if parts else None)
         new = w.new_watch(str(run_dir))
-        started = f"Started **{run_dir.name}** in its own process."
+        if place:
+            text = (f"**{run_dir.name}** is waiting to start: number {place} in line (at most "
+                    f"{manager.max_workers} run(s) train at once). You can leave this page.")
+        else:
+            text = f"Started **{run_dir.name}** in its own process."
         risky = settings_advice(cfg)
         if risky:
-            started += " Note: " + " ".join(f"{a['message']} Try: {a['fix']}" for a in risky)
-        return ([started, str(run_dir)] + render(new)
-                + list(runs_update(str(run_dir))) + [gr.update(visible=False, value=False)])
+            notes += [f"{a['message']} Try: {a['fix']}" for a in risky]
+        if notes:
+            text += " Note: " + " ".join(notes)
+        new, _, _ = catch_up(new, manager)
+        ref = user.run_ref(run_dir)
+        return ([text, ref] + render(new) + list(runs_update(user, ref))
+                + [gr.update(visible=False, value=False)])
 
-    ui["start"].click(on_start, [rewards, ui["fit_confirm"]] + fields,
+    ui["start"].click(studio.handler(on_start), [rewards, ui["fit_confirm"]] + fields,
                       [ui["message"], remembered] + view + runs_out + [ui["fit_confirm"]],
                       concurrency_limit=1)
 
-    @friendly
-    def on_stop(wt):
-        if not wt.get("run_dir") or not manager.is_alive(wt["run_dir"]):
-            return "Nothing is training."
-        manager.stop(wt["run_dir"])
-        return "Stopping after the current step (a checkpoint is saved first)…"
-
-    ui["stop"].click(on_stop, watch, ui["message"])
-
-    @friendly
-    def on_resume(wt):
+    def controlled_run(user, wt) -> Path:
+        """The shown run, if this user may control it (their own; any for a teacher)."""
         run_dir = wt.get("run_dir")
         if not run_dir:
-            return "Choose a run to resume in the list below.", wt
+            raise AccessError("Choose a run in the list below first.")
+        run_dir = user.run_dir(user.run_ref(run_dir))
+        if not (user.owns(run_dir) or (user.sees_all and studio.policy.mode != "local")) or \
+                not user.can_train:
+            raise AccessError("Only its owner or a teacher can change this run.")
+        return run_dir
+
+    def on_stop(user, wt):
+        run_dir = controlled_run(user, wt)
+        if manager.cancel(run_dir):
+            return "Taken out of the line; press Resume to queue it again."
+        if not manager.is_alive(run_dir):
+            return "Nothing is training."
+        manager.stop(run_dir)
+        return "Stopping after the current step (a checkpoint is saved first)…"
+
+    ui["stop"].click(studio.handler(on_stop), watch, ui["message"])
+
+    def on_resume(user, wt):
+        run_dir = controlled_run(user, wt)
         if manager.is_alive(run_dir):
             if wt.get("state") not in ("stopped", "finished", "failed"):
                 return "This run is already training.", wt
             if not wait_for_exit(manager, run_dir):
                 return "This run is still shutting down; press Resume again in a moment.", wt
-        manager.start(run_dir, resume=True)
-        return "Resuming from the last checkpoint…", dict(wt, state="created")
+        if manager.position(run_dir) is not None:
+            return "This run is already waiting to start.", wt
+        user.check_quota()
+        fresh = not has_checkpoint(run_dir)
+        place = manager.submit(run_dir, owner=user.name, resume=True)
+        what = ("No checkpoint was saved yet, so this run starts again from the beginning"
+                if fresh else "Resuming from the last checkpoint")
+        where = f"; number {place} in line" if place else ""
+        return f"{what}{where}…", dict(wt, state="created")
 
-    ui["resume"].click(on_resume, watch, [ui["message"], watch])
+    ui["resume"].click(studio.handler(on_resume), watch, [ui["message"], watch])
 
-    @friendly
+    def on_delete(user, wt):
+        run_dir = controlled_run(user, wt)
+        if manager.is_alive(run_dir):
+            return ["Stop the run before deleting it.", gr.skip()] + [gr.skip()] * len(view) \
+                + list(runs_update(user))
+        manager.cancel(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return ([f"Deleted **{run_dir.name}**.", None] + render(w.new_watch())
+                + list(runs_update(user)))
+
+    ui["delete"].click(studio.handler(on_delete), watch,
+                       [ui["message"], remembered] + view + runs_out)
+
     def on_tick(wt):
         new, metrics, samples = catch_up(wt, manager)
         if new == wt:
@@ -260,50 +349,52 @@ def wire(ui: dict, form: dict, rewards: gr.State, watch: gr.State, remembered: g
         return render(new, charts=metrics, samples=samples)
 
     timer = gr.Timer(2.0)
-    timer.tick(on_tick, watch, view, show_progress="hidden", queue=False, api_name="watch_tick")
+    timer.tick(quietly(on_tick, len(view)), watch, view, show_progress="hidden", queue=False,
+               api_name="watch_tick")
 
-    @friendly
-    def on_pick(run_dir):
-        if not run_dir:
+    def on_pick(user, ref):
+        if not ref:
             return [gr.skip()] * (len(view) + 1)
-        new, _, _ = catch_up(w.new_watch(run_dir), manager)
-        return [run_dir] + render(new)
+        run_dir = user.run_dir(ref)
+        new, _, _ = catch_up(w.new_watch(str(run_dir)), manager)
+        return [user.run_ref(run_dir)] + render(new)
 
-    ui["run_pick"].input(on_pick, ui["run_pick"], [remembered] + view, api_name="show_run")
-    def on_refresh():
-        return runs_update()
+    ui["run_pick"].input(studio.handler(on_pick), ui["run_pick"], [remembered] + view,
+                         api_name="show_run")
 
-    ui["refresh"].click(on_refresh, None, runs_out, queue=False, api_name="runs_list")
-    gr.Timer(15.0).tick(lambda: runs_update()[0], None, ui["runs"], show_progress="hidden",
-                        queue=False)
+    def on_refresh(user):
+        return runs_update(user)
 
-    @friendly
-    def on_load(remembered_dir):
-        run_dir = pick_run_to_show(manager, remembered_dir)
-        new, _, _ = catch_up(w.new_watch(run_dir), manager)
-        return render(new) + list(runs_update(run_dir))
+    ui["refresh"].click(studio.handler(on_refresh), None, runs_out, queue=False,
+                        api_name="runs_list")
+    gr.Timer(15.0).tick(studio.handler(lambda user: runs_update(user)[0]), None, ui["runs"],
+                        show_progress="hidden", queue=False)
 
-    demo_block.load(on_load, remembered, view + runs_out)
+    def on_load(user, remembered_ref):
+        run_dir = pick_run_to_show(studio, user, remembered_ref)
+        new, _, _ = catch_up(w.new_watch(str(run_dir) if run_dir else None), manager)
+        return render(new) + list(runs_update(user, user.run_ref(run_dir) if run_dir else None))
 
-    @friendly
-    def on_save(rs, *values):
+    demo_block.load(studio.handler(on_load), remembered, view + runs_out)
+
+    def on_save(user, rs, *values):
         try:
             cfg = config_from_values(paths, list(values), rs)
         except ConfigError as exc:
             return gr.skip(), f"❌ {exc}"
-        out = Path(tempfile.mkdtemp(prefix="aha-config-")) / f"{cfg.name or 'run'}.yaml"
+        out = Path(tempfile.mkdtemp(prefix="aha-config-")) / f"{_slug(cfg.name or 'run')}.yaml"
         cfg.save(out)
         return str(out), "Settings saved: download the file below."
 
-    ui["save_yaml"].click(on_save, [rewards] + fields, [ui["yaml_file"], ui["message"]])
+    ui["save_yaml"].click(studio.handler(on_save), [rewards] + fields,
+                          [ui["yaml_file"], ui["message"]])
 
-    @friendly
-    def on_load_yaml(path):
+    def on_load_yaml(user, path):
         try:
             cfg = RunConfig.load(path)
         except ConfigError as exc:
             return [gr.skip()] * (len(fields) + 2) + [f"❌ {exc}"]
-        return load_config(cfg) + [f"Loaded settings from {Path(path).name}."]
+        return load_config(user, cfg) + [f"Loaded settings from {Path(path).name}."]
 
-    ui["load_yaml"].upload(on_load_yaml, ui["load_yaml"],
+    ui["load_yaml"].upload(studio.handler(on_load_yaml), ui["load_yaml"],
                            fields + [rewards, ui["steps"], ui["message"]])

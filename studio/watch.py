@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
+
+import yaml
 
 MAX_SAMPLE_STEPS = 3   # the samples panel shows the latest few steps
 MAX_WARNINGS = 20      # collapse warnings kept per run (the panel shows the newest few)
@@ -151,7 +154,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 STATE_WORDS = {
-    "created": "Waiting to start", "loading_data": "Loading the data",
+    "created": "Waiting to start", "queued": "Waiting in line for a free training slot", "loading_data": "Loading the data",
     "loading_model": "Loading the model (the first time can take a minute)",
     "ready": "Model ready; generating the first completions", "resumed": "Resumed",
     "training": "Training", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
@@ -168,10 +171,47 @@ def progress_html(watch: dict) -> str:
     device = f" on {html.escape(watch['device'])}" if watch.get("device") else ""
     eta = eta_seconds(watch)
     eta_text = f" · about {format_duration(eta)} left" if eta is not None else ""
+    if state == "queued":
+        words = f"Waiting to start: number {watch.get('position') or '?'} in line"
+        start = watch.get("queue_eta")
+        eta_text = f" · starts in about {format_duration(start)}" if start is not None else ""
     return (f'<div class="aha-progress" data-state="{html.escape(state)}" data-step="{step}">'
             f'<div class="aha-bar"><div style="width:{frac * 100:.1f}%"></div></div>'
             f'<div class="aha-progress-text">Step {step} / {total or "?"} · '
             f'{html.escape(words)}{eta_text}{engine}{device}</div></div>')
+
+
+def queue_eta(manager, position: int, default_step_s: float = 20.0) -> float | None:
+    """Seconds until the run at `position` in line may start: the running runs' remaining steps
+    at their own recent pace, then the steps of the runs ahead in line, shared among the slots."""
+    from core.events import read_events
+
+    remaining, pace = [], []
+    for entry in manager.running():
+        events, _ = read_events(entry["run_dir"])
+        metrics = [e for e in events if e.get("type") == "metrics"]
+        times = [m["step_time"] for m in metrics[-10:] if isinstance(m.get("step_time"), (int, float))]
+        step_s = sum(times) / len(times) if times else default_step_s
+        pace.append(step_s)
+        total = entry.get("max_steps") or (metrics[-1].get("max_steps") if metrics else None)
+        done = metrics[-1]["step"] if metrics else 0
+        remaining.append(max(0, (total or done) - done) * step_s)
+    step_s = sum(pace) / len(pace) if pace else default_step_s
+    ahead = manager.waiting()[:max(0, position - 1)]
+    ahead_s = sum(_planned_steps(e) * step_s for e in ahead)
+    slots = max(1, manager.max_workers)
+    first_free = min(remaining) if remaining and len(remaining) >= slots else 0.0
+    return round((first_free + ahead_s / slots) / 30) * 30  # steady text, not a new one a tick
+
+
+def _planned_steps(entry: dict) -> int:
+    if entry.get("max_steps"):
+        return int(entry["max_steps"])
+    try:
+        cfg = yaml.safe_load((Path(entry["run_dir"]) / "config.yaml").read_text())
+        return int(cfg["train"]["max_steps"])
+    except Exception:
+        return 40
 
 
 # ---- samples --------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""The teacher's tab (classroom and Space modes): every run, the line of waiting runs, the limits,
+stopping any run, all adapters in one download, and the run visitors may look at."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import gradio as gr
+
+from .access import AccessError, Limits, Policy
+from .step_export import adapter_dir
+from .step_train import runs_table
+
+LIMIT_LABELS = {
+    "max_steps": ("Most steps per run (0: no limit)", None),
+    "allowed_models": ("Models allowed (comma-separated; empty: any)", None),
+    "concurrent_runs": ("Runs training at once", "The others wait in line, first come first "
+                        "served."),
+    "upload_mb": ("Largest upload (MB)", "Uploads above the server's start-up limit are cut "
+                  "off earlier."),
+    "disk_quota_mb": ("Disk space per user (MB, 0: no limit)", None),
+    "keep_checkpoints": ("Checkpoints kept per run", "The final adapter is always kept."),
+}
+
+
+def require_teacher(user) -> None:
+    if not user.sees_all:
+        raise AccessError("Only a teacher can do this.")
+
+
+def all_adapters_zip(policy: Policy, runs) -> Path:
+    """One zip with each user's runs' adapters: USER/RUN/adapter_*.json|safetensors."""
+    folder = Path(tempfile.mkdtemp(prefix="aha-adapters-")) / "adapters"
+    for st in runs:
+        src = adapter_dir(st.run_dir)
+        if src is None:
+            continue
+        owner = st.run_dir.parent.parent.name if policy.mode != "local" else "local"
+        target = folder / owner / st.run_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            if (src / name).exists():
+                shutil.copy2(src / name, target / name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+
+
+def build(policy: Policy) -> dict:
+    gr.Markdown("### Classroom\nEvery student's runs, the line of runs waiting to train, and the "
+                "limits for everyone.")
+    with gr.Row():
+        refresh = gr.Button("Refresh", size="sm", elem_id="class-refresh")
+        pick = gr.Dropdown([], label="Run", elem_id="class-pick", scale=3)
+        stop = gr.Button("Stop this run", variant="stop", elem_id="class-stop")
+        publish = gr.Button("Show this run to visitors", elem_id="class-publish")
+    table = gr.Dataframe(interactive=False, elem_id="class-runs", max_height=400)
+    message = gr.Markdown(elem_id="class-message")
+    with gr.Row():
+        download = gr.Button("Download every adapter (.zip)", elem_id="class-download")
+        files = gr.File(label="Adapters", interactive=False, elem_id="class-files")
+    gr.Markdown("**Limits**")
+    fields = {}
+    with gr.Row():
+        for key, value in asdict(policy.limits).items():
+            label, info = LIMIT_LABELS[key]
+            if key == "allowed_models":
+                fields[key] = gr.Textbox(", ".join(value), label=label, info=info,
+                                         elem_id=f"limit-{key}")
+            else:
+                fields[key] = gr.Number(value, label=label, info=info, precision=0, minimum=0,
+                                        maximum=1_000_000, elem_id=f"limit-{key}")
+    save = gr.Button("Save the limits", variant="primary", elem_id="class-save")
+    return {"refresh": refresh, "pick": pick, "stop": stop, "publish": publish, "table": table,
+            "message": message, "download": download, "files": files, "fields": fields,
+            "save": save}
+
+
+def wire(ui: dict, studio, tab, demo_block) -> None:
+    policy, manager = studio.policy, studio.manager
+    keys = list(ui["fields"])
+
+    def overview(user):
+        require_teacher(user)
+        table, choices = runs_table(studio, user)
+        return table, gr.update(choices=choices)
+
+    def on_load(user):
+        if not user.sees_all:
+            return gr.update(visible=False), gr.skip(), gr.skip()
+        table, pick = overview(user)
+        return gr.update(visible=True), table, pick
+
+    demo_block.load(studio.handler(on_load), None, [tab, ui["table"], ui["pick"]])
+    ui["refresh"].click(studio.handler(overview), None, [ui["table"], ui["pick"]])
+
+    def on_stop(user, ref):
+        require_teacher(user)
+        if not ref:
+            return "Choose a run first."
+        run_dir = user.run_dir(ref)
+        if manager.cancel(run_dir):
+            return f"Took **{ref}** out of the line."
+        if not manager.is_alive(run_dir):
+            return f"**{ref}** is not training."
+        manager.stop(run_dir)
+        return f"**{ref}** stops after its current step."
+
+    ui["stop"].click(studio.handler(on_stop), ui["pick"], ui["message"])
+
+    def on_publish(user, ref):
+        require_teacher(user)
+        if not ref:
+            return "Choose a run first."
+        run_dir = user.run_dir(ref)
+        if adapter_dir(run_dir) is None:
+            return "This run has no adapter yet."
+        owner = policy.user_named(run_dir.parent.parent.name)
+        policy.publish_example(owner, run_dir)
+        return f"Visitors now see **{ref}** and can chat with it."
+
+    ui["publish"].click(studio.handler(on_publish), ui["pick"], ui["message"])
+
+    def on_download(user):
+        require_teacher(user)
+        return str(all_adapters_zip(policy, studio.runs_of(user))), "Every adapter, by user."
+
+    ui["download"].click(studio.handler(on_download), None, [ui["files"], ui["message"]])
+
+    def on_save(user, *values):
+        require_teacher(user)
+        data = {}
+        for key, value in zip(keys, values):
+            data[key] = value if key == "allowed_models" else (0 if value is None else value)
+        limits = Limits.from_dict(data)
+        policy.save_limits(limits)
+        manager.max_workers = limits.concurrent_runs
+        manager.schedule()
+        return "Limits saved; they apply to runs started from now on."
+
+    ui["save"].click(studio.handler(on_save), [ui["fields"][k] for k in keys], ui["message"])
