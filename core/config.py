@@ -7,15 +7,78 @@ Unknown keys are errors, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# Limits on what a settings file (or an override, or a dict from the studio) may hold. They keep
+# a hostile or mistaken file from freezing the server or flooding the browser: YAML anchors and
+# aliases can expand a few hundred bytes into gigabytes, so they are refused outright.
+MAX_SETTINGS_BYTES = 256 * 1024
+MAX_DEPTH = 16            # nesting of mappings and lists, counted from the top of the file
+MAX_TEXT_CHARS = 20_000   # one text value inside reward params
+MAX_SETTING_CHARS = 100_000  # one text setting (a system prompt or chat template may be long)
+MAX_PARAM_ITEMS = 10_000  # values inside one reward's params, all levels together
+MAX_LIST_ITEMS = 1_000    # e.g. model.target_modules
+MAX_INT = 2**53 - 1       # larger whole numbers lose precision in the browser (JSON)
+MAX_REWARDS = 100
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line for a beginner."""
+
+    def __init__(self, message: str):
+        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip())
+
+
+class _SettingsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases and deep nesting while composing, so that
+    nothing is ever expanded."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if getattr(event, "start_mark", None) else "?"
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError("Settings files may not use YAML anchors or aliases (& and *). "
+                              f"Line {line} has one.")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"Settings may be nested at most {MAX_DEPTH} levels deep (line {line}).")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    """YAML text to Python values; every problem becomes a one-line ConfigError."""
+    try:
+        return yaml.load(text, Loader=_SettingsLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError:
+        raise
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"{what} is not valid YAML{where}.") from None
+    except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        reason = "a number has too many digits" if "digits" in str(exc) else _short(exc)
+        raise ConfigError(f"{what} is not valid YAML ({reason}).") from None
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for a message: its repr, cut short; big numbers by their size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"a number with about {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value) if not isinstance(value, BaseException) else (str(value).splitlines() or [""])[0]
+    return _clip(text, limit)
 
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -52,7 +115,8 @@ class DataConfig:
     answer_column: str | None = knob(None, "Column with the reference answers (empty: detect).")
     system_column: str | None = knob(None, "Column with a per-row system prompt (optional).")
     system_prompt: str = knob("", "System prompt used for every question without its own.")
-    max_rows: int | None = knob(None, "Use only the first N rows (empty: all).", min=1)
+    max_rows: int | None = knob(None, "Use only the first N rows (empty: all).", min=1,
+                                max=1_000_000_000)
     split: str = knob("train", "Which split of a Hub dataset to use.")
     eval_share: float = knob(0.1, "Share of the distinct questions kept aside to test the model "
                              "on questions it never trained on (0: none).", min=0.0, max=0.5)
@@ -116,12 +180,15 @@ class TrainConfig:
     max_grad_norm: float = knob(1.0, "Clip the gradient norm to this (0: off).", min=0.0, max=1e6)
     optimizer: str = knob("adamw_8bit", "adamw_8bit (bitsandbytes) or adamw (torch).",
                           choices=("adamw_8bit", "adamw"))
-    seed: int = knob(42, "Random seed for data order, sampling and initialisation.")
-    save_steps: int = knob(10, "Save a checkpoint every N steps (0: only at the end).", min=0)
+    seed: int = knob(42, "Random seed for data order, sampling and initialisation.", min=0,
+                     max=2**32 - 1)
+    save_steps: int = knob(10, "Save a checkpoint every N steps (0: only at the end).", min=0,
+                           max=1_000_000)
     keep_checkpoints: int = knob(2, "Checkpoints kept on disk, the newest (0: all). The final "
                                  "adapter is always kept.", min=0, max=1_000_000)
-    sample_every: int = knob(1, "Log example completions every N steps.", min=1)
-    threads: int | None = knob(None, "CPU threads for torch (empty: all cores).", min=1)
+    sample_every: int = knob(1, "Log example completions every N steps.", min=1, max=1_000_000)
+    threads: int | None = knob(None, "CPU threads for torch (empty: all cores).", min=1,
+                               max=4096)
     eval_steps: int = knob(0, "Score the held-out questions (greedy) before training and every N "
                            "steps (0: off; `python -m core eval` does it after training).", min=0,
                            max=1_000_000)
@@ -140,7 +207,7 @@ class GenerationConfig:
     engine: str = knob("auto", "Generation engine: vLLM on a GPU where installed, else "
                        "transformers.", choices=("auto", "transformers", "vllm"))
     max_batch_size: int | None = knob(None, "Most sequences generated at once (empty: chosen "
-                                      "from free memory).", min=1)
+                                      "from free memory).", min=1, max=65536)
     fast_cpu_4bit: bool = knob(True, "On CPUs with AVX512-BF16, sample from a second copy of "
                                "the 4-bit weights in a faster layout (about 2x faster generation, "
                                "one more copy of the 4-bit weights in memory).")
@@ -168,20 +235,37 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "RunConfig":
-        cfg = _build(cls, data or {}, "")
-        cfg.validate()
+        try:
+            cfg = _build(cls, data or {}, "")
+            cfg.validate()
+        except ConfigError:
+            raise
+        except RecursionError:
+            raise ConfigError(f"Settings may be nested at most {MAX_DEPTH} levels deep.") from None
+        except Exception as exc:  # a case nobody foresaw still ends as one line, never a traceback
+            raise ConfigError(f"These settings can't be used: {_short(exc, 200)}") from None
         return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
+        name = Path(path).name
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            with open(path, "rb") as f:  # bounded read: also safe for /dev/zero or a pipe
+                raw = f.read(MAX_SETTINGS_BYTES + 1)
         except FileNotFoundError:
             raise ConfigError(f"Config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" (line {line + 1})" if line is not None else ""
-            raise ConfigError(f"Config file {path} is not valid YAML{where}.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"'{name}' is a folder, not a settings file.") from None
+        except OSError as exc:
+            raise ConfigError(f"Couldn't read config file {name}: {exc.strerror or exc}.") from None
+        if len(raw) > MAX_SETTINGS_BYTES:
+            raise ConfigError(f"Config file {name} is larger than {MAX_SETTINGS_BYTES // 1024} KB; "
+                              "settings files are much smaller. Is it really a settings file?")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError(f"Config file {name} isn't UTF-8 text; is it really a settings file?") from None
+        data = _parse_yaml(text, f"Config file {path}")
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of settings.")
         return cls.from_dict(data)
@@ -202,9 +286,9 @@ def _build(cls, data: Any, path: str):
     if not isinstance(data, dict):
         raise ConfigError(f"'{path or 'config'}' must be a mapping of settings.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
-        raise ConfigError(f"Unknown setting '{_join(path, unknown[0])}'; known settings here: "
+        raise ConfigError(f"Unknown setting '{_join(path, str(unknown[0])[:60])}'; known settings here: "
                           f"{', '.join(fields)}.")
     kwargs = {}
     for name, value in data.items():
@@ -216,6 +300,9 @@ def _build(cls, data: Any, path: str):
         elif name == "rewards":
             if not isinstance(value, list):
                 raise ConfigError("'rewards' must be a list of reward templates.")
+            if len(value) > MAX_REWARDS:
+                raise ConfigError(f"'rewards' holds {len(value)} rewards; at most {MAX_REWARDS} "
+                                  "are supported.")
             kwargs[name] = [_build(RewardConfig, item, f"rewards[{i}]")
                             for i, item in enumerate(value)]
         else:
@@ -245,6 +332,8 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
                 raise ValueError
             return bool(value)
         if kind.startswith("int"):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"'{where}' must be a finite number; got {value}.")
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
@@ -252,16 +341,25 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
             return float(value)
         if kind.startswith("str"):
             return str(value)
+        if kind.startswith("list"):  # model.target_modules: a word such as 'auto', or names
+            if isinstance(value, str):
+                return value
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
         if kind == "dict" and not isinstance(value, dict):
             raise ValueError
-    except (TypeError, ValueError):
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         base = kind.split(" ")[0].split("|")[0]
-        raise ConfigError(f"'{where}' should be a {_TYPE_WORDS.get(base, base)}, got "
-                          f"{value!r}.") from None
+        raise ConfigError(f"'{where}' should be {_TYPE_WORDS.get(base, 'a ' + base)}, got "
+                          f"{_short(value)}.") from None
     return value
 
 
-_TYPE_WORDS = {"int": "whole number", "float": "number", "bool": "true/false", "str": "text"}
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true/false", "str": "text",
+               "list[str]": "a word or a list of names", "dict": "a mapping of parameters"}
 
 
 def _check_bounds(obj: Any, path: str) -> None:
@@ -272,22 +370,73 @@ def _check_bounds(obj: Any, path: str) -> None:
             _check_bounds(value, where)
             continue
         if isinstance(value, list):
+            if len(value) > MAX_LIST_ITEMS:
+                raise ConfigError(f"'{where}' holds {len(value)} items; at most {MAX_LIST_ITEMS} "
+                                  "are supported.")
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
                     _check_bounds(item, f"{where}[{i}]")
+                else:
+                    _check_value(item, f"{where}[{i}]", MAX_SETTING_CHARS)
+            continue
+        if isinstance(value, dict):
+            _check_params(value, where)
             continue
         meta = f.metadata
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"'{where}' must be a finite number; got {value}.")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"'{where}' must be one of {', '.join(map(str, meta['choices']))}; "
-                              f"got {value!r}.")
+                              f"got {_short(value)}.")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lo, hi = meta.get("min"), meta.get("max")
-            if lo is not None and value < lo:
-                raise ConfigError(f"'{where}' must be at least {lo}; got {value}.")
-            if hi is not None and value > hi:
-                raise ConfigError(f"'{where}' must be at most {hi}; got {value}.")
+            # "not >=" rather than "<": anything that doesn't compare (NaN) is refused too
+            if lo is not None and not value >= lo:
+                raise ConfigError(f"'{where}' must be at least {lo}; got {_short(value)}.")
+            if hi is not None and not value <= hi:
+                raise ConfigError(f"'{where}' must be at most {hi}; got {_short(value)}.")
+        _check_value(value, where, MAX_SETTING_CHARS)  # also for settings without bounds
+
+
+def _check_value(value: Any, where: str, max_chars: int) -> None:
+    """One plain value: finite, a whole number JSON can carry exactly, text of sane length."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"'{where}' must be a finite number; got {value}.")
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        raise ConfigError(f"'{where}' is too large a number ({_short(value)}); whole numbers must "
+                          f"be between -{MAX_INT} and {MAX_INT}.")
+    if isinstance(value, str) and len(value) > max_chars:
+        raise ConfigError(f"'{where}' is too long ({len(value)} characters; at most {max_chars}).")
+
+
+def _check_params(params: dict, where: str) -> None:
+    """Reward params are free-form: plain YAML values only, bounded in depth, count and size."""
+    count, stack = 0, [(params, where, 1)]
+    while stack:
+        value, at, depth = stack.pop()
+        count += 1
+        if count > MAX_PARAM_ITEMS:
+            raise ConfigError(f"'{where}' holds more than {MAX_PARAM_ITEMS} values; reward "
+                              "parameters should be short.")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"'{where}' is nested more than {MAX_DEPTH} levels deep.")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"Parameter names in '{at}' must be text; got {_short(key)}.")
+                _check_value(key, at, 200)
+                stack.append((item, f"{at}.{key}", depth + 1))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, f"{at}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            _check_value(value, at, MAX_TEXT_CHARS)
+        else:
+            raise ConfigError(f"'{at}' must be text, a number, true/false, a list or a mapping; "
+                              f"got {_short(value)}.")
 
 
 def _join(path: str, name: str) -> str:
@@ -298,14 +447,17 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `section.key=value` overrides (values parsed as YAML) and re-validate."""
     data = cfg.to_dict()
     for item in overrides:
+        item = str(item)
+        if len(item) > MAX_SETTINGS_BYTES:
+            raise ConfigError(f"Override '{_clip(item, 40)}' is too long ({len(item)} characters).")
         if "=" not in item:
-            raise ConfigError(f"Override '{item}' should look like section.key=value.")
+            raise ConfigError(f"Override '{_clip(item)}' should look like section.key=value.")
         dotted, raw = item.split("=", 1)
         node = data
         *parents, leaf = dotted.strip().split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"Unknown setting '{dotted}'.")
+                raise ConfigError(f"Unknown setting '{_clip(dotted)}'.")
             node = node[part]
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _parse_yaml(raw, f"The value of '{_clip(dotted.strip())}'")
     return RunConfig.from_dict(data)

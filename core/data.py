@@ -12,15 +12,19 @@ import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import datasets
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from datasets.exceptions import DatasetNotFoundError
 
 QUESTION_NAMES = ("question", "prompt", "input", "instruction", "problem", "query")
@@ -29,6 +33,12 @@ SYSTEM_NAMES = ("system", "system_prompt")
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LONG_QUESTION_CHARS = 4000
+# Limits on the shape of a table, checked as early as the format allows (CSV/TSV: the header
+# line and a row count before `datasets` parses the file; Parquet: its metadata; JSON: the first
+# row, then the loaded table), so a hostile or mistaken file is refused in moments.
+MAX_COLUMNS = 1000
+MAX_ROWS = 1_000_000
+_JSON_PEEK_CHARS = 8 * 2**20  # how much of a JSON file is read to count the first row's columns
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 _TRAIN_FEATURES = datasets.Features({
     "question": datasets.Value("string"), "answer": datasets.Value("string"),
@@ -141,6 +151,23 @@ def _norm(name) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
 
+def _names(columns: list[str], show: int = 20) -> str:
+    """'a, b, c' / 'a, b, ... t and 980 more': column lists in messages stay short."""
+    head = ", ".join(str(c) for c in columns[:show])
+    return head + (f" and {len(columns) - show} more" if len(columns) > show else "")
+
+
+def _check_shape(columns: int | None = None, rows: int | None = None, more: bool = False,
+                 hint: str = "") -> None:
+    """Refuse tables wider than MAX_COLUMNS or longer than MAX_ROWS, in one plain line."""
+    if columns is not None and columns > MAX_COLUMNS:
+        raise DataError(f"This table has {columns} columns; at most {MAX_COLUMNS} are supported. "
+                        "Is it really a table of questions?")
+    if rows is not None and rows > MAX_ROWS:
+        raise DataError(f"This table has {'more than ' if more else ''}{MAX_ROWS if more else rows} rows; "
+                        f"at most {MAX_ROWS} are supported. {hint or 'Use a smaller part of it.'}")
+
+
 def _one_line_errors(fn):
     """Whatever goes wrong inside a public function leaves it as a DataError, never a raw traceback."""
     @functools.wraps(fn)
@@ -197,8 +224,12 @@ def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
         raise DataError(f"The file {name} is {_size(size)}, over the {_size(max_bytes)} limit; "
                         "use a smaller file.")
     builder, kwargs = FORMATS[ext], {}
-    if builder != "parquet":
+    if builder == "parquet":
+        _check_parquet_shape(path)
+    else:
         path = _as_utf8(path, name)
+    if builder == "json":
+        _check_shape(columns=_json_first_row_columns(path))
     if builder == "csv":
         sep = "\t" if ext == ".tsv" else ","
         names = _scan_csv(path, name, sep)
@@ -215,7 +246,35 @@ def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
         raise DataError(f"Couldn't read {name}: {problem or _reason(exc)}") from None
     if ds.num_rows == 0:
         raise DataError(f"The file {name} is empty (it has no data rows).")
+    _check_shape(columns=len(ds.column_names), rows=ds.num_rows)
     return _stringify(ds)
+
+
+def _check_parquet_shape(path: str) -> None:
+    """Column and row counts from the Parquet footer, without reading any data."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+        columns, rows = len(meta.schema.to_arrow_schema().names), meta.num_rows
+    except Exception:  # not readable as Parquet: datasets says why, in the usual way
+        return
+    _check_shape(columns=columns, rows=rows)
+
+
+def _json_first_row_columns(path: str) -> int | None:
+    """The number of keys of the first object in a JSON / JSON Lines file, read from its start.
+
+    Only a bounded prefix is parsed; None when that prefix doesn't hold a whole first object
+    (the loaded table is checked later anyway).
+    """
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read(_JSON_PEEK_CHARS).lstrip()
+    if text.startswith("["):
+        text = text[1:].lstrip()
+    try:
+        row, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return None
+    return len(row) if isinstance(row, dict) else None
 
 
 def _as_utf8(path: str, name: str) -> str:
@@ -301,8 +360,11 @@ def _scan_csv(path: str, name: str, sep: str) -> list[str]:
                 continue  # pandas skips blank lines too, so row numbers stay in step
             if header is None:
                 header = record
+                _check_shape(columns=len(header))  # before anything reads the rows
                 continue
             rows += 1
+            if rows > MAX_ROWS:
+                _check_shape(rows=rows, more=True)
             if len(record) > len(header):
                 too_long.append(rows)
     if header is None:
@@ -350,16 +412,34 @@ def _json_problem(path: str) -> str | None:
 
 
 def _stringify(ds: datasets.Dataset) -> datasets.Dataset:
-    """Turn scalar columns into text; nested columns (e.g. chat message lists) stay as they are."""
-    to_map = []
+    """Turn scalar columns into text; nested columns (e.g. chat message lists) stay as they are.
+
+    All columns are cast in one pass: casting them one at a time rewrites the whole table per
+    column, which is quadratic in the number of columns (minutes for a few hundred).
+    """
+    to_cast, to_map = [], []
     for col, feature in ds.features.items():
         if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string"):
-            try:
-                ds = ds.cast_column(col, datasets.Value("string"))
-            except Exception:
-                to_map.append(col)
+            to_cast.append(col)
         elif isinstance(feature, getattr(datasets, "Json", ())):  # mixed types in one column, e.g. 42 and "x"
             to_map.append(col)
+    if to_cast:
+        try:
+            ds = ds.cast(datasets.Features({**ds.features, **{c: datasets.Value("string") for c in to_cast}}))
+        except Exception:
+            # Some column can't be cast by Arrow: find which ones (one cheap pass), cast the
+            # rest together and convert those few value by value instead.
+            failed = []
+            for col in to_cast:
+                try:
+                    pc.cast(ds.data.column(col), "string")
+                except Exception:
+                    failed.append(col)
+            castable = [c for c in to_cast if c not in failed]
+            if castable:
+                ds = ds.cast(datasets.Features({**ds.features,
+                                                **{c: datasets.Value("string") for c in castable}}))
+            to_map += failed
     if to_map:
         features = datasets.Features({**ds.features, **{c: datasets.Value("string") for c in to_map}})
         ds = ds.map(lambda batch: {c: [_to_text(v) for v in batch[c]] for c in to_map},
@@ -388,6 +468,8 @@ def _load_hub(source: str, split: str) -> datasets.Dataset:
         raise DataError(f"Could not load dataset '{source}': {reason}") from None
     if not isinstance(ds, datasets.Dataset) or ds.num_rows == 0:
         raise DataError(f"Dataset '{source}' has no rows in split '{split}'.")
+    _check_shape(columns=len(ds.column_names), rows=ds.num_rows,
+                 hint=f"Use a part of it, for example the split '{split.split('[')[0]}[:{MAX_ROWS // 10}]'.")
     return _stringify(ds)
 
 
@@ -437,16 +519,16 @@ def arithmetic_dataset(n: int = 1000, seed: int = 0, max_operand: int = 9, opera
 
 # ---------------------------------------------------------------- columns and answers
 
-def _find(columns: list[str], names: tuple[str, ...], taken: set[str], suffix: bool) -> str | None:
-    free = [c for c in columns if c not in taken]
+def _find(free: list[tuple[str, str]], names: tuple[str, ...], suffix: bool) -> str | None:
+    """The column matching the first possible name; `free` holds (column, normalised column)."""
     for name in names:  # the preference order of `names` wins over column order
-        for test in (lambda c: c == name, lambda c: _norm(c) == name):
-            hit = next((c for c in free if test(c)), None)
-            if hit:
-                return hit
+        hit = (next((c for c, _ in free if c == name), None)
+               or next((c for c, n in free if n == name), None))
+        if hit:
+            return hit
     if suffix:  # e.g. "user_question", "Final Answer"
         for name in names:
-            hit = next((c for c in free if _norm(c).endswith("_" + name) and _norm(c) not in SYSTEM_NAMES), None)
+            hit = next((c for c, n in free if n.endswith("_" + name) and n not in SYSTEM_NAMES), None)
             if hit:
                 return hit
     return None
@@ -455,18 +537,19 @@ def _find(columns: list[str], names: tuple[str, ...], taken: set[str], suffix: b
 def _guess(columns: list[str], taken: set[str], roles=("question", "answer", "system")) -> dict:
     """Detect the given roles among columns not already taken: exact names first, then suffixes."""
     names = {"question": QUESTION_NAMES, "answer": ANSWER_NAMES, "system": SYSTEM_NAMES}
-    found, taken = {}, set(taken)
+    found = {}
+    normalised = [(c, _norm(c)) for c in columns]  # once, not once per name tried
     for suffix in (False, True):
         for role in roles:
             if found.get(role) is None and not (suffix and role == "system"):
-                found[role] = _find(columns, names[role], taken, suffix)
-                taken.add(found[role])
+                chosen = set(taken) | {c for c in found.values() if c is not None}
+                found[role] = _find([p for p in normalised if p[0] not in chosen], names[role], suffix)
     return found
 
 
 def _no_question(columns: list[str]) -> DataError:
     return DataError(f"Couldn't tell which column holds the questions (columns found: "
-                     f"{', '.join(columns) or 'none'}); rename one to 'question' "
+                     f"{_names(columns) or 'none'}); rename one to 'question' "
                      "or choose the question column yourself.")
 
 
@@ -484,10 +567,11 @@ def _resolve_mapping(columns: list[str], question=None, answer=None, system=None
     def pick(name):
         if not name or name in columns:
             return name or None
-        same = [c for c in columns if _norm(c) == _norm(name)]
+        wanted = _norm(name)
+        same = [c for c in columns if _norm(c) == wanted]
         if len(same) == 1:
             return same[0]
-        raise DataError(f"Column '{name}' not found; the file has columns: {', '.join(columns)}.")
+        raise DataError(f"Column '{name}' not found; the file has columns: {_names(columns)}.")
 
     chosen = {"question": pick(question), "answer": pick(answer), "system": pick(system)}
     missing = [role for role, col in chosen.items() if col is None]
@@ -564,8 +648,17 @@ def _validate(ds: datasets.Dataset, report: DataReport, rewards: list[str]) -> N
 
 def check_data(source: str, question: str | None = None, answer: str | None = None,
                system: str | None = None, rewards_needing_answer: list[str] = (),
-               split: str = "train") -> DataReport:
-    """Load and inspect a data source; problems go into the report instead of being raised."""
+               split: str = "train", time_limit: float | None = None) -> DataReport:
+    """Load and inspect a data source; problems go into the report instead of being raised.
+
+    With ``time_limit`` (seconds) the check runs in a child process that is killed when it
+    takes longer, so a huge or pathological input can never hang the caller; the report then
+    carries a one-line error saying so.
+    """
+    if time_limit is not None:
+        return _check_in_child(time_limit, source=source, question=question, answer=answer,
+                               system=system, rewards_needing_answer=list(rewards_needing_answer or ()),
+                               split=split)
     report = DataReport(source=str(source))
     try:
         ds = load_table(source, split=split)
@@ -578,6 +671,60 @@ def check_data(source: str, question: str | None = None, answer: str | None = No
     except Exception as exc:  # a report must always come back, even for a case nobody foresaw
         report.errors.append(f"Couldn't check the data: {_reason(exc)}")
     return report
+
+
+def _check_worker(conn, cache_dir: str, kwargs: dict) -> None:
+    """Child side of a time-limited check: the same check_data, its report sent back."""
+    datasets.config.HF_DATASETS_CACHE = cache_dir  # the parent's cache, even when set in code
+    datasets.disable_progress_bars()
+    try:
+        report = check_data(**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the parent must always get a report
+        report = DataReport(source=str(kwargs.get("source")),
+                            errors=[f"Couldn't check the data: {_reason(exc)}"])
+    conn.send(report)
+    conn.close()
+
+
+def _check_in_child(seconds: float, **kwargs) -> DataReport:
+    """check_data in a fresh ("spawn") process, killed once `seconds` have passed."""
+    source = str(kwargs.get("source"))
+    shown = f"{seconds:g}"
+    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server; no torch either
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_check_worker, args=(sender, str(datasets.config.HF_DATASETS_CACHE), kwargs),
+                       name="aha-data-check", daemon=True)
+    deadline = time.monotonic() + max(0.0, float(seconds))
+    try:
+        proc.start()
+    except Exception as exc:
+        sender.close()
+        receiver.close()
+        return DataReport(source=source, errors=[f"Couldn't check the data: {_reason(exc)}"])
+    sender.close()  # the child holds the only sending end, so its exit ends the pipe
+    try:
+        try:
+            if receiver.poll(max(0.0, deadline - time.monotonic())):
+                report = receiver.recv()
+                proc.join(2)  # let it finish exiting on its own; killed below if it doesn't
+                return report
+        except (EOFError, OSError):  # the pipe closed without a report: the child died
+            pass
+        else:
+            return DataReport(source=source, errors=[
+                f"Checking this data took longer than {shown} s; it is too big or too complex "
+                "for this studio."])
+        proc.join(1)
+        return DataReport(source=source, errors=[
+            f"Checking this data stopped unexpectedly (exit code {proc.exitcode}); it may be too big "
+            "for this computer's memory."])
+    finally:
+        receiver.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        if not proc.is_alive():
+            proc.close()
 
 
 def _training_rows(batch, indices, mapping: ColumnMapping, system_prompt: str):

@@ -69,12 +69,19 @@ def report_markdown(report) -> str:
     return "\n".join(lines)
 
 
-def inspect_source(source: str, question=None, answer=None, system=None, needing=()):
-    """(columns, rows, mapping dict, markdown, sample rows for reward proposals)."""
+CHECK_SECONDS = 20  # a shared studio checks data in a child process it stops after this
+
+
+def inspect_source(source: str, question=None, answer=None, system=None, needing=(),
+                   time_limit: float | None = None):
+    """(columns, rows, mapping dict, markdown, sample rows for reward proposals).
+
+    With `time_limit` the first check runs in a child process stopped after that many seconds,
+    so that no file can hold up the server."""
     source = (source or "").strip()
     if not source:
         return [], [], {}, "Choose a file, type a dataset id, or use the sample data.", []
-    report = check_data(source, rewards_needing_answer=list(needing))
+    report = check_data(source, rewards_needing_answer=list(needing), time_limit=time_limit)
     wanted = {"question": question or None, "answer": answer or None, "system": system or None}
     if report.columns and any(wanted.values()):
         keep = {k: (v if v in report.columns else None) for k, v in wanted.items()}
@@ -173,8 +180,10 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
     def refresh(user, src, q, a, s, rs):
         try:
             real = user.data_source(src) if (src or "").strip() else ""
-            columns, rows, mapping, text, sample = inspect_source(real, q, a, s,
-                                                                  needing_answer(rs))
+            columns, rows, mapping, text, sample = inspect_source(
+                real, q, a, s, needing_answer(rs),
+                time_limit=CHECK_SECONDS if policy.shared and not real.startswith("builtin:")
+                else None)
         except (DataError, AccessError) as exc:
             return [gr.update(choices=[], value=None)] * 3 + [f"❌ {exc}", None, []]
         choices = [""] + columns

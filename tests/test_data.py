@@ -1,13 +1,18 @@
 """Tests for core.data against real files and the real `datasets` library (no network)."""
 import math
 import json
+import time
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.data import (
+    MAX_COLUMNS,
+    MAX_ROWS,
     ColumnMapping,
     DataError,
     arithmetic_dataset,
@@ -437,3 +442,108 @@ def test_run_data_with_a_separate_eval_file(tmp_path):
     assert train.num_rows == 40 and held["question"][:] == ["What is 1 + 1?", "What is 2 + 3?"]
     train, held = prepare_run_data(DataConfig(source="builtin:arithmetic?n=40", eval_share=0))
     assert train.num_rows == 40 and held is None
+
+
+# ---------------------------------------------------------------- hostile and oversized tables
+
+def wide_csv(path, columns, sep=","):
+    header = sep.join(f"c{i}" for i in range(columns))
+    return write(path, header + "\n" + sep.join("1" for _ in range(columns)) + "\n")
+
+
+def timed(fn, *args, **kwargs):
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, time.monotonic() - start
+
+
+@pytest.mark.parametrize("name,sep", [("wide.csv", ","), ("wide.tsv", "\t")])
+def test_a_table_with_100000_columns_is_refused_at_once(tmp_path, name, sep):
+    path = wide_csv(tmp_path / name, 100_000, sep)
+    expected = ("This table has 100000 columns; at most 1000 are supported. "
+                "Is it really a table of questions?")
+    report, seconds = timed(check_data, path)
+    assert report.errors == [expected] and seconds < 5
+    message, seconds = timed(error_of, load_table, path)
+    assert message == expected and seconds < 5
+    message, seconds = timed(error_of, prepare_dataset, path)
+    assert message == expected and seconds < 5
+
+
+def test_wide_json_and_parquet_are_refused_before_loading(tmp_path):
+    row = {"question": "q", **{f"c{i}": i for i in range(100_000)}}
+    jsonl = write(tmp_path / "wide.jsonl", json.dumps(row) + "\n")
+    array = write(tmp_path / "wide.json", "[\n" + json.dumps(row) + "\n]")
+    parquet = str(tmp_path / "wide.parquet")
+    pq.write_table(pa.table({f"c{i}": [i] for i in range(1500)}), parquet)
+    for path, columns in ((jsonl, 100_001), (array, 100_001), (parquet, 1500)):
+        message, seconds = timed(error_of, load_table, path)
+        assert message.startswith(f"This table has {columns} columns; at most 1000") and seconds < 5, path
+
+
+def test_a_json_row_that_adds_columns_later_is_caught_after_loading(tmp_path):
+    rows = [{"question": "q1"}, {"question": "q2", **{f"c{i}": "x" for i in range(1000)}}]
+    path = write(tmp_path / "late.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert error_of(load_table, path).startswith("This table has 1001 columns; at most 1000")
+
+
+def test_too_many_rows_are_refused(tmp_path):
+    too_many = MAX_ROWS + 1
+    csv_path = write(tmp_path / "long.csv", "question\n" + "q\n" * too_many)
+    message, seconds = timed(error_of, load_table, csv_path)
+    assert message == (f"This table has more than {MAX_ROWS} rows; at most {MAX_ROWS} are supported. "
+                       "Use a smaller part of it.") and seconds < 20
+    parquet = str(tmp_path / "long.parquet")
+    pq.write_table(pa.table({"question": pa.array(["q"] * too_many)}), parquet)
+    message, seconds = timed(error_of, load_table, parquet)
+    assert message.startswith(f"This table has {too_many} rows; at most {MAX_ROWS}") and seconds < 5
+
+
+def test_many_number_columns_load_as_text_quickly(tmp_path):
+    # At the column limit; casting the columns one by one took minutes for a few hundred.
+    rows = [{"question": f"q{j}", **{f"n{i}": i * j for i in range(MAX_COLUMNS - 2)}, "f": j / 2}
+            for j in range(1, 4)]
+    jsonl = write(tmp_path / "numbers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    parquet = str(tmp_path / "numbers.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    for path in (jsonl, parquet):
+        ds, seconds = timed(load_table, path)
+        assert seconds < 30 and len(ds.column_names) == MAX_COLUMNS, path
+        assert ds[2]["n7"] == "21" and ds["f"][:] == ["0.5", "1", "1.5"], path
+
+
+def test_values_arrow_cannot_cast_are_still_read_as_text(tmp_path):
+    path = str(tmp_path / "mixed.parquet")
+    pq.write_table(pa.table({"question": ["a", "b"], "n": [1, 2], "f": [2.0, 2.5], "b": [True, False],
+                             "raw": pa.array([b"\xff", b"ok"], pa.binary())}), path)
+    assert load_table(path).to_list() == [
+        {"question": "a", "n": "1", "f": "2", "b": "true", "raw": "b'\\xff'"},
+        {"question": "b", "n": "2", "f": "2.5", "b": "false", "raw": "b'ok'"},
+    ]
+
+
+def test_long_column_lists_are_cut_short_in_messages(tmp_path):
+    path = wide_csv(tmp_path / "d.csv", 50)
+    message = check_data(path).errors[0]
+    assert "c0, c1," in message and "c19 and 30 more" in message and "c20" not in message
+    message = check_data(path, question="body").errors[0]
+    assert message == ("Column 'body' not found; the file has columns: "
+                       + ", ".join(f"c{i}" for i in range(20)) + " and 30 more.")
+
+
+def test_check_data_with_a_time_limit_gives_up_quickly(tmp_path):
+    path = write(tmp_path / "big.csv", "question,answer\n"
+                 + "".join(f"What is {i} + {i}?,{2 * i}\n" for i in range(200_000)))
+    report, seconds = timed(check_data, path, time_limit=0.01)
+    assert report.errors == ["Checking this data took longer than 0.01 s; "
+                             "it is too big or too complex for this studio."]
+    assert seconds < 3 and report.source == path and not report.columns
+
+
+def test_check_data_with_a_time_limit_gives_the_same_report(tmp_path):
+    path = write(tmp_path / "d.csv", "question,answer\nq1,1\n,2\nq1,\n")
+    limited, plain = check_data(path, time_limit=120, rewards_needing_answer=["numeric_match"]), \
+        check_data(path, rewards_needing_answer=["numeric_match"])
+    assert limited == plain and limited.errors and limited.rows_without_answer == [3]
+    report = check_data(wide_csv(tmp_path / "wide.csv", 100_000), time_limit=120)
+    assert report.errors[0].startswith("This table has 100000 columns")

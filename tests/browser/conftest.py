@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,43 +27,55 @@ def _free_port() -> int:
 
 
 def _kill_workers(runs_dir: Path) -> None:
-    for pid_file in runs_dir.glob("*/worker.pid"):
+    for pid_file in list(runs_dir.glob("*/worker.pid")) + list(runs_dir.glob("users/*/runs/*/worker.pid")):
         try:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
 
 
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    """(url, runs_dir) of a studio served by its own process, as in production."""
-    runs_dir = tmp_path_factory.mktemp("runs")
+def start_server(runs_dir: Path, *args: str, env: dict | None = None):
+    """(url, process) of `python app.py` on a free loopback port, started and answering."""
     port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    log = open(runs_dir / "server.log", "wb")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", **(env or {}))
+    log = open(runs_dir / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir",
-                             str(runs_dir)], cwd=ROOT, env=env, stdout=log,
+                             str(runs_dir), *args], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 90
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             break
+        except urllib.error.HTTPError:
+            break  # it answers (a login page may ask first)
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
                 pytest.fail("the studio did not start:\n" +
                             (runs_dir / "server.log").read_text()[-3000:])
             time.sleep(0.5)
-    yield url, runs_dir
+    return url, proc
+
+
+def stop_server(proc, runs_dir: Path) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     _kill_workers(runs_dir)
-    log.close()
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """(url, runs_dir) of a studio served by its own process, as in production."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    url, proc = start_server(runs_dir)
+    yield url, runs_dir
+    stop_server(proc, runs_dir)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +196,13 @@ def open_with_sample_data(page, url: str) -> None:
     tab(page, "2 · Data")
     page.click("#data-sample")
     wait_text(page, "#data-messages", "rows")
+
+
+def sign_in(page, url: str, name: str, password: str) -> None:
+    """Gradio's login page, as a student or teacher uses it."""
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#machine-info")
+    wait_text(page, "#who", f"Signed in as {name}")
