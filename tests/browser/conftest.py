@@ -37,7 +37,7 @@ def _kill_workers(runs_dir: Path) -> None:
 def start_server(runs_dir: Path, *args: str, env: dict | None = None):
     """(url, process) of `python app.py` on a free loopback port, started and answering."""
     port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", **(env or {}))
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **(env or {})}
     log = open(runs_dir / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir",
                              str(runs_dir), *args], cwd=ROOT, env=env, stdout=log,

@@ -3,7 +3,9 @@ browser contexts for two students and a teacher, real worker processes. Each stu
 touches only their own runs; the teacher sees all; the HTTP routes refuse other users' runs and
 every file of the runs folder; paths typed into fields never reach the server's files.
 """
+import http.server
 import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -231,3 +233,73 @@ def test_runs_wait_in_line_and_the_teacher_sees_the_line(classroom, person):
     carol.click("#class-stop")
     wait_text(carol, "#class-message", "stops after its current step", timeout=30)
     wait_until(lambda: "Stopped" in alice.inner_text("#train-progress"), 180, "alice's run to stop")
+
+
+# ---- a Hugging Face Space ----------------------------------------------------------------------
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """The one Hub call Gradio's local sign-in stand-in makes (whoami), answered on loopback."""
+
+    def do_GET(self):
+        if self.path.startswith("/api/whoami"):
+            body = json.dumps({"type": "user", "name": "ann", "fullname": "Ann Example",
+                               "avatarUrl": "", "orgs": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_response(404)
+            self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory, tiny_model_dir):
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    runs_dir = tmp_path_factory.mktemp("space")
+    url, proc = start_server(runs_dir, "--allow-model-folder", str(tiny_model_dir), env={
+        "SPACE_ID": "owner/aha-studio", "HF_TOKEN": "hf_local_test_token",
+        "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "HF_HUB_OFFLINE": "0"})
+    yield url, runs_dir, tiny_model_dir
+    stop_server(proc, runs_dir)
+    hub.shutdown()
+
+
+def test_space_training_needs_a_signed_in_user(space, page):
+    url, runs_dir, model_dir = space
+    page.goto(url)
+    page.wait_for_selector("#machine-info")
+    wait_text(page, "#who", "not signed in")
+    assert page.locator("#banner-storage").count() == 1  # no /data here: runs are not kept
+    tab(page, "2 · Data")
+    page.click("#data-sample")
+    wait_text(page, "#data-messages", "rows")
+    tab(page, "4 · Train")
+    page.click("#train-start")
+    wait_text(page, "#train-message", "Sign in with Hugging Face", timeout=30)
+    assert not (runs_dir / "users").exists()
+
+    page.click("#login")  # Gradio's stand-in for Hugging Face sign-in, as on a laptop
+    wait_text(page, "#who", "Signed in as ann", timeout=60)
+    tab(page, "1 · Model")
+    pick(page, "model-preset", "A model folder on this machine")
+    fill(page, "knob-model-source", str(model_dir))
+    tab(page, "2 · Data")
+    page.click("#data-sample")
+    wait_text(page, "#data-messages", "rows")
+    tab(page, "4 · Train")
+    fill(page, "knob-name", "ann-run")
+    page.click("#train-advanced button, #train-advanced .label-wrap")
+    for elem, value in {"knob-grpo-num_generations": 2, "knob-grpo-prompts_per_step": 1,
+                        "knob-grpo-max_completion_length": 8, "knob-train-threads": 1,
+                        "knob-train-max_steps": 2}.items():
+        fill(page, elem, value)
+    page.click("#train-start")
+    wait_text(page, "#train-message", "ann-run", timeout=60)
+    assert list((runs_dir / "users" / "ann" / "runs").glob("*ann-run"))
+    shot(page, "space-signed-in")
