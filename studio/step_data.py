@@ -155,14 +155,13 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
             return gr.skip(), gr.skip()
         size = Path(path).stat().st_size
         limit = policy.limits.upload_mb if policy.shared else None
-        try:
-            if limit and size > limit * MB:
-                raise AccessError(f"This file is {size / MB:.0f} MB; uploads here may be at most "
-                                  f"{limit} MB.")
-            user.check_quota(adding=size)
-            kept = keep_upload(path, user.uploads_dir)
-        finally:
-            Path(path).unlink(missing_ok=True)  # Gradio's copy: the upload is kept once, here
+        if limit and size > limit * MB:
+            raise AccessError(f"This file is {size / MB:.0f} MB; uploads here may be at most "
+                              f"{limit} MB.")
+        user.check_quota(adding=size)
+        # Gradio's own copy is shared by everyone who uploads the same bytes; its cache is
+        # cleared an hour later (delete_cache), this copy is the one that stays.
+        kept = keep_upload(path, user.uploads_dir)
         return user.upload_ref(kept), f"Uploaded **{Path(kept).name.split('-', 1)[-1]}**."
 
     ui["upload"].upload(studio.handler(on_upload), ui["upload"], [source, ui["messages"]])

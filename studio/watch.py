@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from pathlib import Path
 
 import yaml
@@ -181,9 +182,27 @@ def progress_html(watch: dict) -> str:
             f'{html.escape(words)}{eta_text}{engine}{device}</div></div>')
 
 
+_ETA_CACHE: dict = {}
+ETA_SECONDS = 10.0  # a waiting page asks every 2 s; the answer changes far more slowly
+
+
 def queue_eta(manager, position: int, default_step_s: float = 20.0) -> float | None:
     """Seconds until the run at `position` in line may start: the running runs' remaining steps
-    at their own recent pace, then the steps of the runs ahead in line, shared among the slots."""
+    at their own recent pace, then the steps of the runs ahead in line, shared among the slots.
+    Kept for ETA_SECONDS per (line, place), so thirty waiting pages read the events once."""
+    key = (str(manager.root), position)
+    hit = _ETA_CACHE.get(key)
+    now = time.monotonic()
+    if hit and now - hit[0] < ETA_SECONDS:
+        return hit[1]
+    value = _queue_eta(manager, position, default_step_s)
+    if len(_ETA_CACHE) > 1000:
+        _ETA_CACHE.clear()
+    _ETA_CACHE[key] = (now, value)
+    return value
+
+
+def _queue_eta(manager, position: int, default_step_s: float) -> float | None:
     from core.events import read_events
 
     remaining, pace = [], []
