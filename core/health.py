@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 ENTROPY_FLOOR = 0.1            # below this, the answers of a group are nearly identical
 LOW_CORRECTNESS = 0.5          # "still mostly wrong": under half the best score
 NO_SIGNAL_STREAK = 3           # steps in a row in which every group scored all-equal
+MOSTLY_RIGHT = 0.9             # ... which is no fault once answers earn this share of the best
 WINDOW = 5                     # steps per window when comparing recent steps with earlier ones
 FALL_FROM_PEAK = 0.3           # correctness this far (share of best) under its best window
 HACK_FALL = 0.15               # correctness falling by this much between two windows ...
@@ -122,8 +123,8 @@ class CollapseDetector:
     def _no_signal(self, share: float | None) -> HealthWarning | None:
         if self.zero_streak < NO_SIGNAL_STREAK:
             return None
-        if share is not None and self._recent_share(self.zero_streak) >= 0.999:
-            return None  # every answer is right: nothing left to learn is no fault
+        if share is not None and self._recent_share(self.zero_streak) >= MOSTLY_RIGHT:
+            return None  # (nearly) every answer is right: little left to learn is no fault
         return HealthWarning(
             "no_signal",
             f"No learning signal for {self.zero_streak} steps: every answer in each group got "

@@ -190,18 +190,27 @@ class RunManager:
             started.append(run_dir)
         return started
 
-    def start_scheduler(self, interval: float = 2.0) -> None:
-        """A daemon thread that starts waiting runs as workers end."""
+    def start_scheduler(self, interval: float = 2.0, chores=()) -> None:
+        """A daemon thread that starts waiting runs as workers end (and runs `chores`, small
+        housekeeping callables, about once a minute)."""
         if self._scheduler is not None:
             return
 
         def loop():
+            last = time.monotonic()
             while True:
                 time.sleep(interval)
                 try:
                     self.schedule()
                 except Exception:  # a bad queue file must not end the scheduler
                     pass
+                if time.monotonic() - last > 60:
+                    last = time.monotonic()
+                    for chore in chores:
+                        try:
+                            chore()
+                        except Exception:
+                            pass
 
         self._scheduler = threading.Thread(target=loop, name="run-scheduler", daemon=True)
         self._scheduler.start()

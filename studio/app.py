@@ -9,7 +9,7 @@ from core.runs import RunManager
 
 from . import step_classroom, step_data, step_export, step_model, step_rewards, step_train
 from .access import Policy
-from .jobs import JobPool, default_job_slots
+from .jobs import JobPool, default_job_slots, sweep_scratch
 from .machine import detect_machine
 from .session import Studio
 from .step_rewards import propose
@@ -47,7 +47,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                              memory_budget=machine.total_bytes * 0.85)
     studio = Studio(policy, manager, machine,
                     JobPool(default_job_slots(machine.available_bytes, machine.gpu)))
-    manager.start_scheduler()
+    manager.start_scheduler(chores=[sweep_scratch])
     form: dict = {}
     with gr.Blocks(title="Aha Studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Aha Studio\nTeach a small language model with rewards (GRPO), step by step.")

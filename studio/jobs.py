@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -101,3 +102,31 @@ def default_job_slots(available_bytes: float, gpu: bool) -> int:
     if gpu:
         return 1
     return max(1, min(4, int(available_bytes // (3 * 2**30))))
+
+
+SCRATCH = Path(os.environ.get("AHA_SCRATCH") or Path(tempfile.gettempdir()) / "aha-studio-scratch")
+SCRATCH_HOURS = 1.0
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh folder for a file the page is about to offer for download. Gradio copies what a
+    handler returns into its own cache, so these are swept an hour later (`sweep_scratch`)."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+
+
+def sweep_scratch(hours: float = SCRATCH_HOURS) -> int:
+    """Delete scratch folders older than `hours`; returns how many."""
+    import shutil
+
+    if not SCRATCH.is_dir():
+        return 0
+    cutoff, gone = time.time() - hours * 3600, 0
+    for path in SCRATCH.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                gone += 1
+        except OSError:
+            pass
+    return gone

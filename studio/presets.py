@@ -8,9 +8,11 @@ from core.config import RunConfig
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "examples" / "01-classroom-demo.yaml"
 
-# quality/speed level -> settings; 1 is fastest, 5 learns the most per step
+# quality/speed level -> settings; 1 is fastest, 5 learns the most per step. Never fewer than 4
+# answers per question: with 2, a group often scores all the same and teaches nothing
+# (core.health.MIN_GENERATIONS).
 QUALITY_LEVELS = {
-    1: {"grpo.num_generations": 2, "grpo.prompts_per_step": 1, "grpo.max_completion_length": 32},
+    1: {"grpo.num_generations": 4, "grpo.prompts_per_step": 1, "grpo.max_completion_length": 32},
     2: {"grpo.num_generations": 4, "grpo.prompts_per_step": 2, "grpo.max_completion_length": 48},
     3: {"grpo.num_generations": 6, "grpo.prompts_per_step": 4, "grpo.max_completion_length": 64},
     4: {"grpo.num_generations": 8, "grpo.prompts_per_step": 4, "grpo.max_completion_length": 128},
@@ -28,5 +30,5 @@ def quick_demo_config(gpu: bool) -> RunConfig:
     """The tuned classroom demo, fewer steps on a CPU so it ends within minutes."""
     cfg = RunConfig.load(DEMO_CONFIG)
     if not gpu:
-        cfg.train.max_steps = min(cfg.train.max_steps, 15)
+        cfg.train.max_steps = min(cfg.train.max_steps, 20)
     return cfg

@@ -3,13 +3,13 @@ stopping any run, all adapters in one download, and the run visitors may look at
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
 
 from .access import AccessError, Limits, Policy
+from .jobs import scratch_dir
 from .step_export import adapter_dir
 from .step_train import runs_table
 
@@ -32,7 +32,7 @@ def require_teacher(user) -> None:
 
 def all_adapters_zip(policy: Policy, runs) -> Path:
     """One zip with each user's runs' adapters: USER/RUN/adapter_*.json|safetensors."""
-    folder = Path(tempfile.mkdtemp(prefix="aha-adapters-")) / "adapters"
+    folder = scratch_dir("aha-adapters-") / "adapters"
     for st in runs:
         src = adapter_dir(st.run_dir)
         if src is None:

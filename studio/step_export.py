@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -12,7 +11,7 @@ from core.config import ConfigError, RunConfig
 from .access import AccessError
 from .errors import friendly
 from .form import cli_command
-from .jobs import JobError
+from .jobs import JobError, scratch_dir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
@@ -34,7 +33,7 @@ def adapter_files(run_dir: str | Path) -> Path:
     if src is None:
         raise FileNotFoundError("This run has no adapter yet: train at least until the first "
                                 "checkpoint.")
-    folder = Path(tempfile.mkdtemp(prefix="aha-export-")) / f"{Path(run_dir).name}-adapter"
+    folder = scratch_dir("aha-export-") / f"{Path(run_dir).name}-adapter"
     folder.mkdir()
     for name in ADAPTER_FILES:
         if (src / name).exists():
@@ -186,7 +185,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         run_dir = owned(user, ref)
         cfg = RunConfig.load(run_dir / "config.yaml")
         cfg.data.source = user.display_source(cfg.data.source)
-        out = Path(tempfile.mkdtemp(prefix="aha-config-")) / f"{run_dir.name}.yaml"
+        out = scratch_dir("aha-config-") / f"{run_dir.name}.yaml"
         cfg.save(out)
         return [str(out)], "The run's settings, as the worker used them."
 

@@ -6,7 +6,6 @@ directory's events on a timer, so reloading it or restarting the server loses no
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .access import AccessError, User
 from .errors import quietly
 from .form import (config_from_values, make_widget, rewards_from_config, section_paths,
                    values_from_config)
+from .jobs import scratch_dir
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
 from .session import Studio, require_training
 from .step_model import ESTIMATE_PATHS, estimate, estimate_parts
@@ -382,7 +382,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             cfg = config_from_values(paths, list(values), rs)
         except ConfigError as exc:
             return gr.skip(), f"❌ {exc}"
-        out = Path(tempfile.mkdtemp(prefix="aha-config-")) / f"{_slug(cfg.name or 'run')}.yaml"
+        out = scratch_dir("aha-config-") / f"{_slug(cfg.name or 'run')}.yaml"
         cfg.save(out)
         return str(out), "Settings saved: download the file below."
 

@@ -79,7 +79,7 @@ def test_quality_levels_and_quick_demo():
     assert all(f <= b for f, b in zip(fast, best)) and fast != best
     assert quality_settings("7") == best  # clamped
     demo = quick_demo_config(gpu=False)
-    assert demo.model.source == "default" and demo.train.max_steps <= 15
+    assert demo.model.source == "default" and demo.train.max_steps <= 20
 
 
 # ---- estimates -----------------------------------------------------------------------
@@ -311,3 +311,18 @@ def test_optional_numbers_are_text_boxes_empty_meaning_automatic():
     with pytest.raises(ConfigError) as exc:
         config_from_values(["train.threads"], ["two"])
     assert "train.threads" in str(exc.value)
+
+
+def test_download_scratch_is_swept_after_an_hour(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from studio import jobs
+
+    monkeypatch.setattr(jobs, "SCRATCH", tmp_path / "scratch")
+    old, new = jobs.scratch_dir("aha-old-"), jobs.scratch_dir("aha-new-")
+    (old / "adapter.zip").write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert jobs.sweep_scratch() == 1
+    assert not old.exists() and new.exists()
