@@ -60,7 +60,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import datasets
+
     from .evaluate import EVAL_FILE, evaluate_run
+
+    datasets.disable_progress_bars()
 
     try:
         result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split,

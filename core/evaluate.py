@@ -134,6 +134,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
 
     run_dir = Path(run_dir)
     cfg = RunConfig.load(run_dir / "config.yaml")
+    adapter, label = find_adapter(run_dir, checkpoint)  # before any slow work: fail fast
     if threads:
         torch.set_num_threads(threads)
     train, heldout = data_lib.prepare_run_data(cfg.data)
@@ -149,7 +150,6 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
     limit = max_questions or cfg.train.eval_max_questions
     rows = [table[i] for i in range(min(limit, table.num_rows))]
     rewards = build_reward_set(cfg, train)
-    adapter, label = find_adapter(run_dir, checkpoint)
 
     loaded = load_model(cfg.model, seed=cfg.train.seed, adapter_path=str(adapter),
                         fast_cpu_generation=cfg.generation.fast_cpu_4bit)
