@@ -12,10 +12,11 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import random
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -673,58 +674,49 @@ def check_data(source: str, question: str | None = None, answer: str | None = No
     return report
 
 
-def _check_worker(conn, cache_dir: str, kwargs: dict) -> None:
-    """Child side of a time-limited check: the same check_data, its report sent back."""
-    datasets.config.HF_DATASETS_CACHE = cache_dir  # the parent's cache, even when set in code
-    datasets.disable_progress_bars()
+def _check_in_child(seconds: float, **kwargs) -> DataReport:
+    """check_data in a child process (`python -m core.data`), killed once `seconds` have
+    passed. A plain subprocess: it leaves nothing running behind (no multiprocessing helper
+    process) and never re-imports the caller's main module."""
+    source = str(kwargs.get("source"))
+    env = dict(os.environ, HF_DATASETS_CACHE=str(datasets.config.HF_DATASETS_CACHE),
+               HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONPATH=os.pathsep.join(
+                   filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 os.environ.get("PYTHONPATH")])))
+    try:
+        done = subprocess.run([sys.executable, "-m", "core.data"], input=json.dumps(kwargs),
+                              capture_output=True, text=True, timeout=max(0.01, float(seconds)),
+                              env=env)
+    except subprocess.TimeoutExpired:
+        return DataReport(source=source, errors=[
+            f"Checking this data took longer than {seconds:g} s; it is too big or too complex "
+            "for this studio."])
+    except OSError as exc:
+        return DataReport(source=source, errors=[f"Couldn't check the data: {_reason(exc)}"])
+    try:
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        mapping = data.pop("mapping", None)
+        mapping = ColumnMapping(**mapping) if mapping else None
+        return DataReport(**data, mapping=mapping)
+    except (ValueError, IndexError, TypeError):
+        return DataReport(source=source, errors=[
+            f"Checking this data stopped unexpectedly (exit code {done.returncode}); it may be "
+            "too big for this computer's memory."])
+
+
+def _check_main() -> int:
+    """`python -m core.data`: one check_data call, its arguments as JSON on stdin, the report
+    as one JSON line on stdout."""
+    import dataclasses
+
+    kwargs = json.loads(sys.stdin.read() or "{}")
     try:
         report = check_data(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - the parent must always get a report
         report = DataReport(source=str(kwargs.get("source")),
                             errors=[f"Couldn't check the data: {_reason(exc)}"])
-    conn.send(report)
-    conn.close()
-
-
-def _check_in_child(seconds: float, **kwargs) -> DataReport:
-    """check_data in a fresh ("spawn") process, killed once `seconds` have passed."""
-    source = str(kwargs.get("source"))
-    shown = f"{seconds:g}"
-    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server; no torch either
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_check_worker, args=(sender, str(datasets.config.HF_DATASETS_CACHE), kwargs),
-                       name="aha-data-check", daemon=True)
-    deadline = time.monotonic() + max(0.0, float(seconds))
-    try:
-        proc.start()
-    except Exception as exc:
-        sender.close()
-        receiver.close()
-        return DataReport(source=source, errors=[f"Couldn't check the data: {_reason(exc)}"])
-    sender.close()  # the child holds the only sending end, so its exit ends the pipe
-    try:
-        try:
-            if receiver.poll(max(0.0, deadline - time.monotonic())):
-                report = receiver.recv()
-                proc.join(2)  # let it finish exiting on its own; killed below if it doesn't
-                return report
-        except (EOFError, OSError):  # the pipe closed without a report: the child died
-            pass
-        else:
-            return DataReport(source=source, errors=[
-                f"Checking this data took longer than {shown} s; it is too big or too complex "
-                "for this studio."])
-        proc.join(1)
-        return DataReport(source=source, errors=[
-            f"Checking this data stopped unexpectedly (exit code {proc.exitcode}); it may be too big "
-            "for this computer's memory."])
-    finally:
-        receiver.close()
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        if not proc.is_alive():
-            proc.close()
+    print(json.dumps(dataclasses.asdict(report)))
+    return 0
 
 
 def _training_rows(batch, indices, mapping: ColumnMapping, system_prompt: str):
@@ -821,3 +813,7 @@ def prepare_run_data(d) -> tuple[datasets.Dataset, datasets.Dataset | None]:
         return ds, dedupe_questions(held)
     train, held = split_heldout(ds, d.eval_share)
     return train, (held if held.num_rows else None)
+
+
+if __name__ == "__main__":
+    sys.exit(_check_main())
