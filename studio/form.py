@@ -157,8 +157,10 @@ def make_widget(path: str, value: Any = None, **kwargs):
         bounds = f"{lo if lo is not None else '…'} to {hi if hi is not None else '…'}"
         common["info"] = f"{info or ''} ({bounds})".strip()
     if kind in ("int", "float") and not optional(path):
-        # Bounds are checked by RunConfig, which says what is wrong in one line.
-        return gr.Number(value=value, precision=0 if kind == "int" else None, **common)
+        # RunConfig says what is wrong in one line; the box's own bounds stop absurd numbers
+        # (above 2^53 a browser cannot even hold them) before any handler runs.
+        return gr.Number(value=value, precision=0 if kind == "int" else None,
+                         minimum=lo, maximum=hi if hi is not None else 2 ** 53 - 1, **common)
     # optional numbers are text: empty means "automatic", which a number box cannot show
     return gr.Textbox(value="" if value is None else str(value) if kind != "text" else value,
                       lines=1, placeholder="empty: automatic" if optional(path) else None,

@@ -229,6 +229,9 @@ def test_runs_wait_in_line_and_the_teacher_sees_the_line(classroom, person):
 
     bob.click("#train-stop")
     wait_text(bob, "#train-message", "Taken out of the line", timeout=30)
+    bob.click("#runs-delete")
+    wait_text(bob, "#train-message", "Deleted", timeout=30)
+    assert not list((runs_dir / "users" / "bob" / "runs").glob("*bob-waits"))
     pick(carol, "class-pick", "alice-long")
     carol.click("#class-stop")
     wait_text(carol, "#class-message", "stops after its current step", timeout=30)
