@@ -129,6 +129,9 @@ def build(form: dict) -> dict:
     with gr.Accordion("More data settings", open=False):
         form["data.max_rows"] = make_widget("data.max_rows", None)
         form["data.split"] = make_widget("data.split", "train")
+        form["data.eval_share"] = make_widget("data.eval_share", 0.1)
+        form["data.eval_source"] = make_widget("data.eval_source", "")
+        form["data.eval_split"] = make_widget("data.eval_split", "test")
     return {"upload": upload, "hub": hub, "use_hub": use_hub, "sample": sample,
             "messages": messages, "table": table}
 

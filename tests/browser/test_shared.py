@@ -306,3 +306,34 @@ def test_space_training_needs_a_signed_in_user(space, page):
     wait_text(page, "#train-message", "ann-run", timeout=60)
     assert list((runs_dir / "users" / "ann" / "runs").glob("*ann-run"))
     shot(page, "space-signed-in")
+
+
+def test_a_visitor_chats_with_the_published_example_but_cannot_take_it(space, browser):
+    url, runs_dir, model_dir = space
+    from studio.access import Policy
+
+    (run,) = [p for p in (runs_dir / "users" / "ann" / "runs").glob("*ann-run")]
+    manager = RunManager(runs_dir)
+    wait_until(lambda: (run / "adapter" / "adapter_model.safetensors").exists() or
+               not manager.is_alive(run), 300, "ann's run to finish")
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    policy = Policy("space", runs_dir)
+    policy.publish_example(policy.user_named("ann"), run)  # as the Space's author does
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    wait_text(page, "#who", "not signed in")
+    tab(page, "5 · Try and export")
+    page.click("#export-refresh")
+    wait_value(page, "#export-run input", "ann-run")
+    fill(page, "chat-question", "What is 2 + 3?")
+    page.click("#chat-ask")
+    wait_until(lambda: page.locator("#chat-trained .message, #chat-trained [data-testid='bot']")
+               .count() > 0 or "❌" in page.inner_text("#chat-status"), 240, "an answer")
+    assert "❌" not in page.inner_text("#chat-status")
+    page.click("#export-zip")
+    page.get_by_text("Only the run's owner or a teacher").first.wait_for(timeout=30_000)
+    shot(page, "space-visitor-chat")
+    context.close()
