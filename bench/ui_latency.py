@@ -89,7 +89,8 @@ def main() -> int:
                 raise SystemExit("the worker died before its first step; see worker.log")
             time.sleep(1)
         client = Client(url, verbose=False)
-        client.predict(str(run_dir), api_name="/show_run")
+        client.predict(api_name="/runs_list")  # as the page does on load: offers the runs
+        client.predict(run_dir.name, api_name="/show_run")
         timings: dict[str, list[float]] = {"page": [], "tick": [], "runs_list": [],
                                            "show_run": []}
         kinds = ["tick", "page", "tick", "runs_list", "tick", "show_run"]
@@ -106,7 +107,7 @@ def main() -> int:
             elif kind == "runs_list":
                 client.predict(api_name="/runs_list")
             else:
-                client.predict(str(run_dir), api_name="/show_run")
+                client.predict(run_dir.name, api_name="/show_run")
             timings[kind].append(time.perf_counter() - t0)
             i += 1
             time.sleep(0.25)
