@@ -138,13 +138,13 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any((p / "trainer_state.json").exists() for p in root.glob("step-*"))
 
 
-def render(watch: dict, charts: bool = True, samples: bool = True) -> list:
+def render(watch: dict, charts: bool = True, samples: bool = True,
+           cache: w.ChartCache | None = None) -> list:
     failed = watch.get("state") == "failed"
     out = [watch, w.progress_html(watch), w.status_line(watch),
            gr.update(visible=failed), watch.get("traceback") or ""]
     if charts:
-        data = w.chart_data(watch["metrics"], watch.get("evals", []))
-        out += [w.figure(t, data[t]) for t in CHART_TITLES]
+        out += (cache or w.ChartCache(1)).figures(watch)
     else:
         out += [gr.skip()] * len(CHART_TITLES)
     out.append(w.samples_html(watch["samples"]) if samples else gr.skip())
@@ -215,6 +215,7 @@ def build(form: dict) -> dict:
 def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.State,
          remembered: gr.BrowserState, demo_block: gr.Blocks) -> None:
     manager, machine = studio.manager, studio.machine
+    charts = w.ChartCache()  # one per server: pages watching the same run share its charts
     paths = list(form)
     fields = [form[p] for p in paths]
     view = [watch, ui["progress"], ui["status"], ui["details"], ui["traceback"], *ui["plots"],
@@ -346,7 +347,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         new, metrics, samples = catch_up(wt, manager)
         if new == wt:
             return [gr.skip()] * len(view)
-        return render(new, charts=metrics, samples=samples)
+        return render(new, charts=metrics, samples=samples, cache=charts)
 
     timer = gr.Timer(2.0)
     timer.tick(quietly(on_tick, len(view)), watch, view, show_progress="hidden", queue=False,
@@ -357,7 +358,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             return [gr.skip()] * (len(view) + 1)
         run_dir = user.run_dir(ref)
         new, _, _ = catch_up(w.new_watch(str(run_dir)), manager)
-        return [user.run_ref(run_dir)] + render(new)
+        return [user.run_ref(run_dir)] + render(new, cache=charts)
 
     ui["run_pick"].input(studio.handler(on_pick), ui["run_pick"], [remembered] + view,
                          api_name="show_run")
@@ -373,7 +374,8 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     def on_load(user, remembered_ref):
         run_dir = pick_run_to_show(studio, user, remembered_ref)
         new, _, _ = catch_up(w.new_watch(str(run_dir) if run_dir else None), manager)
-        return render(new) + list(runs_update(user, user.run_ref(run_dir) if run_dir else None))
+        return render(new, cache=charts) + list(runs_update(user, user.run_ref(run_dir)
+                                                            if run_dir else None))
 
     demo_block.load(studio.handler(on_load), remembered, view + runs_out)
 

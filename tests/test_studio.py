@@ -326,3 +326,18 @@ def test_download_scratch_is_swept_after_an_hour(tmp_path, monkeypatch):
     os.utime(old, (two_hours_ago, two_hours_ago))
     assert jobs.sweep_scratch() == 1
     assert not old.exists() and new.exists()
+
+
+def test_pages_watching_one_run_share_its_charts():
+    from studio import watch as w
+
+    cache = w.ChartCache(size=2)
+    events = [{"type": "metrics", "step": i, "time": float(i), "reward": 0.1 * i} for i in (1, 2)]
+    a = w.fold_events(w.new_watch("run-a"), events, 10)
+    b = w.fold_events(w.new_watch("run-a"), events, 10)   # another page, same run and steps
+    first = cache.figures(a)
+    assert cache.figures(b) is first and len(first) == len(w.CHARTS)
+    more = w.fold_events(a, [{"type": "metrics", "step": 3, "time": 3.0, "reward": 0.3}], 20)
+    assert cache.figures(more) is not first          # a new step: new charts
+    cache.figures(w.fold_events(w.new_watch("run-b"), events, 10))
+    assert cache.figures(a) is not first             # the oldest of three went (size 2)
