@@ -27,7 +27,8 @@ from .events import EventLog, read_events
 from .health import CollapseDetector, settings_advice
 from .generation import make_engine
 from .grpo import LossSettings, compute_advantages, policy_loss
-from .models import count_parameters, decoder_and_head, load_model
+from .modelcard import write_model_card
+from .models import count_parameters, decoder_and_head, load_model, public_base_id
 from .runs import STOP_FILE
 
 ADAPTER_DIR = "adapter"
@@ -369,7 +370,7 @@ class Trainer:
             if every and self.step_count % every == 0 and self.step_count < max_steps:
                 self.save_checkpoint()
         self.save_checkpoint()
-        self.save_adapter(self.run_dir / ADAPTER_DIR)
+        self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
         self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
                      adapter=str(self.run_dir / ADAPTER_DIR))
         return "finished"
@@ -396,8 +397,10 @@ class Trainer:
                             ignore=lambda _d, names: [n for n in names if not n.startswith(
                                 ("adapter_", "README"))])
             kept = f"the adapter from step {checkpoint_step(good[-1])}, before it began"
+            write_model_card(self.run_dir / ADAPTER_DIR, self.run_dir, self.cfg,
+                             f"The run collapsed at step {began}; this is {kept}.")
         else:
-            self.save_adapter(self.run_dir / ADAPTER_DIR)
+            self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
             kept = "the last adapter (no checkpoint from before it exists)"
         self._status("stopped", f"Stopped at step {self.step_count}: the run collapsed at step "
                      f"{began} and did not recover; kept {kept}.", step=self.step_count,
@@ -434,8 +437,14 @@ class Trainer:
             pass  # not the main thread (e.g. inside a test runner thread)
 
     # ---- checkpoints ------------------------------------------------------------------
-    def save_adapter(self, path: Path) -> None:
+    def save_adapter(self, path: Path, card: bool = False, note: str = "") -> None:
+        """The adapter in peft's format, naming its base as others can load it (the embedded
+        model by its Hub id, never a folder of this machine); with `card`, a model card."""
+        for peft_config in getattr(self.model, "peft_config", {}).values():
+            peft_config.base_model_name_or_path = public_base_id(self.cfg.model.source)
         self.model.save_pretrained(path)
+        if card:
+            write_model_card(path, self.run_dir, self.cfg, note)
 
     def save_checkpoint(self) -> Path:
         final = self.run_dir / CHECKPOINTS_DIR / f"step-{self.step_count}"

@@ -10,7 +10,7 @@ import gradio as gr
 
 from .access import AccessError, Limits, Policy
 from .jobs import scratch_dir
-from .step_export import adapter_dir
+from .step_export import ADAPTER_FILES, adapter_dir
 from .step_train import runs_table
 
 LIMIT_LABELS = {
@@ -40,7 +40,7 @@ def all_adapters_zip(policy: Policy, runs) -> Path:
         owner = st.run_dir.parent.parent.name if policy.mode != "local" else "local"
         target = folder / owner / st.run_dir.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+        for name in ADAPTER_FILES:
             if (src / name).exists():
                 shutil.copy2(src / name, target / name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ from .errors import friendly
 from .form import cli_command
 from .jobs import JobError, scratch_dir
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
+                 "aha_config.yaml")
 
 
 def adapter_dir(run_dir: str | Path) -> Path | None:

@@ -7,6 +7,7 @@ score to a higher one. Then the same demo with a learning rate known to collapse
 (bench/learning_study.py): the collapse detector raises its warning and, with
 train.stop_on_collapse, the run stops and keeps the adapter from before the collapse.
 """
+import json
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,9 @@ def test_the_demo_learns_from_start_to_end_on_fixed_seeds(tmp_path):
         serious = [w for w in of(run_dir, "warning") if w["code"] != "risky_setting"]
         assert not serious, serious
         assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+        config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert "held-out questions" in (run_dir / "adapter" / "README.md").read_text()
 
 
 def test_a_collapsing_run_is_noticed_and_stopped_at_its_last_good_checkpoint(tmp_path):

@@ -1,4 +1,5 @@
 """The trainer and the worker process on a tiny random model, through the real loader."""
+import json
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_steps_update_the_adapter_and_log_metrics(tiny_model_dir, tmp_path, grpo
     assert samples and {"prompt", "completion", "rewards", "total"} <= set(samples[0]["items"][0])
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    # shareable: the base by a name that means something elsewhere, and a model card
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == Path(tiny_model_dir).name
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "## Rewards" in card and "length_target" in card
+    assert "reward.svg" in card and (tmp_path / "adapter" / "reward.svg").read_text().startswith("<svg")
+    assert str(tiny_model_dir) not in card + (tmp_path / "adapter" / "aha_config.yaml").read_text()
 
 
 def test_4bit_base_is_really_quantized(tiny_model_dir, tmp_path):

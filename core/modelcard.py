@@ -1,0 +1,127 @@
+"""The model card an adapter travels with: what it was trained from, on what, for which rewards,
+with which settings, and how it did (the reward by step as an SVG chart, and the held-out
+evaluation when there is one). Written in the Hugging Face model card format (YAML front matter
+then Markdown), so the Hub shows it as it is."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import yaml
+
+from .config import RunConfig
+from .events import read_events
+from .models import public_base_id
+
+CHART_FILE = "reward.svg"
+
+
+def reward_svg(steps: list[int], values: list[float], width: int = 480, height: int = 160) -> str:
+    """A small line chart of the total reward by step, as standalone SVG."""
+    pad = 28
+    if not steps:
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+                f'<text x="10" y="20">no steps</text></svg>')
+    lo, hi = min(values + [0.0]), max(values + [1e-9])
+    x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
+
+    def xy(step, value):
+        x = pad + (step - x0) / (x1 - x0) * (width - 2 * pad)
+        y = height - pad - (value - lo) / (hi - lo or 1) * (height - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
+
+    points = " ".join(xy(s, v) for s, v in zip(steps, values))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'font-family="sans-serif" font-size="11">'
+            f'<rect width="100%" height="100%" fill="white"/>'
+            f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+            f'stroke="#999"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" '
+            f'stroke="#999"/>'
+            f'<polyline fill="none" stroke="#f97316" stroke-width="2" points="{points}"/>'
+            f'<text x="{pad}" y="{pad - 8}">total reward by step</text>'
+            f'<text x="2" y="{height - pad + 4}">{lo:.2g}</text>'
+            f'<text x="2" y="{pad + 4}">{hi:.2g}</text>'
+            f'<text x="{pad}" y="{height - 8}">{x0}</text>'
+            f'<text x="{width - pad - 12}" y="{height - 8}">{x1}</text></svg>')
+
+
+def _mean(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfig,
+                     note: str = "") -> Path:
+    """README.md (and reward.svg) for the adapter in `adapter_dir`, from the run's events."""
+    adapter_dir, run_dir = Path(adapter_dir), Path(run_dir)
+    events, _ = read_events(run_dir)
+    metrics = [e for e in events if e["type"] == "metrics"]
+    evals = [e for e in events if e["type"] == "eval"]
+    base = public_base_id(cfg.model.source)
+    steps = [m["step"] for m in metrics]
+    totals = [m.get("reward") for m in metrics]
+    (adapter_dir / CHART_FILE).write_text(
+        reward_svg([s for s, v in zip(steps, totals) if v is not None],
+                   [v for v in totals if v is not None]), encoding="utf-8")
+
+    names = [r.name or r.template for r in cfg.rewards]
+    window = metrics[-min(8, len(metrics)):] if metrics else []
+    first = metrics[:min(8, len(metrics))]
+    front = {"base_model": base, "library_name": "peft",
+             "tags": ["grpo", "lora", "aha-studio", "reinforcement-learning"]}
+    data = cfg.data.source
+    data_text = "the built-in arithmetic set" if data.startswith("builtin:") else \
+        f"`{Path(data).name if Path(data).is_absolute() else data}`"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {html.escape(cfg.name)}: a LoRA adapter for {base}", "",
+             f"Trained with GRPO in Aha Studio for {len(metrics)} steps on {data_text}. "
+             f"Load it with peft on top of `{base}`.", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["## Rewards", ""]
+    for r in cfg.rewards:
+        params = ", ".join(f"{k}={json.dumps(v)}" for k, v in (r.params or {}).items())
+        lines.append(f"- `{r.name or r.template}` ({r.template}), weight {r.weight:g}"
+                     f"{': ' + params if params else ''}")
+    if not cfg.rewards:
+        lines.append("- the default set proposed for the data")
+    lines += ["", "## How it did", "", f"![reward by step]({CHART_FILE})", "",
+              "| | first steps | last steps |", "|---|---|---|",
+              f"| total reward | {_fmt(_mean(m.get('reward') for m in first))} | "
+              f"{_fmt(_mean(m.get('reward') for m in window))} |"]
+    for name in names:
+        key = f"rewards/{name}/mean"
+        lines.append(f"| {name} | {_fmt(_mean(m.get(key) for m in first))} | "
+                     f"{_fmt(_mean(m.get(key) for m in window))} |")
+    if evals:
+        before, after = evals[0], evals[-1]
+        lines += ["", f"On {after.get('questions')} held-out questions never trained on "
+                  f"(greedy answers), at step {before.get('step')} and {after.get('step')}:", "",
+                  "| | before | after |", "|---|---|---|",
+                  f"| total reward | {_fmt(before.get('total'))} | {_fmt(after.get('total'))} |"]
+        if "accuracy" in after:
+            lines.append(f"| accuracy | {_fmt(before.get('accuracy'))} | "
+                         f"{_fmt(after.get('accuracy'))} |")
+    g, t, m = cfg.grpo, cfg.train, cfg.model
+    lines += ["", "## Settings", "",
+              f"- LoRA r={m.lora_r}, alpha={m.lora_alpha} on a {m.precision} base",
+              f"- {g.prompts_per_step} questions x {g.num_generations} answers per step, up to "
+              f"{g.max_completion_length} tokens, temperature {g.temperature:g}",
+              f"- loss {g.loss_type}, beta {g.beta:g}, learning rate {t.learning_rate:g} "
+              f"({t.lr_scheduler}), seed {t.seed}",
+              "", "The full settings are in `aha_config.yaml` beside this card.", ""]
+    out = adapter_dir / "README.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    shared = RunConfig.from_dict(cfg.to_dict())  # nothing of this machine's paths travels
+    shared.model.source = base
+    for field in ("source", "eval_source"):
+        value = getattr(shared.data, field)
+        if value and Path(value).is_absolute():
+            setattr(shared.data, field, Path(value).name)
+    (adapter_dir / "aha_config.yaml").write_text(shared.to_yaml(), encoding="utf-8")
+    return out
