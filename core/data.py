@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -28,9 +29,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.exceptions import DatasetNotFoundError
 
-QUESTION_NAMES = ("question", "prompt", "input", "instruction", "problem", "query")
-ANSWER_NAMES = ("answer", "output", "response", "solution", "completion", "target")
-SYSTEM_NAMES = ("system", "system_prompt")
+# Column names by role, English first, then German, French and Spanish (compared without case,
+# accents or spaces: "Réponse" matches "reponse").
+QUESTION_NAMES = ("question", "prompt", "input", "instruction", "problem", "query",
+                  "frage", "aufgabe", "eingabe", "fragestellung",
+                  "enonce", "consigne", "entree", "probleme",
+                  "pregunta", "enunciado", "problema", "entrada", "consulta")
+ANSWER_NAMES = ("answer", "output", "response", "solution", "completion", "target",
+                "antwort", "losung", "loesung", "ergebnis", "ausgabe",
+                "reponse", "resultat", "sortie",
+                "respuesta", "solucion", "resultado", "salida")
+SYSTEM_NAMES = ("system", "system_prompt", "systemprompt", "systemanweisung", "systeme",
+                "sistema")
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LONG_QUESTION_CHARS = 4000
@@ -149,7 +159,10 @@ def _blank(value) -> bool:
 
 
 def _norm(name) -> str:
-    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    """Lower case, no accents, spaces and dashes as '_': 'Réponse finale' -> 'reponse_finale'."""
+    text = unicodedata.normalize("NFKD", str(name).strip().lower())
+    text = "".join(c for c in text if not unicodedata.combining(c)).replace("ß", "ss")
+    return re.sub(r"[\s\-]+", "_", text)
 
 
 def _names(columns: list[str], show: int = 20) -> str:
@@ -232,7 +245,7 @@ def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
     if builder == "json":
         _check_shape(columns=_json_first_row_columns(path))
     if builder == "csv":
-        sep = "\t" if ext == ".tsv" else ","
+        sep = "\t" if ext == ".tsv" else _csv_separator(path)
         names = _scan_csv(path, name, sep)
         # Every column as text: keeps "007" and "42" exactly as typed; only truly empty cells
         # become None (pandas would otherwise also turn "NA" or "None" answers into None).
@@ -333,6 +346,14 @@ def _decode_check(path: str, encoding: str) -> bool | None:
         return None
 
 
+def _csv_separator(path: str) -> str:
+    """',' or ';' (what spreadsheets write where the comma is the decimal sign), from the
+    header line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline(1 << 20)
+    return ";" if header.count(";") > header.count(",") else ","
+
+
 def _scan_csv(path: str, name: str, sep: str) -> list[str]:
     """Check the header and row shapes with the csv module; return the column names.
 
@@ -378,7 +399,7 @@ def _scan_csv(path: str, name: str, sep: str) -> list[str]:
     if rows == 0:
         raise DataError(f"The file {name} is empty (it has a header but no data rows).")
     if too_long:
-        what = "tabs" if sep == "\t" else "commas"
+        what = {"\t": "tabs", ";": "semicolons"}.get(sep, "commas")
         raise DataError(f"The file {name} is broken: {_rows(too_long)} {'has' if len(too_long) == 1 else 'have'} "
                         f"more values than the {len(names)} header columns; put text that contains "
                         f"{what} in double quotes.")
@@ -563,8 +584,11 @@ def detect_columns(column_names: list[str]) -> ColumnMapping:
     return ColumnMapping(**found)
 
 
-def _resolve_mapping(columns: list[str], question=None, answer=None, system=None) -> ColumnMapping:
-    """Explicit choices must exist (case and spaces forgiven); the rest is detected."""
+def _resolve_mapping(columns: list[str], question=None, answer=None, system=None,
+                     rows: list[dict] | None = None) -> ColumnMapping:
+    """Explicit choices must exist (case and spaces forgiven); the rest is detected by name,
+    then by content (`rows`, a sample of the table): a column of numbers is the answer, and
+    with one column left over for a role, that column."""
     def pick(name):
         if not name or name in columns:
             return name or None
@@ -577,9 +601,36 @@ def _resolve_mapping(columns: list[str], question=None, answer=None, system=None
     chosen = {"question": pick(question), "answer": pick(answer), "system": pick(system)}
     missing = [role for role, col in chosen.items() if col is None]
     chosen.update(_guess(columns, {c for c in chosen.values() if c}, missing))
+    free = [c for c in columns if c not in chosen.values()]
+    if chosen["answer"] is None and rows:
+        numeric = [c for c in free if _mostly_numbers([r.get(c) for r in rows])]
+        if len(numeric) == 1:
+            chosen["answer"] = numeric[0]
+            free.remove(numeric[0])
+    if len(free) == 1 and len(columns) == 2:  # two columns, one known: the other is the other
+        for role in ("question", "answer"):
+            if chosen[role] is None:
+                chosen[role] = free.pop()
+                break
     if chosen["question"] is None:
         raise _no_question(columns)
     return ColumnMapping(**chosen)
+
+
+def _sample(ds: datasets.Dataset, n: int = 50) -> list[dict]:
+    """The first rows, for detecting columns by their contents."""
+    return ds.select(range(min(n, ds.num_rows))).to_list()
+
+
+def _mostly_numbers(values: list, share: float = 0.8) -> bool:
+    """Short numeric values ("42", "-3.5", "1,200", "#### 7") in at least `share` of the
+    non-empty cells."""
+    texts = [str(v).strip() for v in values if v is not None and str(v).strip()]
+    if not texts:
+        return False
+    numbers = sum(1 for t in texts
+                  if len(t) <= 30 and re.fullmatch(r"(####\s*)?[-+]?[\d.,]+%?", t))
+    return numbers >= share * len(texts)
 
 
 def extract_final_answer(text: str | None) -> str | None:
@@ -664,7 +715,7 @@ def check_data(source: str, question: str | None = None, answer: str | None = No
     try:
         ds = load_table(source, split=split)
         report.num_rows, report.columns = ds.num_rows, list(ds.column_names)
-        report.mapping = _resolve_mapping(report.columns, question, answer, system)
+        report.mapping = _resolve_mapping(report.columns, question, answer, system, _sample(ds))
         rewards = [rewards_needing_answer] if isinstance(rewards_needing_answer, str) else rewards_needing_answer
         _validate(ds, report, [str(r) for r in rewards or ()])
     except DataError as exc:
@@ -742,7 +793,7 @@ def prepare_dataset(source: str, question: str | None = None, answer: str | None
             raise DataError(f"The maximum number of rows must be at least 1, not {max_rows}.")
         ds = ds.select(range(min(max_rows, ds.num_rows)))
     report = DataReport(source=str(source), num_rows=ds.num_rows, columns=list(ds.column_names))
-    report.mapping = _resolve_mapping(report.columns, question, answer, system)
+    report.mapping = _resolve_mapping(report.columns, question, answer, system, _sample(ds))
     _validate(ds, report, [])
     if report.errors:
         raise DataError(report.errors[0])

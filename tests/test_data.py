@@ -547,3 +547,33 @@ def test_check_data_with_a_time_limit_gives_the_same_report(tmp_path):
     assert limited == plain and limited.errors and limited.rows_without_answer == [3]
     report = check_data(wide_csv(tmp_path / "wide.csv", 100_000), time_limit=120)
     assert report.errors[0].startswith("This table has 100000 columns")
+
+
+# ---------------------------------------------------------------- columns in other languages
+
+@pytest.mark.parametrize("header, question, answer", [
+    ("Frage,Antwort", "Frage", "Antwort"),
+    ("Aufgabe;Lösung", "Aufgabe", "Lösung"),
+    ("Question,Réponse", "Question", "Réponse"),
+    ("Pregunta,Respuesta", "Pregunta", "Respuesta"),
+    ("Enunciado,Solución", "Enunciado", "Solución"),
+])
+def test_columns_are_found_in_german_french_and_spanish(tmp_path, header, question, answer):
+    sep = ";" if ";" in header else ","
+    path = tmp_path / "d.csv"
+    path.write_text(f"{header}\nWie viel ist 2 + 3?{sep}5\nWie viel ist 4 + 4?{sep}8\n",
+                    encoding="utf-8")
+    report = check_data(str(path))
+    assert report.ok, report.errors
+    assert (report.mapping.question, report.mapping.answer) == (question, answer)
+
+
+def test_columns_are_found_by_their_contents(tmp_path):
+    path = write(tmp_path / "d.csv", "Text,Zahl,Quelle\nWie viel ist 2 + 3?,5,Buch\n"
+                 "Wie viel ist 4 + 4?,8,Heft\nUnd 10 - 7?,3,Buch\n")
+    report = check_data(path, question="Text")
+    assert report.mapping.answer == "Zahl"  # the one column of numbers
+    # two columns, one chosen: the other is the other role
+    two = write(tmp_path / "two.csv", "Satz,Kommentar\nSag hallo,hallo\nSag tschüss,tschüss\n")
+    assert check_data(two, question="Satz").mapping.answer == "Kommentar"
+    assert check_data(two, answer="Kommentar").mapping.question == "Satz"
