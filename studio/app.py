@@ -27,6 +27,9 @@ CSS = """
               padding: 6px 12px; margin: 6px 0; }
 .aha-health ul { margin: 4px 0 0 0; } .aha-health-title { font-weight: 600; }
 .aha-fix { color: #92400e; font-size: 0.9em; }
+.aha-coach { border: 1px solid #bfdbfe; background: #eff6ff; border-radius: 6px;
+             padding: 6px 12px; margin: 6px 0; font-size: 0.92em; }
+.aha-coach ul { margin: 4px 0 0 0; }
 """
 
 # System fonts only: the page must render with no network at all.

@@ -312,23 +312,62 @@ def samples_html(samples: list[dict]) -> str:
 SHOWN_WARNINGS = 3
 
 
+COACH_WINDOW = 8
+
+
+def coach_notes(watch: dict) -> list[tuple[str, str]]:
+    """Plain notes on the charts from the latest metrics: (code, text). Unlike warnings these
+    are not faults, just what a beginner would ask about."""
+    metrics = watch.get("metrics") or []
+    if not metrics:
+        return []
+    recent = metrics[-COACH_WINDOW:]
+    notes = []
+    clipped = [m.get("completions/clipped_ratio") for m in recent
+               if isinstance(m.get("completions/clipped_ratio"), (int, float))]
+    if clipped and sum(clipped) / len(clipped) > 0.5:
+        notes.append(("cut_off", "Most answers stop at the length limit (max completion length): "
+                      "raise it, or reward shorter answers."))
+    if not any(isinstance(m.get("kl"), (int, float)) for m in metrics):
+        notes.append(("no_kl", "The KL chart stays empty because beta is 0: nothing pulls the "
+                      "model back towards the base model, and no time is spent measuring it."))
+    if len(metrics) >= 2 * COACH_WINDOW:
+        rewards = [m.get("reward") for m in metrics if isinstance(m.get("reward"), (int, float))]
+        early = rewards[-2 * COACH_WINDOW:-COACH_WINDOW]
+        late = rewards[-COACH_WINDOW:]
+        if early and late and abs(sum(late) / len(late) - sum(early) / len(early)) < 0.02 and \
+                max(late) - min(late) < 0.05:
+            notes.append(("flat", f"The reward has not moved for {COACH_WINDOW} steps: the run "
+                          "may have learned all it can from these rewards."))
+    notes.append(("loss", "A loss near 0 is normal in GRPO: watch the reward, not the loss."))
+    return notes
+
+
 def health_html(watch: dict) -> str:
-    """The newest collapse warnings of the run, each with what to try; empty when there are
-    none."""
+    """The newest collapse warnings of the run, each with what to try, and the coach's notes;
+    empty before the first step."""
     warnings = watch.get("warnings") or []
-    if not warnings:
+    notes = coach_notes(watch)
+    if not warnings and not notes:
         return '<div class="aha-health aha-empty"></div>'
-    items = []
-    for e in reversed(warnings[-SHOWN_WARNINGS:]):
-        when = f"Step {e.get('step')}" if e.get("step") else "Before training"
-        items.append(f'<li data-code="{html.escape(str(e.get("code")))}"><b>{when}:</b> '
-                     f'{html.escape(str(e.get("message", "")))}<br><span class="aha-fix">Try: '
-                     f'{html.escape(str(e.get("fix", "")))}</span></li>')
-    more = len(warnings) - SHOWN_WARNINGS
-    tail = f'<div class="aha-fix">{more} earlier warning(s) in the run\'s events.</div>' \
-        if more > 0 else ""
-    return (f'<div class="aha-health" role="status"><div class="aha-health-title">⚠️ Learning check'
-            f'</div><ul>{"".join(items)}</ul>{tail}</div>')
+    parts = []
+    if warnings:
+        items = []
+        for e in reversed(warnings[-SHOWN_WARNINGS:]):
+            when = f"Step {e.get('step')}" if e.get("step") else "Before training"
+            items.append(f'<li data-code="{html.escape(str(e.get("code")))}"><b>{when}:</b> '
+                         f'{html.escape(str(e.get("message", "")))}<br><span class="aha-fix">'
+                         f'Try: {html.escape(str(e.get("fix", "")))}</span></li>')
+        more = len(warnings) - SHOWN_WARNINGS
+        tail = f'<div class="aha-fix">{more} earlier warning(s) in the run\'s events.</div>' \
+            if more > 0 else ""
+        parts.append(f'<div class="aha-health" role="status"><div class="aha-health-title">'
+                     f'⚠️ Learning check</div><ul>{"".join(items)}</ul>{tail}</div>')
+    if notes:
+        items = "".join(f'<li data-code="{code}">{html.escape(text)}</li>' for code, text in notes)
+        parts.append(f'<div class="aha-coach"><div class="aha-health-title">💡 Reading the '
+                     f'charts</div><ul>{items}</ul></div>')
+    return "".join(parts)
 
 
 def status_line(watch: dict) -> str:

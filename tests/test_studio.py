@@ -341,3 +341,22 @@ def test_pages_watching_one_run_share_its_charts():
     assert cache.figures(more) is not first          # a new step: new charts
     cache.figures(w.fold_events(w.new_watch("run-b"), events, 10))
     assert cache.figures(a) is not first             # the oldest of three went (size 2)
+
+
+def test_coach_notes_explain_the_charts():
+    from studio import watch as w
+
+    def step(i, **extra):
+        return {"type": "metrics", "step": i, "time": float(i), "reward": 0.5,
+                "completions/clipped_ratio": 0.9, **extra}
+
+    wt = w.fold_events(w.new_watch("r"), [step(i) for i in range(1, 17)], 10)
+    codes = [c for c, _ in w.coach_notes(wt)]
+    assert codes == ["cut_off", "no_kl", "flat", "loss"]
+    html = w.health_html(wt)
+    assert "Reading the charts" in html and "beta is 0" in html and "Learning check" not in html
+    moving = w.fold_events(w.new_watch("r"), [step(i, reward=0.1 * i, kl=0.01,
+                                                   **{"completions/clipped_ratio": 0.0})
+                                              for i in range(1, 17)], 10)
+    assert [c for c, _ in w.coach_notes(moving)] == ["loss"]
+    assert w.coach_notes(w.new_watch("r")) == []
