@@ -50,7 +50,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                              memory_budget=machine.total_bytes * 0.85)
     studio = Studio(policy, manager, machine,
                     JobPool(default_job_slots(machine.available_bytes, machine.gpu)))
-    manager.start_scheduler(chores=[sweep_scratch])
+    manager.start_scheduler(chores=[sweep_scratch, studio.jobs.reap])
     form: dict = {}
     with gr.Blocks(title="Aha Studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Aha Studio\nTeach a small language model with rewards (GRPO), step by step.")

@@ -31,24 +31,73 @@ def _prompt_ids(tokenizer, question: str, system: str) -> list[int]:
     return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
 
 
-def generate(req: dict) -> dict:
+class WarmModels:
+    """Models kept loaded between requests of one serving process: the base models by
+    (source, precision, chat template), up to `keep`, and on each its adapters by folder and
+    file time (a checkpoint written again is loaded again)."""
+
+    def __init__(self, keep: int = 1, adapters: int = 4):
+        self.keep, self.max_adapters = keep, adapters
+        self.bases: dict = {}      # key -> {"loaded", "adapters": {adapter key: name}}
+
+    def get(self, req: dict):
+        """(loaded model, adapter name or None) for a request; loads what is missing."""
+        from pathlib import Path
+
+        from core.models import load_model
+
+        key = (req.get("source") or "default", req.get("precision") or "4bit",
+               req.get("chat_template") or None)
+        entry = self.bases.pop(key, None)
+        if entry is None:
+            while len(self.bases) >= self.keep:  # least recently used goes first
+                self.bases.pop(next(iter(self.bases)))
+            _say(progress="Loading the model")
+            entry = {"loaded": load_model(_model_config(req), lora=False), "adapters": {}}
+        self.bases[key] = entry
+        adapter = req.get("adapter")
+        if not adapter:
+            return entry["loaded"], None
+        weights = Path(adapter) / "adapter_model.safetensors"
+        akey = (str(Path(adapter).resolve()), weights.stat().st_mtime_ns if weights.exists() else 0)
+        loaded = entry["loaded"]
+        name = entry["adapters"].get(akey)
+        if name is None:
+            from peft import PeftModel
+
+            _say(progress="Loading the adapter")
+            name = f"a{abs(hash(akey)) % 10**8}"
+            if not hasattr(loaded.model, "peft_config"):
+                loaded.model = PeftModel.from_pretrained(loaded.model, adapter, adapter_name=name)
+            else:
+                loaded.model.load_adapter(adapter, adapter_name=name)
+            entry["adapters"][akey] = name
+            while len(entry["adapters"]) > self.max_adapters:
+                old_key = next(iter(entry["adapters"]))
+                loaded.model.delete_adapter(entry["adapters"].pop(old_key))
+        loaded.model.set_adapter(name)
+        return loaded, name
+
+
+def generate(req: dict, warm: WarmModels | None = None) -> dict:
     """{"questions", "system", "num", "max_new_tokens", "temperature", "adapter", "compare_base"}
     -> {"adapter": [[text]*num per question], "base": [...] (when compared)}"""
     import torch
 
     from core.generation import TransformersEngine
-    from core.models import resolve_source, load_model
+    from core.models import resolve_source
 
     # half the cores: a run may be training next to this
     torch.set_num_threads(int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2)))
-    _say(progress="Preparing the model files (the first time converts the embedded model)")
-    resolve_source(req.get("source") or "default")
-    _say(progress="Loading the model")
-    adapter = req.get("adapter")
-    loaded = load_model(_model_config(req), lora=bool(adapter), adapter_path=adapter)
+    warm = warm or WarmModels()
+    if not warm.bases:
+        _say(progress="Preparing the model files (the first time converts the embedded model)")
+        resolve_source(req.get("source") or "default")
+    loaded, adapter = warm.get(req)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.eval()
-    engine = TransformersEngine(model, tokenizer, loaded.device)
+    engine = TransformersEngine(model, tokenizer, loaded.device,
+                                weights=loaded.generation_context)
     prompts = [_prompt_ids(tokenizer, q, req.get("system") or "") for q in req["questions"]]
     n = int(req.get("num") or 1)
 
@@ -59,13 +108,18 @@ def generate(req: dict) -> dict:
 
     torch.manual_seed(int(req.get("seed") or 0))
     _say(progress="Generating")
-    out = {"adapter" if adapter else "base": sample()}
-    if adapter and req.get("compare_base"):
-        _say(progress="Generating with the base model")
-        torch.manual_seed(int(req.get("seed") or 0))
+    if adapter:
+        out = {"adapter": sample()}
+        if req.get("compare_base"):
+            _say(progress="Generating with the base model")
+            torch.manual_seed(int(req.get("seed") or 0))
+            with model.disable_adapter():
+                out["base"] = sample()
+        return out
+    if hasattr(model, "peft_config"):
         with model.disable_adapter():
-            out["base"] = sample()
-    return out
+            return {"base": sample()}
+    return {"base": sample()}
 
 
 def prepare(req: dict) -> dict:
@@ -111,16 +165,47 @@ def merge(req: dict) -> dict:
     return {"path": req["out"]}
 
 
-def main() -> int:
+JOBS = {"generate": generate, "prepare": prepare, "merge": merge}
+
+
+def _answer(req: dict, warm: WarmModels | None = None) -> int:
     try:
-        req = json.loads(sys.stdin.read() or "{}")
-        job = {"generate": generate, "prepare": prepare, "merge": merge}[req.get("job", "generate")]
-        _say(result=job(req))
+        job = req.get("job", "generate")
+        result = generate(req, warm) if job == "generate" else JOBS[job](req)
+        _say(result=result)
         return 0
     except BaseException as exc:  # the parent shows the line; the traceback goes behind a toggle
         from core.cli import friendly_error
         _say(error=friendly_error(exc), traceback=traceback.format_exc())
         return 1
+
+
+def serve() -> int:
+    """`python -m studio.infer --serve`: one JSON request per line on stdin, answered in turn
+    with the models kept loaded in between; ends when stdin closes."""
+    warm = WarmModels()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+        except ValueError:
+            _say(error="A request that is not JSON.", traceback="")
+            continue
+        _answer(req, warm)
+        _say(done=True)
+    return 0
+
+
+def main() -> int:
+    if "--serve" in sys.argv[1:]:
+        return serve()
+    try:
+        req = json.loads(sys.stdin.read() or "{}")
+    except ValueError:
+        _say(error="A request that is not JSON.", traceback="")
+        return 1
+    return _answer(req)
 
 
 if __name__ == "__main__":

@@ -61,20 +61,85 @@ def run_job_quietly(request: dict, timeout: float = 900) -> object:
     raise JobError("The model process gave no result.")
 
 
+class WarmWorker:
+    """A `python -m studio.infer --serve` process that keeps its model loaded between requests;
+    one request at a time."""
+
+    def __init__(self):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "studio.infer", "--serve"], cwd=ROOT,
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.key = None          # the model it last served
+        self.last_used = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]:
+        deadline = time.monotonic() + timeout
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise JobError("The model process stopped unexpectedly; try again.") from None
+        result, error = None, None
+        for line in self.proc.stdout:
+            if time.monotonic() > deadline:
+                self.close()
+                raise JobError("The model took too long to answer.")
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue  # library chatter on stdout
+            if "progress" in msg:
+                yield "progress", msg["progress"]
+            elif "result" in msg:
+                result = msg["result"]
+            elif "error" in msg:
+                error = JobError(msg["error"], msg.get("traceback"))
+            elif msg.get("done"):
+                self.last_used = time.monotonic()
+                if error is not None:
+                    raise error
+                yield "result", result
+                return
+        code = self.proc.wait()
+        raise JobError(f"The model process stopped unexpectedly (exit code {code}); it may have "
+                       f"run out of memory.")
+
+    def close(self) -> None:
+        if self.alive:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def model_key(request: dict) -> tuple:
+    return (request.get("source") or "default", request.get("precision") or "4bit",
+            request.get("chat_template") or None)
+
+
 class JobPool:
     """At most `size` model jobs (try it, chat, merge, model checks) at once for the whole
     server; further clicks wait their turn with a message, up to `wait` seconds, then give up.
-    No number of people clicking at once can load more models than this."""
+    No number of people clicking at once can load more models than this.
 
-    def __init__(self, size: int, wait: float = 600.0):
+    Answers (try it, chat) go to warm workers that keep their model loaded, so only the first
+    question waits for a load; a worker idle for `idle` seconds is ended and frees its memory.
+    Model checks and merges run in a process of their own that ends with the job."""
+
+    def __init__(self, size: int, wait: float = 600.0, idle: float = 600.0):
         self.size = max(1, int(size))
-        self.wait = wait
+        self.wait, self.idle = wait, idle
         self._slots = threading.BoundedSemaphore(self.size)
         self._lock = threading.Lock()
+        self._idle_workers: list[WarmWorker] = []
         self.busy = 0
 
     def run(self, request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]:
-        """run_job inside a slot: yields ("progress", text) while waiting and working."""
+        """The job inside a slot: yields ("progress", text) while waiting and working."""
         deadline = time.monotonic() + self.wait
         while not self._slots.acquire(timeout=2.0):
             if time.monotonic() > deadline:
@@ -84,11 +149,51 @@ class JobPool:
         with self._lock:
             self.busy += 1
         try:
-            yield from run_job(request, timeout)
+            if request.get("job", "generate") != "generate":
+                yield from run_job(request, timeout)
+                return
+            worker = self._take(model_key(request))
+            try:
+                yield from worker.ask(request, timeout)
+                worker.key = model_key(request)
+            except BaseException:
+                worker.close()
+                raise
+            with self._lock:
+                if worker.alive:
+                    self._idle_workers.append(worker)
         finally:
             with self._lock:
                 self.busy -= 1
             self._slots.release()
+
+    def _take(self, key: tuple) -> WarmWorker:
+        """An idle worker, the one holding this model if any; a new one when none is idle. The
+        slots bound busy workers; idle ones beyond the slots are ended."""
+        with self._lock:
+            self._idle_workers = [w for w in self._idle_workers if w.alive]
+            same = [w for w in self._idle_workers if w.key == key]
+            processes = len(self._idle_workers) + self.busy - 1  # the others' jobs, and idle
+            pick = same[0] if same else (self._idle_workers[0] if self._idle_workers and
+                                         processes >= self.size else None)
+            if pick is not None:
+                self._idle_workers.remove(pick)
+                return pick
+        return WarmWorker()
+
+    def reap(self) -> int:
+        """End the workers idle for longer than `idle` seconds; returns how many."""
+        now = time.monotonic()
+        with self._lock:
+            old = [w for w in self._idle_workers if now - w.last_used > self.idle]
+            self._idle_workers = [w for w in self._idle_workers if w not in old]
+        for w in old:
+            w.close()
+        return len(old)
+
+    def warm(self) -> int:
+        with self._lock:
+            return sum(1 for w in self._idle_workers if w.alive)
 
     def run_quietly(self, request: dict, timeout: float = 900) -> object:
         for kind, value in self.run(request, timeout):

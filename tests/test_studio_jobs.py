@@ -68,3 +68,44 @@ def test_push_to_hub_gives_one_line_reasons(tmp_path):
         with pytest.raises(ValueError) as exc:
             push_to_hub(tmp_path, repo, token)  # tests run offline: the Hub is never reached
         assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_warm_workers_keep_the_model_between_questions(tiny_model_dir, tmp_path):
+    """The second question goes to the same process with the model already loaded, an adapter
+    rewritten on disk is loaded again, and an idle worker is ended."""
+    import time
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from studio.jobs import JobPool
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "adapter")
+    pool = JobPool(size=1, idle=0.5)
+    req = {"job": "generate", "source": str(tiny_model_dir), "precision": "32bit",
+           "questions": ["What is 2 + 2?"], "num": 1, "max_new_tokens": 4, "threads": 1,
+           "adapter": str(tmp_path / "adapter"), "compare_base": True}
+
+    def ask():
+        t0 = time.perf_counter()
+        steps = list(pool.run(req))
+        return steps, time.perf_counter() - t0
+
+    first, t_first = ask()
+    assert first[-1][0] == "result" and set(first[-1][1]) == {"adapter", "base"}
+    assert "Loading the model" in [v for k, v in first if k == "progress"]
+    (worker,) = pool._idle_workers
+    second, t_second = ask()
+    assert pool._idle_workers == [worker]  # the same process answered
+    progress = [v for k, v in second if k == "progress"]
+    assert "Loading the model" not in progress and "Loading the adapter" not in progress
+    assert second[-1][1] == first[-1][1]  # same seed, same model: the same answers
+    print(f"first answer {t_first:.2f} s, second {t_second:.2f} s")
+    assert t_second < t_first
+    (tmp_path / "adapter" / "adapter_model.safetensors").touch()  # a newer checkpoint
+    third, _ = ask()
+    assert "Loading the adapter" in [v for k, v in third if k == "progress"]
+    time.sleep(1.0)
+    assert pool.reap() == 1 and pool.warm() == 0 and not worker.alive
