@@ -1,6 +1,7 @@
 """Step 5, Try and export: ask the trained and the base model side by side; take the result home."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -65,6 +66,35 @@ def push_to_hub(folder: Path, repo_id: str, token: str) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
+def checkpoint_choices(run_dir: Path) -> list[tuple[str, str]]:
+    """(label, value) for the adapters of a run: the final one, then each checkpoint, newest
+    first."""
+    out = []
+    if (run_dir / "adapter" / "adapter_model.safetensors").exists():
+        out.append(("final adapter", "final"))
+    steps = sorted((int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*")
+                    if p.name[5:].isdigit() and (p / "adapter_model.safetensors").exists()),
+                   reverse=True)
+    return out + [(f"step {n}", f"step-{n}") for n in steps]
+
+
+def chosen_adapter(run_dir: Path, choice: str | None) -> tuple[Path, str]:
+    """(adapter folder, words for it) for a choice offered by checkpoint_choices."""
+    if choice and choice != "final":
+        if not re.fullmatch(r"step-\d{1,9}", str(choice)):
+            raise AccessError("No such checkpoint.")
+        path = run_dir / "checkpoints" / choice
+        if (path / "adapter_model.safetensors").exists():
+            return path, f"the checkpoint at step {choice[5:]}"
+        raise AccessError("That checkpoint is gone; pick another.")
+    found = adapter_dir(run_dir)
+    if found is None:
+        raise AccessError("This run has no adapter yet.")
+    if found.name == "adapter":
+        return found, "the final adapter"
+    return found, f"the checkpoint at step {found.name[5:]}"
+
+
 def run_choices(studio, user) -> list[tuple[str, str]]:
     """(label, run ref) of the runs with an adapter this user may see."""
     return [(f"{user.run_ref(st.run_dir)} · {st.state}", user.run_ref(st.run_dir))
@@ -76,6 +106,8 @@ def build() -> dict:
     with gr.Row():
         run = gr.Dropdown([], label="Run", elem_id="export-run", scale=3)
         refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="export-refresh")
+    checkpoint = gr.Dropdown([], label="Which adapter answers", elem_id="export-checkpoint",
+                             info="The final adapter, or the one saved at an earlier step.")
     question = gr.Textbox(label="Ask both models the same question", elem_id="chat-question",
                           placeholder="What is 3 + 4?")
     ask = gr.Button("Ask", elem_id="chat-ask")
@@ -99,7 +131,8 @@ def build() -> dict:
         token = gr.Textbox(label="Access token (write)", type="password")
         push = gr.Button("Push the adapter", elem_id="export-push")
         push_status = gr.Markdown()
-    return {"run": run, "refresh": refresh, "question": question, "ask": ask,
+    return {"run": run, "refresh": refresh, "checkpoint": checkpoint, "question": question,
+            "ask": ask,
             "chat_status": chat_status, "trained": trained, "base": base, "zip": zip_btn,
             "merge": merge_btn, "yaml": yaml_btn, "files": files, "status": export_status,
             "command": command, "repo": repo, "token": token, "push": push,
@@ -133,16 +166,25 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
 
     ui["run"].change(studio.handler(on_run), ui["run"], ui["command"])
 
-    def on_ask(user, ref, question, hist_t, hist_b):
+    def on_run_checkpoints(user, ref):
+        if not ref:
+            return gr.update(choices=[], value=None)
+        options = checkpoint_choices(user.run_dir(ref))
+        return gr.update(choices=options, value=options[0][1] if options else None)
+
+    ui["run"].change(studio.handler(on_run_checkpoints), ui["run"], ui["checkpoint"])
+
+    def on_ask(user, ref, choice, question, hist_t, hist_b):
         hist_t, hist_b = list(hist_t or []), list(hist_b or [])
         if not ref or not (question or "").strip():
             yield "Choose a run and type a question.", gr.skip(), gr.skip()
             return
         run_dir = user.run_dir(ref)
+        adapter, which = chosen_adapter(run_dir, choice)
         cfg = RunConfig.load(run_dir / "config.yaml")
         req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
                "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
-               "adapter": str(adapter_dir(run_dir)), "compare_base": True,
+               "adapter": str(adapter), "compare_base": True,
                "questions": [question.strip()[:4000]], "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
                "temperature": cfg.grpo.temperature}
@@ -154,11 +196,12 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                     user_turn = {"role": "user", "content": question}
                     hist_t += [user_turn, {"role": "assistant", "content": value["adapter"][0][0]}]
                     hist_b += [user_turn, {"role": "assistant", "content": value["base"][0][0]}]
-                    yield "", hist_t, hist_b
+                    yield f"Answered by {which} of **{run_dir.name}**.", hist_t, hist_b
         except JobError as exc:
             yield f"❌ {exc}", gr.skip(), gr.skip()
 
-    ui["ask"].click(studio.handler(on_ask), [ui["run"], ui["question"], ui["trained"], ui["base"]],
+    ui["ask"].click(studio.handler(on_ask),
+                    [ui["run"], ui["checkpoint"], ui["question"], ui["trained"], ui["base"]],
                     [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4)
 
     def owned(user, ref) -> Path:

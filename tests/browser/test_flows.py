@@ -9,8 +9,8 @@ import pytest
 from core.runs import RunManager
 from studio.presets import quick_demo_config
 
-from .conftest import (download, fill, open_with_sample_data, run_state, run_step, shot, tab,
-                       tiny_run, wait_text, wait_until, wait_value)
+from .conftest import (download, fill, open_with_sample_data, pick, run_state, run_step, shot,
+                       tab, tiny_run, wait_text, wait_until, wait_value)
 
 pytestmark = pytest.mark.model
 
@@ -73,6 +73,12 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     wait_until(lambda: (answered("chat-trained") and answered("chat-base"))
           or "❌" in _text(page, "#chat-status"), 240, "both answers")
     assert "❌" not in _text(page, "#chat-status"), _text(page, "#chat-status")
+    wait_text(page, "#chat-status", "Answered by the final adapter")
+    # an earlier checkpoint answers when picked; the model stays loaded in between
+    pick(page, "export-checkpoint", "step 1")
+    fill(page, "chat-question", "What is 4 + 4?")
+    page.click("#chat-ask")
+    wait_text(page, "#chat-status", "Answered by the checkpoint at step 1", timeout=120)
     shot(page, "flows-5-chat")
     assert page.outside_requests == []
 
