@@ -101,15 +101,19 @@ def train_and_eval(setting: str, seed: int, threads: int) -> str:
     path = run_dir(setting, seed)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     if not _finished(path, steps):
-        if path.exists():
+        # An interrupted run continues from its last checkpoint (its random state included).
+        resume = any((path / "checkpoints").glob("step-*"))
+        if path.exists() and not resume:
             import shutil
             shutil.rmtree(path)
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "core", "train", str(DEMO), "--run-dir", str(path),
                "--max-steps", str(steps), "--set", f"train.threads={threads}"]
+        if resume:
+            cmd.append("--resume")
         for o in overrides(setting, seed):
             cmd += ["--set", o]
-        with open(path / "worker.log", "w") as log:
+        with open(path / "worker.log", "a" if resume else "w") as log:
             if subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode:
                 return f"{setting}/{seed}: training failed, see {path / 'worker.log'}"
     for at in sorted({STEPS, steps}):
@@ -137,7 +141,11 @@ def run_summary(setting: str, seed: int) -> dict | None:
 
     path = run_dir(setting, seed)
     events, _ = read_events(path)
-    metrics = [e for e in events if e["type"] == "metrics"]
+    by_step = {}  # a step trained again after a resume replaces the first try
+    for e in events:
+        if e["type"] == "metrics":
+            by_step[e["step"]] = e
+    metrics = [by_step[k] for k in sorted(by_step)]
     if not metrics:
         return None
     ready = next(e for e in events if e["type"] == "status" and e.get("state") == "ready")

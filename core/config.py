@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+# The policy losses (core.grpo implements them, with TRL 1.16's meaning).
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+
 # Limits on what a settings file (or an override, or a dict from the studio) may hold. They keep
 # a hostile or mistaken file from freezing the server or flooding the browser: YAML anchors and
 # aliases can expand a few hundred bytes into gigabytes, so they are refused outright.
@@ -149,8 +152,15 @@ class GRPOConfig:
                               min=0.05, max=5.0)
     top_p: float = knob(1.0, "Nucleus sampling.", min=0.01, max=1.0)
     top_k: int = knob(0, "Sample only from the k likeliest tokens (0: off).", min=0, max=100000)
-    loss_type: str = knob("dapo", "How token losses are averaged.",
-                          choices=("grpo", "bnpo", "dr_grpo", "dapo"))
+    loss_type: str = knob("dapo", "The policy loss and how its token losses are averaged: grpo "
+                          "(per answer), bnpo (per pass), dr_grpo (fixed length), dapo (per step), "
+                          "cispo (clipped weights, needs epsilon_high), sapo (a soft gate), luspo "
+                          "(answer-length weighted, for sequence level), vespo (gamma weights).",
+                          choices=LOSS_TYPES)
+    advantage_estimator: str = knob("grpo", "Baseline of an answer's reward: its group's mean "
+                                    "(grpo) or the mean of the other answers (rloo; use it with "
+                                    "scale_rewards none, as RLOO is defined).",
+                                    choices=("grpo", "rloo"))
     epsilon: float = knob(0.2, "Lower clipping range of the importance ratio.", min=0.0, max=10.0)
     epsilon_high: float | None = knob(None, "Upper clipping range (empty: same as epsilon).",
                                       min=0.0, max=10.0)
@@ -158,6 +168,19 @@ class GRPOConfig:
                                           choices=("token", "sequence"))
     beta: float = knob(0.0, "Weight of the KL penalty against the base model (0: off, no "
                        "reference pass).", min=0.0, max=10.0)
+    use_bias_correction_kl: bool = knob(True, "Multiply the KL term by the importance ratio (the "
+                                        "unbiased reverse-KL gradient; it changes the gradient "
+                                        "whenever beta > 0, even on-policy).")
+    sapo_temperature_pos: float = knob(1.0, "sapo: gate temperature for answers better than their "
+                                       "group.", min=1e-3, max=100.0)
+    sapo_temperature_neg: float = knob(1.05, "sapo: gate temperature for the others.", min=1e-3,
+                                       max=100.0)
+    vespo_k_pos: float = knob(2.0, "vespo: power k for positive advantages.", min=0.0, max=100.0)
+    vespo_lambda_pos: float = knob(3.0, "vespo: decay lambda for positive advantages.", min=0.0,
+                                   max=100.0)
+    vespo_k_neg: float = knob(3.0, "vespo: power k for negative advantages.", min=0.0, max=100.0)
+    vespo_lambda_neg: float = knob(2.0, "vespo: decay lambda for negative advantages.", min=0.0,
+                                   max=100.0)
     scale_rewards: str = knob("group", "Divide advantages by the reward std of the group, of the "
                               "batch, or not at all.", choices=("group", "batch", "none"))
     num_iterations: int = knob(1, "Optimizer steps per generated batch (mu).", min=1, max=64)
@@ -274,6 +297,9 @@ class RunConfig:
         _check_bounds(self, "")
         if self.grpo.epsilon_high is not None and self.grpo.epsilon_high < self.grpo.epsilon:
             raise ConfigError("grpo.epsilon_high must be at least grpo.epsilon.")
+        if self.grpo.loss_type == "cispo" and self.grpo.epsilon_high is None:
+            raise ConfigError("grpo.loss_type cispo caps the importance weight at "
+                              "grpo.epsilon_high: set it (5.0 is the usual value).")
         completions = self.grpo.prompts_per_step * self.grpo.num_generations
         if completions % self.grpo.gradient_accumulation_steps:
             raise ConfigError(

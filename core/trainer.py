@@ -26,7 +26,7 @@ from .evaluate import build_reward_set, prompt_ids, score_questions
 from .events import EventLog, read_events
 from .health import CollapseDetector, settings_advice
 from .generation import make_engine
-from .grpo import LossSettings, compute_advantages, policy_loss
+from .grpo import STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advantages, policy_loss
 from .modelcard import write_model_card
 from .models import count_parameters, decoder_and_head, load_model, public_base_id
 from .runs import STOP_FILE
@@ -193,11 +193,13 @@ class Trainer:
         rewards = torch.tensor(totals, dtype=torch.float32)                 # [B]
 
         # 3. group-relative advantages                                        [B]
-        advantages, metrics = compute_advantages(rewards, g.num_generations, g.scale_rewards)
+        advantages, metrics = compute_advantages(rewards, g.num_generations, g.scale_rewards,
+                                                 g.advantage_estimator)
         for name, scores in per_reward.items():
             valid = [s for s in scores if s is not None]
             metrics[f"rewards/{name}/mean"] = float(np.mean(valid)) if valid else None
-            metrics[f"rewards/{name}/std"] = float(np.std(valid)) if valid else None
+            metrics[f"rewards/{name}/std"] = float(np.std(valid, ddof=1)) if len(valid) > 1 \
+                else (0.0 if valid else None)
 
         # 4. pad into tensors: prompt left-padded, completion right-padded
         tp = max(len(p) for p in gen.prompt_ids)
@@ -262,7 +264,7 @@ class Trainer:
     def _pass_share(self, batch: Batch, chunk: slice, rows: slice) -> float:
         """The part of its chunk's loss a pass carries, so that splitting never changes it."""
         kind = self.cfg.grpo.loss_type
-        if kind == "dapo":  # already normalised over the whole step
+        if kind in STEP_TOKEN_LOSSES:  # already normalised over the whole step
             return 1.0
         if kind == "bnpo":  # a token mean over the chunk
             total = batch.completion_mask[chunk].sum().item()
@@ -289,10 +291,10 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         tokens_in_step = batch.completion_mask.sum().item()
-        totals: dict[str, float] = {}
+        totals = StepMetrics()
         entropy_sum = 0.0
         loss_sum = 0.0
-        n_micro, n_rows = g.gradient_accumulation_steps, batch.input_ids.shape[0]
+        n_micro = g.gradient_accumulation_steps
         for chunk, rows in self._micro_batches(batch):
             ids, att, cmask, width, _first, last = _trim(batch, rows)
             logps, entropy = completion_logps(self.model, ids, att, cmask, width, g.temperature,
@@ -302,13 +304,12 @@ class Trainer:
             loss, m = policy_loss(logps, old, ref, batch.advantages[rows], cmask,
                                   self.loss_settings, num_items_in_batch=tokens_in_step)
             loss = loss * self._pass_share(batch, chunk, rows)
-            if g.loss_type != "dapo":
-                loss = loss / n_micro  # dapo is already normalised over the whole step
+            if g.loss_type not in STEP_TOKEN_LOSSES:
+                loss = loss / n_micro  # the others are already normalised over the whole step
             loss.backward()
             loss_sum += loss.item()
             entropy_sum += (entropy * cmask).sum().item()
-            for k, v in m.items():
-                totals[k] = totals.get(k, 0.0) + v * (rows.stop - rows.start) / n_rows
+            totals.merge(m)  # sums and counts: divided once, so passes never change a mean
 
         # 7. optimizer step
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -320,7 +321,7 @@ class Trainer:
 
         elapsed = time.perf_counter() - start
         metrics = dict(batch.metrics)  # the rewards of the batch this step trained on
-        metrics.update(totals)
+        metrics.update(totals.result())
         metrics.update({
             "loss": loss_sum,
             "grad_norm": grad_norm,

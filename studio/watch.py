@@ -42,6 +42,8 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             if w["state"] != "failed":
                 w["error"] = w["traceback"] = None
         elif kind == "metrics":
+            if "reward_group_std" not in e and "reward_std" in e:  # runs from before the rename
+                e = {**e, "reward_group_std": e["reward_std"]}
             _put_by_step(w["metrics"], e)
             w["step"], w["max_steps"] = e.get("step", w["step"]), e.get("max_steps", w["max_steps"])
         elif kind == "eval":
@@ -79,7 +81,7 @@ CHARTS = {  # title -> metric keys (a key ending in '/*' expands to every reward
     "Loss": ["loss"],
     "KL to the base model": ["kl"],
     "Completion length (tokens)": ["completions/mean_length"],
-    "Reward spread in a group (std)": ["reward_std"],
+    "Reward spread in a group (std)": ["reward_group_std"],
 }
 _TEMPLATE_KEY = re.compile(r"rewards/(.+)/mean\Z")
 
