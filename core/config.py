@@ -17,6 +17,7 @@ import yaml
 
 # The policy losses (core.grpo implements them, with TRL 1.16's meaning).
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # core.trackers drives them
 
 # Limits on what a settings file (or an override, or a dict from the studio) may hold. They keep
 # a hostile or mistaken file from freezing the server or flooding the browser: YAML anchors and
@@ -217,12 +218,22 @@ class TrainConfig:
                            max=1_000_000)
     eval_max_questions: int = knob(50, "Most held-out questions scored in one evaluation.", min=1,
                                    max=100_000)
+    report_to: list[str] = knob(None, "Experiment trackers that also get the metrics: any of "
+                                "tensorboard, wandb, trackio, mlflow (each writes into the run "
+                                "folder unless its own environment variables say otherwise).",
+                                factory=list)
+    report_project: str = knob("aha-studio", "Project (or experiment) name in the trackers.")
     stop_on_collapse: int = knob(0, "Stop when a collapse warning lasts this many steps, keeping "
                                  "the last checkpoint from before it as the adapter (0: warn "
                                  "only).", min=0, max=1_000_000)
     kernels: bool = knob(True, "Fused kernels: LoRA layers with hand-derived gradients (CPU and "
                          "GPU), Triton RMSNorm, RoPE, SwiGLU and log-probs on GPUs. Off: plain "
                          "peft and transformers, for comparison.")
+
+    def __post_init__(self):
+        if isinstance(self.report_to, str):  # one name, or names separated by commas
+            self.report_to = [t.strip() for t in self.report_to.split(",")
+                              if t.strip() and t.strip() != "none"]
 
 
 @dataclass
@@ -297,6 +308,12 @@ class RunConfig:
         _check_bounds(self, "")
         if self.grpo.epsilon_high is not None and self.grpo.epsilon_high < self.grpo.epsilon:
             raise ConfigError("grpo.epsilon_high must be at least grpo.epsilon.")
+        unknown = [t for t in self.train.report_to if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"'train.report_to' knows {', '.join(TRACKERS)}; got "
+                              f"{_short(unknown[0])}.")
+        if len(set(self.train.report_to)) != len(self.train.report_to):
+            raise ConfigError("'train.report_to' names a tracker twice.")
         if self.grpo.loss_type == "cispo" and self.grpo.epsilon_high is None:
             raise ConfigError("grpo.loss_type cispo caps the importance weight at "
                               "grpo.epsilon_high: set it (5.0 is the usual value).")

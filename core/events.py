@@ -31,11 +31,14 @@ class EventLog:
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
+        self.listeners: list = []  # called with each event once it is written (trackers)
 
     def emit(self, type: str, **fields) -> dict:
         event = {"type": type, "time": time.time(), **_clean(fields)}
         self._file.write(json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n")
         self._file.flush()
+        for listener in list(self.listeners):
+            listener(event)
         return event
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from .health import CollapseDetector, settings_advice
 from .generation import make_engine
 from .grpo import STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advantages, policy_loss
 from .modelcard import write_model_card
+from .trackers import Trackers, check_installed
 from .models import count_parameters, decoder_and_head, load_model, public_base_id
 from .runs import STOP_FILE
 
@@ -132,6 +133,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
+        check_installed(cfg.train.report_to)  # before minutes of loading, not after
         self.cfg.save(self.run_dir / "config.yaml")
 
         self._status("loading_data", "Loading the data")
@@ -346,6 +348,8 @@ class Trainer:
                 self._status("resumed", "No checkpoint was saved yet: starting again from the "
                              "beginning", step=0)
         self._install_signal_handlers()
+        self.trackers = Trackers(self.cfg.train.report_to, self.run_dir, self.cfg,
+                                 self.step_count, self.events)
         self.health = self._detector()
         self._status("training", "Training", step=self.step_count, max_steps=max_steps)
         every, eval_every = self.cfg.train.save_steps, self.cfg.train.eval_steps

@@ -92,6 +92,8 @@ def _from_widget(path: str, value: Any) -> Any:
         return int(number) if kind == "int" and number.is_integer() else number
     if path == "model.target_modules" and isinstance(value, str) and "," in value:
         return [part.strip() for part in value.split(",") if part.strip()]
+    if path == "train.report_to" and isinstance(value, str):  # "tensorboard, wandb"
+        return [part.strip() for part in value.split(",") if part.strip()]
     return value
 
 
