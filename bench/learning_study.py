@@ -315,7 +315,8 @@ def main() -> int:
     started = time.time()
     if not args.summarize_only:
         threads = max(1, (os.cpu_count() or 2) // args.jobs)
-        jobs = [(s, seed) for s in settings for seed in seeds]
+        # seed by seed: stopped early, every setting has as many seeds as the others (or one less)
+        jobs = [(s, seed) for seed in seeds for s in settings]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda job: train_and_eval(*job, threads), jobs):
                 print(line, flush=True)

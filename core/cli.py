@@ -14,8 +14,9 @@ def friendly_error(exc: BaseException) -> str:
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
+    from .vllm_engine import VLLMError
 
-    known = (ConfigError, DataError, ModelError)
+    known = (ConfigError, DataError, ModelError, VLLMError)
     try:
         from reward_templates import RewardError
         known += (RewardError,)
@@ -39,11 +40,13 @@ def cmd_train(args) -> int:
 
     run_dir = Path(args.run_dir)
     events = EventLog(run_dir)
+    trainer = None
     try:
         cfg = RunConfig.load(args.config)
         if args.set:
             cfg = apply_overrides(cfg, args.set)
-        trainer = Trainer(cfg, run_dir, events).setup()
+        trainer = Trainer(cfg, run_dir, events)
+        trainer.setup()
         state = trainer.train(max_steps=args.max_steps, resume=args.resume)
         print(f"{state}: {run_dir}")
         return 0
@@ -56,6 +59,8 @@ def cmd_train(args) -> int:
             traceback.print_exc()
         return 1
     finally:
+        if trainer is not None:
+            trainer.close()
         events.close()
 
 

@@ -238,8 +238,30 @@ class TrainConfig:
 
 @dataclass
 class GenerationConfig:
-    engine: str = knob("auto", "Generation engine: vLLM on a GPU where installed, else "
-                       "transformers.", choices=("auto", "transformers", "vllm"))
+    engine: str = knob("auto", "Generation engine. auto: vLLM when it is installed and a step "
+                       "generates at least 4,096 tokens (prompts x answers x longest answer), "
+                       "where its speed repays its start-up; otherwise transformers.",
+                       choices=("auto", "transformers", "vllm"))
+    vllm_gpu_memory_utilization: float = knob(0.3, "vLLM on a GPU: the share of GPU memory it "
+                                              "may take (the rest trains).", min=0.05, max=0.95)
+    vllm_importance_sampling_correction: bool = knob(True, "Weigh each answer's loss by how "
+                                                     "much likelier the trainer finds it than "
+                                                     "vLLM did (their weights and arithmetic "
+                                                     "differ, e.g. a 4-bit trainer and a 16-bit "
+                                                     "vLLM); no extra forward pass.")
+    vllm_importance_sampling_mode: str = knob("sequence_mask", "token_truncate / token_mask: a "
+                                              "ratio per token, clipped or zeroed outside the "
+                                              "bounds; sequence_truncate / sequence_mask: one "
+                                              "per answer.",
+                                              choices=("token_truncate", "token_mask",
+                                                       "sequence_truncate", "sequence_mask"))
+    vllm_importance_sampling_clip_min: float | None = knob(None, "Lower bound of the ratio "
+                                                           "(empty: none).", min=0.0, max=1e6)
+    vllm_importance_sampling_clip_max: float | None = knob(3.0, "Upper bound of the ratio "
+                                                           "(empty: none).", min=0.0, max=1e6)
+    vllm_kv_cache_gb: int | None = knob(None, "vLLM on a CPU: GiB for its KV cache (empty: "
+                                        "twice what a step's answers need, at least 1).",
+                                        min=1, max=1024)
     max_batch_size: int | None = knob(None, "Most sequences generated at once (empty: chosen "
                                       "from free memory).", min=1, max=65536)
     fast_cpu_4bit: bool = knob(True, "On CPUs with AVX512-BF16, sample from a second copy of "
@@ -314,6 +336,12 @@ class RunConfig:
                               f"{_short(unknown[0])}.")
         if len(set(self.train.report_to)) != len(self.train.report_to):
             raise ConfigError("'train.report_to' names a tracker twice.")
+        if (self.grpo.loss_type == "vespo" and self.generation.vllm_importance_sampling_correction
+                and self.generation.vllm_importance_sampling_mode.startswith("sequence")
+                and self.generation.engine == "vllm"):
+            raise ConfigError("grpo.loss_type vespo takes vLLM's correction per token: set "
+                              "generation.vllm_importance_sampling_mode to token_truncate or "
+                              "token_mask.")
         if self.grpo.loss_type == "cispo" and self.grpo.epsilon_high is None:
             raise ConfigError("grpo.loss_type cispo caps the importance weight at "
                               "grpo.epsilon_high: set it (5.0 is the usual value).")

@@ -1,10 +1,11 @@
 """Generation engines: sample a group of completions per prompt.
 
-The trainer talks to an engine through `generate`; the transformers engine runs everywhere, a
-vLLM engine can sit behind the same interface on GPUs.
+The trainer talks to an engine through `generate`; the transformers engine runs everywhere, the
+vLLM engine (core.vllm_engine) answers from a vLLM process where vLLM is installed.
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol
@@ -21,13 +22,17 @@ class Generation:
     completion_ids: list[list[int]]  # [B] sampled tokens up to and including the stop token
     texts: list[str]                 # [B] decoded completions without special tokens
     truncated: list[bool]            # [B] hit max_new_tokens before a stop token
+    # [B] each sampled token's log-prob at the sampling temperature, when the engine reports it
+    logprobs: list[list[float | None]] | None = None
+    seconds: float | None = None     # time the engine spent generating
 
 
 class GenerationEngine(Protocol):
     name: str
 
     def generate(self, prompts: list[list[int]], num_generations: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> Generation: ...
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 min_new_tokens: int = 0) -> Generation: ...
 
 
 def sample_inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
@@ -105,7 +110,7 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, prompts, num_generations, max_new_tokens, temperature=1.0, top_p=1.0,
-                 top_k=0) -> Generation:
+                 top_k=0, min_new_tokens: int = 0) -> Generation:
         expanded = [p for p in prompts for _ in range(num_generations)]
         longest = max(len(p) for p in expanded)
         batch = self.batch_size_for(longest + max_new_tokens)
@@ -113,17 +118,18 @@ class TransformersEngine:
         truncated: list[bool] = []
         with self.weights():
             self._sample(expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                         completion_ids, truncated)
+                         completion_ids, truncated, min_new_tokens)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Generation(expanded, completion_ids, texts, truncated)
 
-    def _sampling(self, max_new_tokens, temperature, top_p, top_k):
+    def _sampling(self, max_new_tokens, temperature, top_p, top_k, min_new_tokens=0):
         """(generation config, logits processors): only what this engine asks for, never the
         model's own sampling defaults. On CPU, InverseCdfSampling draws and generate() picks
         its choice greedily; elsewhere generate() samples."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        common = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+        common = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                      eos_token_id=self.stop_ids,
                       pad_token_id=self.pad_id, use_cache=True)
         if self.device.type == "cpu":
             return (GenerationConfig(do_sample=False, **common),
@@ -132,8 +138,9 @@ class TransformersEngine:
                                  top_k=top_k, **common), LogitsProcessorList())
 
     def _sample(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                completion_ids, truncated) -> None:
-        config, processors = self._sampling(max_new_tokens, temperature, top_p, top_k)
+                completion_ids, truncated, min_new_tokens=0) -> None:
+        config, processors = self._sampling(max_new_tokens, temperature, top_p, top_k,
+                                            min_new_tokens)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -156,11 +163,66 @@ class TransformersEngine:
             self.model.train(was_training)
 
 
+VLLM_MIN_TOKENS_PER_STEP = 4096  # below this, vLLM's start-up (~20 s here) is not repaid soon
+
+
+def choose_engine(cfg) -> tuple[str, str]:
+    """(engine, why) for a run's config: generation.engine, or for 'auto' the rule."""
+    from .vllm_engine import vllm_python
+
+    g = cfg.grpo
+    tokens = g.prompts_per_step * g.num_generations * g.max_completion_length
+    if cfg.generation.engine == "transformers":
+        return "transformers", "chosen in the settings"
+    if cfg.generation.engine == "vllm":
+        return "vllm", "chosen in the settings"
+    if vllm_python() is None:
+        return "transformers", "vLLM is not installed (bash scripts/setup.sh --vllm)"
+    if tokens < VLLM_MIN_TOKENS_PER_STEP:
+        return "transformers", (f"a step generates at most {tokens:,} tokens, under the "
+                                f"{VLLM_MIN_TOKENS_PER_STEP:,} where vLLM repays its start-up")
+    return "vllm", f"vLLM is installed and a step generates up to {tokens:,} tokens"
+
+
 def make_engine(name: str, model, tokenizer, device: torch.device,
                 max_batch_size: int | None = None,
-                weights: Callable[[], ContextManager] | None = None) -> GenerationEngine:
-    """The generation engine for a run; only transformers exists so far, so 'auto' picks it."""
+                weights: Callable[[], ContextManager] | None = None, *, cfg=None,
+                model_path: str | None = None, log_path=None) -> GenerationEngine:
+    """The generation engine: 'transformers', or 'vllm' (a vLLM process; needs the run's cfg
+    and the base model's folder)."""
     if name == "vllm":
-        raise RuntimeError("The vLLM engine is not available in this version; use "
-                           "generation.engine: transformers or auto.")
+        return make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path)
     return TransformersEngine(model, tokenizer, device, max_batch_size, weights=weights)
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts as a maximum
+
+
+def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, max_loras=1):
+    """A VLLMEngine with settings chosen from the run and the machine: the model's precision,
+    context for the longest prompt and answer, room for a step's answers at once, a KV cache
+    twice what they need (whole GiB, at least 1, within a quarter of the free memory) on CPUs."""
+    from .vllm_engine import VLLMEngine
+
+    g = cfg.grpo
+    dtype = "float32" if cfg.model.precision == "32bit" else "bfloat16"
+    if device.type == "cuda" and cfg.model.precision != "32bit":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    context = -(-(g.max_prompt_length + g.max_completion_length) // 256) * 256
+    seqs = min(256, max(16, g.prompts_per_step * g.num_generations))
+    kv = cfg.generation.vllm_kv_cache_gb
+    if kv is None:  # twice what a whole step's answers need, within a quarter of free memory
+        mc = model.config
+        heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
+        head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+        per_token = 2 * mc.num_hidden_layers * heads * head_dim * (4 if dtype == "float32" else 2)
+        need = 2 * per_token * context * seqs / 2**30
+        free = available_memory_bytes(torch.device("cpu")) / 2**30 / 4
+        kv = max(1, min(math.ceil(need), int(free)))
+    rank = next((r for r in VLLM_LORA_RANKS if r >= cfg.model.lora_r), cfg.model.lora_r)
+    return VLLMEngine(model, tokenizer, device, model_path, lora_rank=rank, dtype=dtype,
+                      seed=cfg.train.seed, max_model_len=context, max_num_seqs=seqs,
+                      kv_cache_gb=int(kv),  # vLLM takes whole GiB
+                      gpu_memory_utilization=cfg.generation.vllm_gpu_memory_utilization
+                      if device.type == "cuda" else 0.0,
+                      log_path=log_path, max_loras=max_loras)

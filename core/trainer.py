@@ -25,8 +25,10 @@ from .config import RunConfig
 from .evaluate import build_reward_set, prompt_ids, score_questions
 from .events import EventLog, read_events
 from .health import CollapseDetector, settings_advice
-from .generation import make_engine
-from .grpo import STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advantages, policy_loss
+from .generation import choose_engine, make_engine
+from .vllm_engine import VLLMError
+from .grpo import (STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advantages,
+                   policy_loss, sampler_ratio)
 from .modelcard import write_model_card
 from .trackers import Trackers, check_installed
 from .models import count_parameters, decoder_and_head, load_model, public_base_id
@@ -76,6 +78,7 @@ class Batch:
     old_logps: torch.Tensor | None  # [B, Tc] when num_iterations > 1
     ref_logps: torch.Tensor | None  # [B, Tc] when beta > 0
     metrics: dict                  # reward and completion metrics of the generation
+    sampling_logps: torch.Tensor | None = None  # [B, Tc] the sampler's (vLLM's), NaN if unknown
 
 
 def completion_logps(model, input_ids, attention_mask, completion_mask, prompt_width: int,
@@ -152,9 +155,20 @@ class Trainer:
                                                    self.loaded.device)
         self.kernel_report = kernels.patch_model(self.model) if cfg.train.kernels else {}
         self.model.train()
-        self.engine = make_engine(cfg.generation.engine, self.model, self.tokenizer, self.device,
-                                  cfg.generation.max_batch_size,
-                                  weights=self.loaded.generation_context)
+        engine, self.engine_reason = choose_engine(cfg)
+        if engine == "vllm":
+            self._status("loading_model", "Starting vLLM")
+        try:
+            self.engine = make_engine(engine, self.model, self.tokenizer, self.device,
+                                      cfg.generation.max_batch_size,
+                                      weights=self.loaded.generation_context, cfg=cfg,
+                                      model_path=self.loaded.path,
+                                      log_path=self.run_dir / "vllm.log")
+        except VLLMError as exc:
+            if cfg.generation.engine != "auto":
+                raise
+            self.engine = None
+            self._engine_failed(exc)
         self.loss_settings = LossSettings.from_config(cfg.grpo)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg.train)
@@ -166,6 +180,7 @@ class Trainer:
         trainable, total = count_parameters(self.model)
         trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
+                     engine_reason=self.engine_reason,
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,
@@ -225,11 +240,19 @@ class Trainer:
             "completions/max_length": lengths.max().item(),
             "completions/clipped_ratio": truncated.float().mean().item(),
             "generation_time": gen_time,
+            **({"weight_sync_time": self.engine.last_update_s}
+               if hasattr(self.engine, "last_update_s") else {}),
             "completion_tokens": int(lengths.sum().item()),
         })
         batch = Batch(input_ids.to(self.device), attention.to(self.device),
                       completion_mask.to(self.device), tp, advantages.to(self.device), None, None,
                       metrics)
+        if gen.logprobs is not None and self._sampler_correction():
+            sampled = torch.full((b, tc), float("nan"))
+            for i, row in enumerate(gen.logprobs):
+                sampled[i, :len(row)] = torch.tensor([x if x is not None else float("nan")
+                                                      for x in row], dtype=torch.float32)
+            batch.sampling_logps = sampled.to(self.device)
 
         # 5. log-probs that stay fixed while the policy moves: old (mu > 1) and reference (beta)
         if g.num_iterations > 1:
@@ -303,8 +326,17 @@ class Trainer:
                                               g.logprob_chunk_size)           # [b, Tc]
             old = batch.old_logps[rows, :last] if batch.old_logps is not None else None
             ref = batch.ref_logps[rows, :last] if batch.ref_logps is not None else None
+            is_ratio = None
+            if batch.sampling_logps is not None:  # the trainer's policy vs the sampler's
+                gc = self.cfg.generation
+                is_ratio = sampler_ratio((old if old is not None else logps).detach(),
+                                         batch.sampling_logps[rows, :last], cmask,
+                                         gc.vllm_importance_sampling_mode,
+                                         gc.vllm_importance_sampling_clip_min,
+                                         gc.vllm_importance_sampling_clip_max)
             loss, m = policy_loss(logps, old, ref, batch.advantages[rows], cmask,
-                                  self.loss_settings, num_items_in_batch=tokens_in_step)
+                                  self.loss_settings, num_items_in_batch=tokens_in_step,
+                                  is_ratio=is_ratio)
             loss = loss * self._pass_share(batch, chunk, rows)
             if g.loss_type not in STEP_TOKEN_LOSSES:
                 loss = loss / n_micro  # the others are already normalised over the whole step
@@ -318,6 +350,7 @@ class Trainer:
             self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")).item()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        self._weights_changed()
         self.scheduler.step()
         self.step_count += 1
 
@@ -359,12 +392,20 @@ class Trainer:
         if eval_every and self.step_count == 0:
             self.evaluate()  # the untrained model: the baseline every later score is read against
         while self.step_count < max_steps:
-            metrics = self.step()
+            try:
+                metrics = self.step()
+            except VLLMError as exc:
+                self._engine_failed(exc)  # falls back to transformers, or stops the run
+                continue
             self.events.emit("metrics", step=self.step_count, max_steps=max_steps, **metrics)
             for warning in self.health.update(self.step_count, metrics):
                 self.events.emit("warning", **warning.to_event())
             if eval_every and (self.step_count % eval_every == 0 or self.step_count == max_steps):
-                self.evaluate()
+                try:
+                    self.evaluate()
+                except VLLMError as exc:
+                    self._engine_failed(exc)
+                    self.evaluate()
             if self._should_stop():
                 self.save_checkpoint()
                 self._status("stopped", f"Stopped at step {self.step_count}", step=self.step_count)
@@ -379,6 +420,42 @@ class Trainer:
         self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
                      adapter=str(self.run_dir / ADAPTER_DIR))
         return "finished"
+
+    def _sampler_correction(self) -> bool:
+        gc = self.cfg.generation
+        if not gc.vllm_importance_sampling_correction:
+            return False
+        # vespo takes the correction per token only (a config with engine vllm says so at once)
+        return not (self.cfg.grpo.loss_type == "vespo"
+                    and gc.vllm_importance_sampling_mode.startswith("sequence"))
+
+    def _weights_changed(self) -> None:
+        """The adapter moved: an engine that holds its own copy of the weights takes the new
+        ones before it next generates."""
+        mark = getattr(getattr(self, "engine", None), "mark_weights_changed", None)
+        if mark is not None:
+            mark()
+
+    def _engine_failed(self, exc: Exception) -> None:
+        """vLLM died, hung or failed: with engine 'auto' the run goes on with transformers
+        (a warning says so); otherwise it stops here with a checkpoint and a one-line error."""
+        self.close()
+        if self.cfg.generation.engine != "auto":
+            self.save_checkpoint()
+            raise exc
+        self.events.emit("warning", code="engine_fallback", step=self.step_count,
+                         message=f"{exc} Generation goes on with transformers.",
+                         fix="Resume the run to try vLLM again.")
+        self.engine = make_engine("transformers", self.model, self.tokenizer, self.device,
+                                  self.cfg.generation.max_batch_size,
+                                  weights=self.loaded.generation_context)
+        self.engine_reason = "vLLM failed during the run"
+
+    def close(self) -> None:
+        """End what the run started beside this process (a vLLM process)."""
+        close = getattr(getattr(self, "engine", None), "close", None)
+        if close is not None:
+            close()
 
     def _detector(self) -> CollapseDetector:
         """A collapse detector that has seen this run's earlier steps (after a resume)."""
@@ -495,6 +572,7 @@ class Trainer:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors"))
+        self._weights_changed()
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)

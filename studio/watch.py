@@ -36,6 +36,7 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             w["state"], w["message"] = e.get("state", w["state"]), e.get("message", w["message"])
             w["max_steps"] = e.get("max_steps", w["max_steps"])
             w["engine"] = e.get("engine", w["engine"])
+            w["engine_reason"] = e.get("engine_reason", w.get("engine_reason"))
             w["device"] = e.get("device", w["device"])
             if w["state"] == "training":
                 w["started"] = {"time": e.get("time"), "step": e.get("step", w["step"])}
@@ -200,6 +201,8 @@ def progress_html(watch: dict) -> str:
     state = watch.get("state", "created")
     words = STATE_WORDS.get(state, state)
     engine = f" · engine: {html.escape(watch['engine'])}" if watch.get("engine") else ""
+    if engine and watch.get("engine_reason"):
+        engine += f" ({html.escape(watch['engine_reason'])})"
     device = f" on {html.escape(watch['device'])}" if watch.get("device") else ""
     eta = eta_seconds(watch)
     eta_text = f" · about {format_duration(eta)} left" if eta is not None else ""

@@ -239,3 +239,34 @@ def test_cispo_without_its_cap_is_refused_in_one_line():
         RunConfig.from_dict({"grpo": {"loss_type": "cispo"}}).validate()
     assert "epsilon_high" in str(exc.value) and "5.0" in str(exc.value)
     RunConfig.from_dict({"grpo": {"loss_type": "cispo", "epsilon_high": 5.0}}).validate()
+
+
+def test_sampler_ratio_modes():
+    from core.grpo import sampler_ratio
+    # trainer minus sampler log-probs: answer 0: ln 2, ln 2, 0; answer 1: ln 4, (padding), NaN
+    old = torch.tensor([[LN(2), LN(2), 0.0], [LN(4), 5.0, 0.0]])
+    sampled = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, float("nan")]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    tok = sampler_ratio(old, sampled, mask, "token_truncate", None, 3.0)
+    assert torch.allclose(tok, torch.tensor([[2.0, 2.0, 1.0], [3.0, 1.0, 1.0]]))  # 4 -> 3
+    assert torch.allclose(sampler_ratio(old, sampled, mask, "token_mask", 0.5, 3.0),
+                          torch.tensor([[2.0, 2.0, 1.0], [0.0, 1.0, 1.0]]))   # 4 > 3: zeroed
+    # per answer: exp(ln 2 + ln 2) = 4 and exp(ln 4) = 4, outside [.., 3]
+    assert torch.allclose(sampler_ratio(old, sampled, mask, "sequence_truncate", None, 3.0),
+                          torch.tensor([[3.0], [3.0]]))
+    assert torch.allclose(sampler_ratio(old, sampled, mask, "sequence_mask", None, 5.0),
+                          torch.tensor([[4.0], [4.0]]))
+    assert torch.allclose(sampler_ratio(old, sampled, mask, "sequence_mask", None, 3.0),
+                          torch.zeros(2, 1))
+
+
+def test_sampler_correction_weighs_the_policy_loss_not_the_kl():
+    # one on-policy token, A = 1, correction 0.5: loss -0.5 (ratio 1 x A x 0.5) + beta * kl
+    logps = torch.zeros(1, 1, requires_grad=True)
+    s = LossSettings(loss_type="bnpo", beta=1.0, use_bias_correction_kl=False)
+    loss, m = policy_loss(logps, None, torch.tensor([[LN(2)]]), torch.tensor([1.0]),
+                          torch.ones(1, 1), s, is_ratio=torch.tensor([[0.5]]))
+    assert loss.item() == pytest.approx(-0.5 + (2 - LN(2) - 1))
+    r = m.result()
+    assert r["sampling/importance_sampling_ratio/mean"] == pytest.approx(0.5)
+    assert r["sampling/importance_sampling_ratio/min"] == r["sampling/importance_sampling_ratio/max"] == 0.5

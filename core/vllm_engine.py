@@ -1,0 +1,233 @@
+"""The vLLM generation engine: the same `generate` as the transformers engine, answered by a vLLM
+process (core.vllm_server) that keeps the base model loaded and takes the current LoRA weights
+before each batch, without a restart.
+
+Where vLLM comes from, first found: `AHA_VLLM_PYTHON` (a Python that has vLLM), the project's
+`.venv-vllm` (made by `bash scripts/setup.sh --vllm`; vLLM's pins differ from ours, so it lives
+in its own environment), or this Python when it imports vLLM.
+
+How the weights travel: after each optimizer step the trainer marks the weights changed; before
+the next generation the adapter is written in peft's format into a folder in shared memory
+(`/dev/shm` where there is one, so no disk is touched) and vLLM reloads it in place under the
+same adapter id (`LoRARequest(load_inplace=True)`), its supported route; on this CPU that costs
+a few hundredths of a second for the embedded model's adapter (bench/vllm_engine.py measures it).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .generation import Generation
+from .models import stop_token_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 600  # loading the model and vLLM's start-up; eager mode starts in ~20 s here
+GENERATE_TIMEOUT_S = 1800
+
+
+class VLLMError(RuntimeError):
+    """The vLLM process failed, hung or ended; the message is one line."""
+
+
+def vllm_python() -> str | None:
+    """A Python that can run core.vllm_server, or None when vLLM is not installed."""
+    env = os.environ.get("AHA_VLLM_PYTHON")
+    if env:
+        return env if Path(env).exists() else None
+    local = ROOT / ".venv-vllm" / "bin" / "python"
+    if local.exists():
+        return str(local)
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    return None
+
+
+def _threads() -> str:
+    """The cores vLLM's CPU worker binds to: all this process may use."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = list(range(os.cpu_count() or 1))
+    return ",".join(map(str, cores))
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model, tokenizer, device: torch.device, model_path: str, *,
+                 lora_rank: int = 0, dtype: str = "bfloat16", seed: int = 0,
+                 max_model_len: int = 2048, max_num_seqs: int = 64,
+                 kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.0,
+                 log_path: str | Path | None = None, python: str | None = None,
+                 max_loras: int = 1):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.lora_rank = lora_rank
+        self.version = 0          # bumped when the trainer changed the weights
+        self._sent_version = None
+        self.last_update_s = 0.0  # seconds spent writing the adapter for the last batch
+        python = python or vllm_python()
+        if python is None:
+            raise VLLMError("vLLM is not installed: run bash scripts/setup.sh --vllm, or choose "
+                            "generation.engine: transformers.")
+        self._dir = Path(tempfile.mkdtemp(prefix="aha-vllm-", dir="/dev/shm"
+                                          if Path("/dev/shm").is_dir() else None))
+        os.chmod(self._dir, 0o700)
+        self.adapter_dir = self._dir / "adapter"
+        socket = str(self._dir / "channel")
+        key = secrets.token_bytes(32)
+        env = dict(os.environ, AHA_VLLM_KEY=key.hex(), PYTHONUNBUFFERED="1",
+                   VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
+                                                            _threads()),
+                   VLLM_CPU_NUM_OF_RESERVED_CPU=os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU",
+                                                               "0"),
+                   VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE",
+                                                         str(kv_cache_gb or 1)),
+                   TOKENIZERS_PARALLELISM="false", VLLM_LOGGING_LEVEL="WARNING")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        cmd = [python, "-m", "core.vllm_server", "--socket", socket, "--model", str(model_path),
+               "--dtype", dtype, "--seed", str(seed), "--max-model-len", str(max_model_len),
+               "--max-num-seqs", str(max_num_seqs), "--max-lora-rank", str(lora_rank),
+               "--max-loras", str(max_loras)]
+        if gpu_memory_utilization:
+            cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+        self.log_path = Path(log_path) if log_path else self._dir / "vllm.log"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if log_path:  # beside its log: which process serves this run
+            (self.log_path.parent / "vllm.pid").write_text(str(self.proc.pid))
+        self.conn = None
+        try:
+            self.conn = self._connect(socket, key.hex().encode())
+            reply = self._recv(START_TIMEOUT_S, "starting")
+            if not reply.get("ok"):
+                raise VLLMError(f"vLLM could not start: {reply.get('error')}")
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- the channel ----------------------------------------------------------------------
+    def _connect(self, socket: str, key: bytes):
+        from multiprocessing.connection import Client
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            self._check_alive("starting")
+            if Path(socket).exists():
+                try:
+                    return Client(socket, family="AF_UNIX", authkey=key)
+                except (ConnectionRefusedError, FileNotFoundError):
+                    pass
+            if time.monotonic() > deadline:
+                raise VLLMError(f"vLLM did not start within {START_TIMEOUT_S} s; see "
+                                f"{self.log_path}")
+            time.sleep(0.2)
+
+    def _check_alive(self, doing: str) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise VLLMError(f"The vLLM process ended while {doing} (exit code {code}); see "
+                            f"{self.log_path}")
+
+    def _recv(self, timeout: float, doing: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while not self.conn.poll(1.0):
+            self._check_alive(doing)
+            if time.monotonic() > deadline:
+                raise VLLMError(f"vLLM gave no answer within {timeout:.0f} s while {doing}; "
+                                f"see {self.log_path}")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self._check_alive(doing)
+            raise VLLMError(f"The channel to vLLM closed while {doing}; see {self.log_path}")
+
+    def _ask(self, request: dict, timeout: float, doing: str) -> dict:
+        try:
+            self.conn.send(request)
+        except (OSError, ValueError):
+            self._check_alive(doing)
+            raise VLLMError(f"The channel to vLLM closed while {doing}; see {self.log_path}")
+        reply = self._recv(timeout, doing)
+        if not reply.get("ok"):
+            raise VLLMError(f"vLLM failed while {doing}: {reply.get('error')}")
+        return reply
+
+    # ---- weights ----------------------------------------------------------------------------
+    def mark_weights_changed(self) -> None:
+        self.version += 1
+
+    def _adapter(self) -> dict | None:
+        if not self.lora_rank:
+            return None
+        if self._sent_version != self.version:
+            start = time.perf_counter()
+            tmp = self._dir / "adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp)
+            shutil.rmtree(self.adapter_dir, ignore_errors=True)
+            tmp.rename(self.adapter_dir)
+            self._sent_version = self.version
+            self.last_update_s = time.perf_counter() - start
+        else:
+            self.last_update_s = 0.0
+        return {"name": "policy", "path": str(self.adapter_dir), "version": self.version}
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, prompts, num_generations, max_new_tokens, temperature=1.0, top_p=1.0,
+                 top_k=0, min_new_tokens: int = 0) -> Generation:
+        # drawn from torch's global generator: the run's seed (and a resume's saved RNG state)
+        # decides what vLLM samples, as it does for the transformers engine
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        reply = self._ask({"op": "generate", "prompts": [list(map(int, p)) for p in prompts],
+                           "n": num_generations, "max_tokens": max_new_tokens,
+                           "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                           "min_tokens": min_new_tokens, "seed": seed,
+                           "stop_token_ids": self.stop_ids, "lora": self._adapter()},
+                          GENERATE_TIMEOUT_S, "generating")
+        expanded = [list(p) for p in prompts for _ in range(num_generations)]
+        texts = self.tokenizer.batch_decode(reply["completions"], skip_special_tokens=True)
+        logprobs = [[x if not math.isnan(x) else None for x in row] for row in reply["logprobs"]]
+        return Generation(expanded, reply["completions"], texts, reply["truncated"], logprobs,
+                          reply["seconds"])
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send({"op": "shutdown"})
+                if self.conn.poll(10):
+                    self.conn.recv()
+            except (OSError, EOFError, ValueError):
+                pass
+            self.conn.close()
+            self.conn = None
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                import signal
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        self._log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __del__(self):
+        try:
+            if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+                self.close()
+        except Exception:
+            pass

@@ -1,0 +1,176 @@
+"""The vLLM engine against the transformers engine and the trainer, with a real vLLM process
+(the .venv-vllm environment built by scripts/setup_vllm.sh) and the real embedded model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.events import read_events
+from core.vllm_engine import vllm_python
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.model
+
+if vllm_python() is None:
+    if os.environ.get("AHA_REQUIRE_VLLM"):
+        raise RuntimeError("AHA_REQUIRE_VLLM is set but no vLLM environment was found "
+                           "(bash scripts/setup_vllm.sh)")
+    pytest.skip("vLLM is not installed here (bash scripts/setup_vllm.sh builds it)",
+                allow_module_level=True)
+
+QUESTIONS = ["What is 2 + 3?", "What is 7 + 8?", "Name a colour.", "What is 10 - 4?"]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """The embedded model in fp32 with a LoRA adapter, and both engines on it."""
+    from core.config import ModelConfig
+    from core.evaluate import prompt_ids
+    from core.generation import TransformersEngine
+    from core.models import embedded_model_dir, load_model
+    from core.vllm_engine import VLLMEngine
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(source="default", precision="32bit", lora_r=8,
+                                    lora_alpha=16), seed=0, fast_cpu_generation=False)
+    prompts = [prompt_ids(loaded.tokenizer, {"question": q}, 256) for q in QUESTIONS]
+    vllm = VLLMEngine(loaded.model, loaded.tokenizer, loaded.device, str(embedded_model_dir()),
+                      lora_rank=8, dtype="float32")
+    hf = TransformersEngine(loaded.model, loaded.tokenizer, loaded.device, max_batch_size=8)
+    yield loaded, prompts, vllm, hf
+    vllm.close()
+
+
+def _greedy(engine, prompts):
+    # top-k 1 is greedy in both engines; min_tokens keeps an early end-of-turn from deciding
+    return engine.generate(prompts, 1, 20, 1.0, 1.0, 1, min_new_tokens=6).completion_ids
+
+
+def test_greedy_parity_and_lora_updates(engines):
+    loaded, prompts, vllm, hf = engines
+    base = _greedy(vllm, prompts)
+    assert base == _greedy(hf, prompts)  # base model (LoRA B is zero at the start)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    vllm.mark_weights_changed()
+    moved = _greedy(vllm, prompts)
+    assert vllm.last_update_s > 0  # the adapter went to vLLM, without a restart
+    assert moved == _greedy(hf, prompts)
+    assert moved != base  # the new weights answer, not the old ones
+    again = _greedy(vllm, prompts)
+    assert again == moved and vllm.last_update_s == 0.0  # unchanged weights are not resent
+
+
+def test_logprobs_at_the_sampling_temperature(engines):
+    """vLLM's log-prob of each sampled token, at temperature 0.7, against the trainer's."""
+    from core.trainer import completion_logps
+
+    loaded, prompts, vllm, _ = engines
+    gen = vllm.generate(prompts[:2], 3, 16, 0.7, 1.0, 0)
+    model, pad = loaded.model, loaded.tokenizer.pad_token_id
+    worst = 0.0
+    for p, c, lp in zip(gen.prompt_ids, gen.completion_ids, gen.logprobs):
+        ids = torch.tensor([p + c])
+        att = torch.ones_like(ids)
+        cmask = torch.ones(1, len(c), dtype=torch.long)
+        with torch.no_grad():
+            ours, _ = completion_logps(model, ids, att, cmask, len(p), 0.7, 1024)
+        assert None not in lp and len(lp) == len(c)
+        worst = max(worst, (ours[0] - torch.tensor(lp)).abs().max().item())
+    assert pad is not None
+    assert worst < 1e-3, worst
+
+
+def _demo_config(tmp_path, engine, steps, **grpo):
+    from core.config import RunConfig
+    cfg = RunConfig.load(ROOT / "examples" / "01-classroom-demo.yaml")
+    cfg.generation.engine = engine
+    cfg.train.max_steps = steps
+    cfg.train.eval_steps = 0
+    cfg.train.save_steps = 1
+    cfg.train.threads = 2
+    for k, v in grpo.items():
+        setattr(cfg.grpo, k, v)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg.save(tmp_path / "config.yaml")
+    return cfg
+
+
+def _worker(run_dir, *extra):
+    return subprocess.Popen([sys.executable, "-m", "core", "train", str(run_dir / "config.yaml"),
+                             "--run-dir", str(run_dir), *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_grpo_steps_with_vllm_write_the_usual_events(tmp_path):
+    _demo_config(tmp_path, "vllm", 3)
+    proc = _worker(tmp_path)
+    _out, err = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, err[-2000:]
+    events = read_events(tmp_path)[0]
+    ready = next(e for e in events if e["type"] == "status" and e["state"] == "ready")
+    assert ready["engine"] == "vllm" and ready["engine_reason"] == "chosen in the settings"
+    metrics = [e for e in events if e["type"] == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["weight_sync_time"] > 0 for m in metrics[1:])  # new weights every step
+    assert {e["type"] for e in events} >= {"status", "metrics", "samples", "checkpoint"}
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    # the vLLM process ended with the run
+    pid = int((tmp_path / "vllm.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def _wait_for_step(run_dir, proc, step, timeout=1200):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["type"] == "metrics" and e["step"] >= step for e in read_events(run_dir)[0]):
+            return
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(1)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def test_killed_vllm_stops_the_run_cleanly_and_it_resumes(tmp_path):
+    _demo_config(tmp_path, "vllm", 3)
+    proc = _worker(tmp_path)
+    _wait_for_step(tmp_path, proc, 1)
+    os.killpg(int((tmp_path / "vllm.pid").read_text()), signal.SIGKILL)
+    _out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: The vLLM process ended") and "vllm.log" in line
+    errors = [e for e in read_events(tmp_path)[0] if e["type"] == "error"]
+    assert len(errors) == 1 and "\n" not in errors[0]["message"]
+    assert list((tmp_path / "checkpoints").glob("step-*"))
+    proc = _worker(tmp_path, "--resume")  # a fresh vLLM process, from the checkpoint
+    _out, err = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, err[-2000:]
+    events = read_events(tmp_path)[0]
+    assert events[-1]["type"] == "status" and events[-1]["state"] == "finished"
+    assert any(e["type"] == "status" and e["state"] == "resumed" for e in events)
+
+
+def test_auto_falls_back_to_transformers_when_vllm_dies(tmp_path):
+    # auto picks vLLM for a step of 4 prompts x 8 answers x 128 tokens (4,096 tokens)
+    _demo_config(tmp_path, "auto", 2, num_generations=8, max_completion_length=128)
+    proc = _worker(tmp_path)
+    _wait_for_step(tmp_path, proc, 1)
+    os.killpg(int((tmp_path / "vllm.pid").read_text()), signal.SIGKILL)
+    _out, err = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, err[-2000:]
+    events = read_events(tmp_path)[0]
+    ready = next(e for e in events if e["type"] == "status" and e["state"] == "ready")
+    assert ready["engine"] == "vllm" and "4,096 tokens" in ready["engine_reason"]
+    fallback = [e for e in events if e["type"] == "warning" and e["code"] == "engine_fallback"]
+    assert len(fallback) == 1 and "transformers" in fallback[0]["message"]
+    assert [e["step"] for e in events if e["type"] == "metrics"] == [1, 2]
+    assert json.loads(json.dumps(events[-1]))["state"] == "finished"
