@@ -82,8 +82,17 @@ class RunManager:
     """
 
     def __init__(self, root: str | Path = "runs", max_workers: int | None = None,
-                 memory_budget: float | None = None):
+                 memory_budget: float | None = None, reserve_cores: int = 0):
         self.root = Path(root)
+        # CPU threads per worker whose run leaves train.threads empty: with reserve_cores the
+        # cores the server needs to answer pages stay free. On 2 cores, a worker using both
+        # while a class of 30 watched took 793 s for a step that took 23-26 s alone (the
+        # server's requests preempt one of its two threads and the other waits at every
+        # parallel section); None leaves torch's default (all cores).
+        cores = os.cpu_count() or 1
+        self.worker_threads = (max(1, (cores - reserve_cores) // (max_workers or
+                                                                   default_max_workers()))
+                               if reserve_cores else None)
         self.root.mkdir(parents=True, exist_ok=True)
         self._procs: dict[Path, subprocess.Popen] = {}
         self.max_workers = max_workers or default_max_workers()
@@ -114,6 +123,8 @@ class RunManager:
         log = open(run_dir / LOG_FILE, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        if self.worker_threads:
+            env["AHA_TRAIN_THREADS"] = str(self.worker_threads)
         # A session of its own: the worker outlives the UI process and a closed browser tab.
         proc = subprocess.Popen(worker_command(run_dir, max_steps, resume), cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

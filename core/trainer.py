@@ -6,6 +6,7 @@ step, `train()` loops, checkpoints, honours stop requests and writes events.
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import shutil
@@ -133,8 +134,9 @@ class Trainer:
     def setup(self) -> "Trainer":
         cfg = self.cfg
         return_freed_memory_to_os()
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        threads = cfg.train.threads or int(os.environ.get("AHA_TRAIN_THREADS") or 0)
+        if threads:  # empty: all cores, unless the run manager keeps some for its server
+            torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
         check_installed(cfg.train.report_to)  # before minutes of loading, not after
         self.cfg.save(self.run_dir / "config.yaml")

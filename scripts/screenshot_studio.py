@@ -26,6 +26,7 @@ def main() -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "studio.png")
     p.add_argument("--name", default="classroom-demo")
+    p.add_argument("--height", type=int, default=1800, help="pixels from the top")
     args = p.parse_args()
     runs = Path(tempfile.mkdtemp(prefix="aha-shot-"))
     target = runs / args.name
@@ -36,17 +37,19 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                          args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": args.height})
             page.goto(url)
+            page.wait_for_selector("#machine-info", timeout=60_000)
+            tab(page, "4 · Train")
             page.wait_for_selector("#runs-pick", timeout=60_000)
-            tab(page, "Train")
             page.click("#runs-refresh")
             time.sleep(2)
             pick(page, "runs-pick", args.name)
             page.wait_for_selector(".js-plotly-plot", timeout=60_000)
             time.sleep(4)  # the charts settle
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out), full_page=True)
+            page.screenshot(path=str(args.out), clip={"x": 0, "y": 0, "width": 1280,
+                                                      "height": args.height})
             browser.close()
     finally:
         stop_server(proc, runs)

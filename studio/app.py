@@ -45,9 +45,11 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         policy = Policy("local", policy)
     machine = detect_machine()
     if manager is None:
+        # a shared server keeps a core for answering its pages while runs train
         manager = RunManager(policy.root, max_workers=policy.limits.concurrent_runs
                              if policy.shared else default_workers(machine),
-                             memory_budget=machine.total_bytes * 0.85)
+                             memory_budget=machine.total_bytes * 0.85,
+                             reserve_cores=1 if policy.shared and not machine.gpu else 0)
     studio = Studio(policy, manager, machine,
                     JobPool(default_job_slots(machine.available_bytes, machine.gpu)))
     manager.start_scheduler(chores=[sweep_scratch, studio.jobs.reap])
