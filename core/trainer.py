@@ -182,7 +182,7 @@ class Trainer:
         trainable, total = count_parameters(self.model)
         trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
-                     engine_reason=self.engine_reason,
+                     engine_reason=self.engine_reason, threads=torch.get_num_threads(),
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,

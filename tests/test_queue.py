@@ -63,3 +63,23 @@ def test_memory_admission_counts_runs_already_going(tiny_model_dir, tmp_path):
     for run in (b, c):
         manager.stop(run)
     assert wait_for(lambda: not manager.is_alive(b) and not manager.is_alive(c))
+
+
+def test_a_shared_server_keeps_a_core_for_its_pages(tiny_model_dir, tmp_path):
+    """Workers of a manager that reserves a core train on the others, unless the run says."""
+    import os
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.train.threads = None  # the run leaves it to the machine
+    cfg.train.max_steps = 1
+    for reserve, expected in ((1, max(1, (os.cpu_count() or 1) - 1)), (0, os.cpu_count())):
+        manager = RunManager(tmp_path / str(reserve), max_workers=1, reserve_cores=reserve)
+        run = manager.create(cfg)
+        manager.start(run)
+
+        def ready():
+            return [e for e in read_events(run)[0] if e["type"] == "status"
+                    and e.get("state") == "ready"]
+        assert wait_for(ready), (run / "worker.log").read_text()[-2000:]
+        assert ready()[0]["threads"] == expected
+        assert wait_for(lambda: not manager.is_alive(run))
