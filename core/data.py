@@ -18,7 +18,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -730,10 +729,10 @@ def _check_in_child(seconds: float, **kwargs) -> DataReport:
     passed. A plain subprocess: it leaves nothing running behind (no multiprocessing helper
     process) and never re-imports the caller's main module."""
     source = str(kwargs.get("source"))
-    env = dict(os.environ, HF_DATASETS_CACHE=str(datasets.config.HF_DATASETS_CACHE),
-               HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONPATH=os.pathsep.join(
-                   filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 os.environ.get("PYTHONPATH")])))
+    from .runs import child_env
+
+    env = child_env(HF_DATASETS_CACHE=str(datasets.config.HF_DATASETS_CACHE),
+                    HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     try:
         done = subprocess.run([sys.executable, "-m", "core.data"], input=json.dumps(kwargs),
                               capture_output=True, text=True, timeout=max(0.01, float(seconds)),

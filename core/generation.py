@@ -23,7 +23,8 @@ class Generation:
     texts: list[str]                 # [B] decoded completions without special tokens
     truncated: list[bool]            # [B] hit max_new_tokens before a stop token
     # [B] each sampled token's log-prob at the sampling temperature, when the engine reports it
-    logprobs: list[list[float | None]] | None = None
+    # (NaN for a token it gave none for)
+    logprobs: list[list[float]] | None = None
     seconds: float | None = None     # time the engine spent generating
 
 
@@ -82,6 +83,13 @@ def available_memory_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
+def kv_bytes_per_token(config, elem: int) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer's KV heads."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * elem
+
+
 class TransformersEngine:
     """model.generate in batches whose KV cache fits a share of the free memory."""
     name = "transformers"
@@ -100,11 +108,9 @@ class TransformersEngine:
         """How many sequences of seq_len tokens fit: KV cache plus one step of logits each."""
         if self.max_batch_size:
             return self.max_batch_size
-        cfg = self.model.config
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         elem = 2 if self.device.type == "cuda" else 4
-        per_seq = (2 * cfg.num_hidden_layers * heads * head_dim * seq_len + 2 * cfg.vocab_size) * elem
+        per_seq = (kv_bytes_per_token(self.model.config, elem) * seq_len
+                   + 2 * self.model.config.vocab_size * elem)
         budget = available_memory_bytes(self.device) * self.memory_fraction
         return int(max(1, min(256, budget // max(per_seq, 1))))
 
@@ -212,10 +218,7 @@ def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, m
     seqs = min(256, max(16, g.prompts_per_step * g.num_generations))
     kv = cfg.generation.vllm_kv_cache_gb
     if kv is None:  # twice what a whole step's answers need, within a quarter of free memory
-        mc = model.config
-        heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
-        head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-        per_token = 2 * mc.num_hidden_layers * heads * head_dim * (4 if dtype == "float32" else 2)
+        per_token = kv_bytes_per_token(model.config, 4 if dtype == "float32" else 2)
         need = 2 * per_token * context * seqs / 2**30
         free = available_memory_bytes(torch.device("cpu")) / 2**30 / 4
         kv = max(1, min(math.ceil(need), int(free)))

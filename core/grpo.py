@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import LOSS_TYPES  # noqa: F401  (re-exported: the losses implemented here)
-
 STD_EPS = 1e-4  # keeps a group whose rewards are all equal from dividing by zero
 
 CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # PPO's clipped surrogate
@@ -228,27 +226,13 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor | None,
         per_token = per_token + s.beta * kl
 
     loss = reduce_loss(per_token, mask, s, num_items_in_batch)
-    metrics = _pass_metrics(ratio, adv, mask, kl, phi, s, eps_low, eps_high)
-    if is_ratio is not None:
-        with torch.no_grad():
-            name = "sampling/importance_sampling_ratio"
-            if is_ratio.shape[-1] == 1:
-                metrics.add_mean(f"{name}/mean", is_ratio.sum().item(), is_ratio.shape[0])
-                values = is_ratio.flatten()
-            else:
-                metrics.add_mean(f"{name}/mean", (is_ratio * mask).sum().item(),
-                                 mask.sum().item())
-                values = is_ratio[mask.bool()]
-            if values.numel():
-                metrics.add_min(f"{name}/min", values.min().item())
-                metrics.add_max(f"{name}/max", values.max().item())
-    return loss, metrics
+    return loss, _pass_metrics(ratio, adv, mask, kl, phi, is_ratio, s, eps_low, eps_high)
 
 
-def _pass_metrics(ratio, adv, mask, kl, phi, s: LossSettings, eps_low: float,
+def _pass_metrics(ratio, adv, mask, kl, phi, is_ratio, s: LossSettings, eps_low: float,
                   eps_high: float) -> StepMetrics:
     """TRL's loss metrics as sums: token means over the masked tokens ([B, 1] values: means over
-    sequences), and the extreme per-sequence clip shares."""
+    sequences), the extreme per-sequence clip shares, and the sampler correction's range."""
     m = StepMetrics()
     with torch.no_grad():
         def add_mean(name, x):
@@ -278,6 +262,13 @@ def _pass_metrics(ratio, adv, mask, kl, phi, s: LossSettings, eps_low: float,
             add_mean("vespo/phi_seq_mean", phi)
         if kl is not None:
             add_mean("kl", kl)
+        if is_ratio is not None:
+            name = "sampling/importance_sampling_ratio"
+            add_mean(f"{name}/mean", is_ratio)
+            values = is_ratio.flatten() if is_ratio.shape[-1] == 1 else is_ratio[mask.bool()]
+            if values.numel():
+                m.add_min(f"{name}/min", values.min().item())
+                m.add_max(f"{name}/max", values.max().item())
     return m
 
 

@@ -30,6 +30,14 @@ LOG_FILE = "worker.log"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def child_env(**extra: str) -> dict:
+    """The environment for a Python child of this project (`python -m core...`, `studio...`):
+    this one, unbuffered, with the project on PYTHONPATH, plus `extra`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 @dataclass
 class RunStatus:
     run_dir: Path
@@ -121,8 +129,7 @@ class RunManager:
             raise RuntimeError("This run is already training.")
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         log = open(run_dir / LOG_FILE, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        env = child_env()
         if self.worker_threads:
             env["AHA_TRAIN_THREADS"] = str(self.worker_threads)
         # A session of its own: the worker outlives the UI process and a closed browser tab.

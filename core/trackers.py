@@ -25,7 +25,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from .config import TRACKERS, ConfigError  # noqa: F401  (TRACKERS: what report_to accepts)
+from .config import ConfigError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio",
             "mlflow": "mlflow-skinny"}

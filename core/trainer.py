@@ -252,8 +252,7 @@ class Trainer:
         if gen.logprobs is not None and self._sampler_correction():
             sampled = torch.full((b, tc), float("nan"))
             for i, row in enumerate(gen.logprobs):
-                sampled[i, :len(row)] = torch.tensor([x if x is not None else float("nan")
-                                                      for x in row], dtype=torch.float32)
+                sampled[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
             batch.sampling_logps = sampled.to(self.device)
 
         # 5. log-probs that stay fixed while the policy moves: old (mu > 1) and reference (beta)

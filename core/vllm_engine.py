@@ -15,7 +15,6 @@ a few hundredths of a second for the embedded model's adapter (bench/vllm_engine
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import secrets
 import shutil
@@ -29,8 +28,8 @@ import torch
 
 from .generation import Generation
 from .models import stop_token_ids
+from .runs import PROJECT_ROOT, child_env
 
-ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 600  # loading the model and vLLM's start-up; eager mode starts in ~20 s here
 GENERATE_TIMEOUT_S = 1800
 
@@ -44,7 +43,7 @@ def vllm_python() -> str | None:
     env = os.environ.get("AHA_VLLM_PYTHON")
     if env:
         return env if Path(env).exists() else None
-    local = ROOT / ".venv-vllm" / "bin" / "python"
+    local = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
     if local.exists():
         return str(local)
     if importlib.util.find_spec("vllm") is not None:
@@ -86,15 +85,14 @@ class VLLMEngine:
         self.adapter_dir = self._dir / "adapter"
         socket = str(self._dir / "channel")
         key = secrets.token_bytes(32)
-        env = dict(os.environ, AHA_VLLM_KEY=key.hex(), PYTHONUNBUFFERED="1",
-                   VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
-                                                            _threads()),
-                   VLLM_CPU_NUM_OF_RESERVED_CPU=os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU",
-                                                               "0"),
-                   VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE",
-                                                         str(kv_cache_gb or 1)),
-                   TOKENIZERS_PARALLELISM="false", VLLM_LOGGING_LEVEL="WARNING")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = child_env(AHA_VLLM_KEY=key.hex(), TOKENIZERS_PARALLELISM="false",
+                        VLLM_LOGGING_LEVEL="WARNING",
+                        VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
+                                                                 _threads()),
+                        VLLM_CPU_NUM_OF_RESERVED_CPU=os.environ.get(
+                            "VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+                        VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE",
+                                                              str(kv_cache_gb or 1)))
         cmd = [python, "-m", "core.vllm_server", "--socket", socket, "--model", str(model_path),
                "--dtype", dtype, "--seed", str(seed), "--max-model-len", str(max_model_len),
                "--max-num-seqs", str(max_num_seqs), "--max-lora-rank", str(lora_rank),
@@ -103,7 +101,7 @@ class VLLMEngine:
             cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
         self.log_path = Path(log_path) if log_path else self._dir / "vllm.log"
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         if log_path:  # beside its log: which process serves this run
@@ -198,9 +196,8 @@ class VLLMEngine:
                           GENERATE_TIMEOUT_S, "generating")
         expanded = [list(p) for p in prompts for _ in range(num_generations)]
         texts = self.tokenizer.batch_decode(reply["completions"], skip_special_tokens=True)
-        logprobs = [[x if not math.isnan(x) else None for x in row] for row in reply["logprobs"]]
-        return Generation(expanded, reply["completions"], texts, reply["truncated"], logprobs,
-                          reply["seconds"])
+        return Generation(expanded, reply["completions"], texts, reply["truncated"],
+                          reply["logprobs"], reply["seconds"])
 
     def close(self) -> None:
         if self.conn is not None:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from core.runs import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,8 +27,7 @@ def run_job(request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]
 
     Raises JobError with a one-line message when the child fails, dies or takes too long.
     """
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env(TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen([sys.executable, "-m", "studio.infer"], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -66,8 +67,7 @@ class WarmWorker:
     one request at a time."""
 
     def __init__(self):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = child_env(TOKENIZERS_PARALLELISM="false")
         self.proc = subprocess.Popen([sys.executable, "-m", "studio.infer", "--serve"], cwd=ROOT,
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
