@@ -62,3 +62,57 @@ def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict], int]:
         except ValueError:
             continue  # a torn line from a killed writer; skip it, keep reading
     return events, offset + end
+
+
+PROGRESS_FILE = "progress.json"
+
+
+class Progress:
+    """What the worker is doing right now, within a step: one small file replaced atomically
+    (the events log keeps only what happened). Writes are at most one per `every` seconds,
+    except a change of phase, which is always written."""
+
+    def __init__(self, run_dir: str | Path, every: float = 1.0):
+        self.path = Path(run_dir) / PROGRESS_FILE
+        self.every = every
+        self.state: dict = {}
+        self._written = 0.0
+
+    def phase(self, phase: str, step: int, **fields) -> None:
+        now = time.time()
+        if self.state.get("step") != step:
+            self.state = {"step": step, "step_started": now}
+        self.state.update(phase=phase, phase_started=now, **fields)
+        for gone in [k for k in self.state if k not in fields and k not in
+                     ("step", "step_started", "phase", "phase_started")]:
+            del self.state[gone]
+        self._write(now)
+
+    def update(self, **fields) -> None:
+        """More detail on the current phase (tokens so far): written when `every` has passed."""
+        self.state.update(fields)
+        now = time.time()
+        if now - self._written >= self.every:
+            self._write(now)
+
+    def clear(self) -> None:
+        self.state = {}
+        self.path.unlink(missing_ok=True)
+
+    def _write(self, now: float) -> None:
+        tmp = self.path.with_name(PROGRESS_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(dict(self.state, time=now), allow_nan=False))
+            tmp.replace(self.path)
+            self._written = now
+        except (OSError, ValueError):
+            pass  # a sign of life is never worth stopping a run for
+
+
+def read_progress(run_dir: str | Path) -> dict | None:
+    """The worker's current phase, or None (no file, or one being replaced)."""
+    try:
+        data = json.loads((Path(run_dir) / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -103,6 +103,7 @@ class TransformersEngine:
         self.memory_fraction = memory_fraction
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id
+        self.on_tokens: Callable[[int], None] | None = None  # tokens so far, while generating
 
     def batch_size_for(self, seq_len: int) -> int:
         """How many sequences of seq_len tokens fit: KV cache plus one step of logits each."""
@@ -149,6 +150,7 @@ class TransformersEngine:
                                             min_new_tokens)
         was_training = self.model.training
         self.model.eval()
+        counter = TokenCounter(self.stop_ids, self.on_tokens) if self.on_tokens else None
         try:
             for start in range(0, len(expanded), batch):
                 chunk = expanded[start:start + batch]
@@ -158,15 +160,42 @@ class TransformersEngine:
                 for i, p in enumerate(chunk):  # left padding
                     ids[i, width - len(p):] = torch.tensor(p)
                     mask[i, width - len(p):] = 1
+                extra = {}
+                if counter is not None:
+                    from transformers import StoppingCriteriaList
+                    counter.new_chunk()
+                    extra["stopping_criteria"] = StoppingCriteriaList([counter])
                 out = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    generation_config=config, logits_processor=processors)
+                    generation_config=config, logits_processor=processors, **extra)
                 for row in out[:, width:].tolist():
                     cut = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
                     completion_ids.append(row[:cut + 1] if cut is not None else row)
                     truncated.append(cut is None)
         finally:
             self.model.train(was_training)
+
+
+class TokenCounter:
+    """A stopping criterion that never stops: it counts the tokens generated so far (rows
+    that have not ended yet) and reports them, so the page can show generation moving."""
+
+    def __init__(self, stop_ids, report: Callable[[int], None]):
+        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long)
+        self.report = report
+        self.total = 0
+        self.alive: torch.Tensor | None = None
+
+    def new_chunk(self) -> None:
+        self.alive = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.alive is None:
+            self.alive = torch.ones(input_ids.shape[0], dtype=torch.bool)
+        self.total += int(self.alive.sum())
+        self.alive &= ~torch.isin(input_ids[:, -1].cpu(), self.stop_ids)
+        self.report(self.total)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 VLLM_MIN_TOKENS_PER_STEP = 4096  # below this, vLLM's start-up (~20 s here) is not repaid soon

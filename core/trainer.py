@@ -24,7 +24,7 @@ import kernels
 from . import data as data_lib
 from .config import RunConfig
 from .evaluate import build_reward_set, prompt_ids, score_questions
-from .events import EventLog, read_events
+from .events import EventLog, Progress, read_events
 from .health import CollapseDetector, settings_advice
 from .generation import choose_engine, make_engine
 from .vllm_engine import VLLMError
@@ -126,6 +126,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events = events or EventLog(self.run_dir)
+        self.progress = Progress(self.run_dir)  # the phase within a step, for the page
         self.step_count = 0
         self._batch: Batch | None = None
         self._stop_requested = False
@@ -183,6 +184,8 @@ class Trainer:
         trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
                      engine_reason=self.engine_reason, threads=torch.get_num_threads(),
+                     cpus=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else None,
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,
@@ -200,12 +203,18 @@ class Trainer:
         prompts = [self._prompt_ids(r) for r in rows]
 
         # 1. generate: G completions per prompt                               [B = P*G]
+        step = self.step_count + 1
+        self.progress.phase("generating", step, tokens=0,
+                            of=len(rows) * g.num_generations * g.max_completion_length)
+        if hasattr(self.engine, "on_tokens"):
+            self.engine.on_tokens = lambda n: self.progress.update(tokens=n)
         t0 = time.perf_counter()
         gen = self.engine.generate(prompts, g.num_generations, g.max_completion_length,
                                    g.temperature, g.top_p, g.top_k)
         gen_time = time.perf_counter() - t0
 
         # 2. score with every reward template
+        self.progress.phase("scoring", step)
         questions = [r["question"] for r in rows for _ in range(g.num_generations)]
         answers = [r["answer"] for r in rows for _ in range(g.num_generations)]
         totals, per_reward = self.rewards.score(questions, gen.texts, answers)
@@ -256,6 +265,8 @@ class Trainer:
             batch.sampling_logps = sampled.to(self.device)
 
         # 5. log-probs that stay fixed while the policy moves: old (mu > 1) and reference (beta)
+        if g.num_iterations > 1 or g.beta != 0.0:
+            self.progress.phase("reference", step)
         if g.num_iterations > 1:
             batch.old_logps = self._logps_no_grad(batch)
         if g.beta != 0.0:
@@ -286,6 +297,9 @@ class Trainer:
         for start in range(0, n, size):
             for first in range(start, start + size, step):
                 yield slice(start, start + size), slice(first, min(first + step, start + size))
+
+    def _passes(self, batch: Batch) -> int:
+        return sum(1 for _ in self._micro_batches(batch))
 
     def _pass_share(self, batch: Batch, chunk: slice, rows: slice) -> float:
         """The part of its chunk's loss a pass carries, so that splitting never changes it."""
@@ -321,7 +335,9 @@ class Trainer:
         entropy_sum = 0.0
         loss_sum = 0.0
         n_micro = g.gradient_accumulation_steps
-        for chunk, rows in self._micro_batches(batch):
+        self.progress.phase("updating", self.step_count + 1, passes=self._passes(batch))
+        for done, (chunk, rows) in enumerate(self._micro_batches(batch)):
+            self.progress.update(done=done)
             ids, att, cmask, width, _first, last = _trim(batch, rows)
             logps, entropy = completion_logps(self.model, ids, att, cmask, width, g.temperature,
                                               g.logprob_chunk_size)           # [b, Tc]
@@ -408,6 +424,7 @@ class Trainer:
                     self._engine_failed(exc)
                     self.evaluate()
             if self._should_stop():
+                self.progress.clear()
                 self.save_checkpoint()
                 self._status("stopped", f"Stopped at step {self.step_count}", step=self.step_count)
                 return "stopped"
@@ -418,6 +435,7 @@ class Trainer:
                 self.save_checkpoint()
         self.save_checkpoint()
         self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
+        self.progress.clear()
         self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
                      adapter=str(self.run_dir / ADAPTER_DIR))
         return "finished"
@@ -497,6 +515,7 @@ class Trainer:
         if self.heldout is None:
             return None
         n = min(self.cfg.train.eval_max_questions, self.heldout.num_rows)
+        self.progress.phase("evaluating", self.step_count, questions=n)
         rows = [self.heldout[i] for i in range(n)]
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):

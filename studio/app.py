@@ -5,13 +5,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.runs import RunManager
+from core.runs import RunManager, pin_process
 
 from . import step_classroom, step_data, step_export, step_model, step_rewards, step_train
 from .access import Policy
 from .jobs import JobPool, default_job_slots, sweep_scratch
 from .machine import detect_machine
 from .session import Studio
+from .draft import load_draft, save_draft
 from .step_rewards import propose
 from .watch import new_watch
 
@@ -30,6 +31,9 @@ CSS = """
 .aha-coach { border: 1px solid #bfdbfe; background: #eff6ff; border-radius: 6px;
              padding: 6px 12px; margin: 6px 0; font-size: 0.92em; }
 .aha-coach ul { margin: 4px 0 0 0; }
+.aha-hidden { display: none !important; }
+#banner-run { border: 1px solid #fdba74; background: #fff7ed; border-radius: 6px;
+              padding: 4px 12px; }
 """
 
 # System fonts only: the page must render with no network at all.
@@ -45,11 +49,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         policy = Policy("local", policy)
     machine = detect_machine()
     if manager is None:
-        # a shared server keeps a core for answering its pages while runs train
-        manager = RunManager(policy.root, max_workers=policy.limits.concurrent_runs
-                             if policy.shared else default_workers(machine),
-                             memory_budget=machine.total_bytes * 0.85,
-                             reserve_cores=1 if policy.shared and not machine.gpu else 0)
+        manager = manager_for(policy, machine)
     studio = Studio(policy, manager, machine,
                     JobPool(default_job_slots(machine.available_bytes, machine.gpu)))
     manager.start_scheduler(chores=[sweep_scratch, studio.jobs.reap])
@@ -63,21 +63,32 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                 gr.Markdown("⚠️ This Space has no persistent storage: runs vanish when it "
                             "restarts. Download what you want to keep.", elem_id="banner-storage")
         who = gr.Markdown(elem_id="who")
+        with gr.Row(visible=False, elem_id="banner-row") as banner_row:
+            banner = gr.Markdown(elem_id="banner-run")
+            banner_watch = gr.Button("Watch it", size="sm", scale=0, elem_id="banner-watch")
+        banner_ref = gr.State(None)
+        loaded = gr.HTML("", elem_id="aha-ready", elem_classes=["aha-hidden"])
         rewards = gr.State([])
         sample = gr.State([])
         watch = gr.State(new_watch())
         remembered = gr.BrowserState(None, storage_key="aha-studio-run")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1 · Model", id="model", elem_id="tab-model"):
                 model_ui = step_model.build(form, machine)
+                steps_nav(tabs, None, ("data", "Next: your data →"))
             with gr.Tab("2 · Data", id="data", elem_id="tab-data"):
                 data_ui = step_data.build(form)
+                steps_nav(tabs, ("model", "← Back: model"), ("rewards", "Next: rewards →"))
             with gr.Tab("3 · Rewards", id="rewards", elem_id="tab-rewards"):
                 rewards_ui = step_rewards.build()
+                steps_nav(tabs, ("data", "← Back: data"), ("train", "Next: train →"))
             with gr.Tab("4 · Train", id="train", elem_id="tab-train"):
                 train_ui = step_train.build(form)
+                steps_nav(tabs, ("rewards", "← Back: rewards"),
+                          ("export", "Next: try and export →"))
             with gr.Tab("5 · Try and export", id="export", elem_id="tab-export"):
                 export_ui = step_export.build()
+                steps_nav(tabs, ("train", "← Back: train"), None)
             if policy.shared:
                 with gr.Tab("Classroom", id="classroom", elem_id="tab-classroom",
                             visible=False) as class_tab:
@@ -86,7 +97,8 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         step_model.wire(model_ui, form, studio, [train_ui["estimate"]], demo)
         step_data.wire(data_ui, form, studio, sample, rewards)
         step_rewards.wire(rewards_ui, form, studio, rewards, sample)
-        step_train.wire(train_ui, form, studio, rewards, watch, remembered, demo)
+        step_train.wire(train_ui, form, studio, rewards, watch, remembered, demo,
+                        banner=(banner_row, banner, banner_watch, banner_ref), tabs=tabs)
         step_export.wire(export_ui, studio, watch)
         if policy.shared:
             step_classroom.wire(class_ui, studio, class_tab, demo)
@@ -108,8 +120,92 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
             return propose(smp)[0]
 
         sample.change(propose_if_empty, [rewards, sample], rewards)
+        keep_the_form(studio, form, model_ui, train_ui, rewards, loaded, demo)
     demo.studio = studio
     return demo
+
+
+def steps_nav(tabs: gr.Tabs, back: tuple[str, str] | None,
+              forward: tuple[str, str] | None) -> None:
+    """Back / Next buttons at the foot of a step."""
+    with gr.Row():
+        for target, label, variant in ((*back, "secondary") if back else (None, None, None),
+                                       (*forward, "primary") if forward else (None, None, None)):
+            if target is None:
+                continue
+            button = gr.Button(label, size="sm", variant=variant, scale=0,
+                               elem_id=f"nav-{'next' if variant == 'primary' else 'back'}-{target}")
+            button.click(_select(target), None, tabs, queue=False, show_progress="hidden")
+
+
+def _select(tab_id: str):
+    return lambda: gr.Tabs(selected=tab_id)
+
+
+def keep_the_form(studio: Studio, form: dict, model_ui: dict, train_ui: dict,
+                  rewards: gr.State, loaded: gr.HTML, demo: gr.Blocks) -> None:
+    """Nothing typed is lost: each change goes to the user's draft, and a page that opens gets
+    the draft back (studio/draft.py)."""
+    keep = dict(form)
+    keep.update({"studio.model_preset": model_ui["preset"], "studio.steps": train_ui["steps"],
+                 "studio.quality": train_ui["quality"]})
+    names = list(keep)
+    widgets = [keep[n] for n in names]
+
+    def on_change(user, rs, *values):
+        if user.can_train:
+            save_draft(user.home, dict(zip(names, values)), rs)
+
+    gr.on([w.change for w in widgets] + [rewards.change], studio.handler(on_change),
+          [rewards] + widgets, None, queue=False, show_progress="hidden",
+          trigger_mode="always_last")
+
+    def on_open(user):
+        draft = load_draft(user.home, names) if user.can_train else None
+        if not draft:
+            return [gr.skip()] * (len(widgets) + 1) + ['<span data-draft="none"></span>']
+        fields, rs = draft
+        out = [restorable(name, fields[name]) if name in fields else gr.skip()
+               for name in names]
+        return out + [rs, '<span data-draft="restored"></span>']
+
+    demo.load(studio.handler(on_open), None, widgets + [rewards, loaded])
+
+
+def restorable(name: str, value):
+    """A draft's value for its widget, or a skip when the widget could not show it (a choice
+    that is no longer offered, a number that is not one)."""
+    from .form import field_of, kind_of, optional
+    from .step_model import PRESETS
+
+    if name == "studio.model_preset":
+        return value if value in {s for _, s in PRESETS} else gr.skip()
+    if name in ("studio.steps", "studio.quality"):
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else gr.skip()
+    try:
+        kind = kind_of(name)
+    except (KeyError, AttributeError):  # not a config field
+        return gr.skip()
+    if name.startswith("data.") and name.endswith("_column"):
+        return value if isinstance(value, str) else gr.skip()
+    if kind == "choice":
+        return value if value in field_of(name).metadata["choices"] else gr.skip()
+    if kind == "bool":
+        return value if isinstance(value, bool) else gr.skip()
+    if kind in ("int", "float") and not optional(name):
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else gr.skip()
+    return value if isinstance(value, str) else gr.skip()
+
+
+def manager_for(policy: Policy, machine) -> RunManager:
+    """The run manager of a server: a shared one keeps a core for answering its pages while
+    runs train, and trains at most the teacher's number of runs at once."""
+    return RunManager(policy.root, max_workers=policy.limits.concurrent_runs
+                      if policy.shared else default_workers(machine),
+                      memory_budget=machine.total_bytes * 0.85,
+                      reserve_cores=1 if policy.shared and not machine.gpu else 0)
 
 
 def default_workers(machine) -> int:
@@ -121,6 +217,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, runs_dir: str | Path = "ru
            policy: Policy | None = None) -> None:
     policy = policy or Policy("local", runs_dir)
     demo = build_app(policy)
+    # a shared server keeps to its own core(s); its workers train on the others
+    pin_process(demo.studio.manager.server_cpus)
     demo.queue(default_concurrency_limit=4)
     auth = policy.check_login if policy.mode == "classroom" else None
     demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, ssr_mode=False,

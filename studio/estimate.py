@@ -133,3 +133,82 @@ def fit_verdict(total_bytes: float, available_bytes: float) -> tuple[str, str]:
         return "tight", (f"Needs about {need:.1f} GB of the {have:.1f} GB free: it may fit, but "
                          f"close other programs first.")
     return "ok", f"Needs about {need:.1f} GB; {have:.1f} GB is free. It fits."
+
+
+# ---- time -----------------------------------------------------------------------------
+
+_PACE_CACHE: dict = {}
+
+
+def _pace_of(run_dir: Path) -> dict | None:
+    """An earlier run's measured pace: model source, seconds per generated token over its last
+    ten steps, and its answers' mean length. Cached by the events file's size."""
+    import yaml
+
+    from core.events import EVENTS_FILE, read_events
+
+    try:
+        size = (run_dir / EVENTS_FILE).stat().st_size
+    except OSError:
+        return None
+    hit = _PACE_CACHE.get(run_dir)
+    if hit and hit[0] == size:
+        return hit[1]
+    pace = None
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        metrics = [e for e in read_events(run_dir)[0] if e.get("type") == "metrics"
+                   and isinstance(e.get("step_time"), (int, float))
+                   and (e.get("completion_tokens") or 0) > 0][-10:]
+        if metrics:
+            tokens = sum(m["completion_tokens"] for m in metrics)
+            pace = {"source": str((cfg.get("model") or {}).get("source", "default")),
+                    "name": run_dir.name, "steps": len(metrics),
+                    "s_per_token": sum(m["step_time"] for m in metrics) / tokens,
+                    "mean_length": tokens / len(metrics) / max(1, _answers(cfg))}
+    except Exception:
+        pace = None
+    if len(_PACE_CACHE) > 2000:
+        _PACE_CACHE.clear()
+    _PACE_CACHE[run_dir] = (size, pace)
+    return pace
+
+
+def _answers(cfg: dict) -> int:
+    g = cfg.get("grpo") or {}
+    return int(g.get("prompts_per_step", 4)) * int(g.get("num_generations", 8))
+
+
+def step_time_estimate(run_dirs, source: str, prompts, generations, max_length,
+                       steps) -> tuple[float | None, str]:
+    """(seconds per step or None, the sentence for the page saying how it was obtained): from
+    the newest earlier run of the same model on this machine, at its measured seconds per
+    generated token, with answers as long as that run's were (at most `max_length`)."""
+    try:
+        prompts, generations, max_length, steps = (int(prompts), int(generations),
+                                                   int(max_length), int(steps))
+    except (TypeError, ValueError):
+        return None, ""
+    for run_dir in list(run_dirs)[:30]:
+        pace = _pace_of(Path(run_dir))
+        if not pace or pace["source"] != str(source or "default"):
+            continue
+        length = min(max_length, pace["mean_length"])
+        per_step = prompts * generations * length * pace["s_per_token"]
+        total = per_step * steps
+        return per_step, (
+            f"⏱️ About **{_duration(per_step)} per step**, **{_duration(total)}** for {steps} "
+            f"steps: measured on this machine by your run *{pace['name']}* "
+            f"({pace['s_per_token'] * 100:.1f} s per 100 answer tokens over its last "
+            f"{pace['steps']} steps) with answers of about {length:.0f} tokens.")
+    return None, ("⏱️ No estimate of the time yet: nothing has trained this model on this "
+                  "machine. The first step measures it, and the time left shows from then on.")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

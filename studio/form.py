@@ -167,3 +167,40 @@ def make_widget(path: str, value: Any = None, **kwargs):
     return gr.Textbox(value="" if value is None else str(value) if kind != "text" else value,
                       lines=1, placeholder="empty: automatic" if optional(path) else None,
                       **common)
+
+
+# ---- what a preset would change ---------------------------------------------------------
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and \
+            not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    norm = [("" if v is None else str(v)).strip() for v in (a, b)]
+    return norm[0] == norm[1]
+
+
+def _shown(value: Any) -> str:
+    text = "(empty)" if value in (None, "") else str(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def reward_summary(rewards: list[dict]) -> str:
+    if not rewards:
+        return "none"
+    return ", ".join(f"{r.get('name') or r.get('template')} ×{r.get('weight', 1.0):g}"
+                     for r in rewards)
+
+
+def describe_changes(paths: list[str], old: list[Any], new: list[Any],
+                     old_rewards: list[dict] | None = None,
+                     new_rewards: list[dict] | None = None) -> list[str]:
+    """One line per setting that `new` would change, in plain words (label: old → new)."""
+    lines = []
+    for path, a, b in zip(paths, old, new):
+        if not _same(a, b):
+            lines.append(f"{label_of(path)} (`{path}`): {_shown(a)} → {_shown(b)}")
+    if new_rewards is not None and [clean_reward(r) for r in old_rewards or []] != \
+            [clean_reward(r) for r in new_rewards]:
+        lines.insert(0, f"Rewards: {reward_summary(old_rewards or [])} → "
+                        f"{reward_summary(new_rewards)}")
+    return lines

@@ -5,6 +5,7 @@ directory's events on a timer, so reloading it or restarting the server loses no
 """
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,15 +13,16 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError, RunConfig
-from core.events import read_events
+from core.events import read_events, read_progress
 from core.health import settings_advice
 from core.runs import RunManager, _slug
 
 from . import watch as w
 from .access import AccessError, User
 from .errors import quietly
-from .form import (config_from_values, make_widget, rewards_from_config, section_paths,
-                   values_from_config)
+from .estimate import step_time_estimate
+from .form import (config_from_values, describe_changes, make_widget, rewards_from_config,
+                   section_paths, values_from_config)
 from .jobs import scratch_dir
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
 from .session import Studio, require_training
@@ -49,6 +51,7 @@ def advice_markdown(values: dict) -> str:
     return "\n\n".join(lines)
 
 
+AUTO_COLUMN = re.compile(r"data\.(question|answer|system)_column")
 ACTIVE = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training")
 CHART_TITLES = list(w.CHARTS)
 
@@ -113,6 +116,9 @@ def catch_up(watch: dict, manager: RunManager) -> tuple[dict, bool, bool]:
         return watch, False, False
     events, offset = read_events(run_dir, watch["offset"])
     new = w.fold_events(watch, events, offset)
+    progress = read_progress(run_dir) if new["state"] in ACTIVE else None
+    if progress != new.get("progress"):
+        new["progress"] = progress
     if not events and new["state"] in ACTIVE and not manager.is_alive(run_dir):
         place = manager.position(run_dir)
         if place is not None:
@@ -169,6 +175,13 @@ def build(form: dict) -> dict:
         quality = gr.Slider(1, 5, 3, step=1, label="Speed ⟷ quality", elem_id="train-quality",
                             info="Left: faster steps. Right: more answers per step, longer answers.",
                             scale=2)
+    with gr.Group(visible=False, elem_id="preset-confirm") as preset_box:
+        preset_changes = gr.Markdown(elem_id="preset-changes")
+        with gr.Row():
+            preset_apply = gr.Button("Apply these changes", variant="primary", size="sm",
+                                     elem_id="preset-apply")
+            preset_cancel = gr.Button("Keep my settings", size="sm", elem_id="preset-cancel")
+    preset_pending = gr.State(None)
     form["name"] = make_widget("name", "my-run")
     with gr.Accordion("Advanced: every GRPO setting", open=False, elem_id="train-advanced"):
         defaults = RunConfig()
@@ -180,6 +193,7 @@ def build(form: dict) -> dict:
                     for path in paths[i:i + 4]:
                         form[path] = make_widget(path, values_from_config(defaults, [path])[0])
     estimate = gr.Markdown(elem_id="train-estimate")
+    timing = gr.Markdown(elem_id="train-time")
     advice = gr.Markdown(elem_id="train-advice")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -213,6 +227,9 @@ def build(form: dict) -> dict:
                                elem_id="runs-delete")
         runs = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=240)
     return {"demo": demo, "steps": steps, "quality": quality, "estimate": estimate,
+            "timing": timing, "preset_box": preset_box, "preset_changes": preset_changes,
+            "preset_apply": preset_apply, "preset_cancel": preset_cancel,
+            "preset_pending": preset_pending,
             "advice": advice, "health": health,
             "start": start, "fit_confirm": fit_confirm, "stop": stop, "resume": resume, "save_yaml": save_yaml,
             "load_yaml": load_yaml, "yaml_file": yaml_file, "message": message,
@@ -221,8 +238,35 @@ def build(form: dict) -> dict:
             "refresh": refresh, "delete": delete, "runs": runs}
 
 
+def run_banner(studio: Studio, user: User) -> tuple[str, str | None]:
+    """The line at the top of every step while one of the user's runs trains or waits, and
+    the run it names; empty when none does."""
+    if not user.can_train:
+        return "", None
+    for st in studio.manager.list([user.runs_dir]):
+        if st.state == "queued":
+            what = f"is waiting to start (number {st.position} in line)"
+        elif st.alive:
+            what = f"is training: step {st.step} of {st.max_steps or '?'}"
+        else:
+            continue
+        return f"🏃 Your run **{st.name}** ({st.run_dir.name}) {what}.", user.run_ref(st.run_dir)
+    return "", None
+
+
+TIME_PATHS = ("model.source", "grpo.prompts_per_step", "grpo.num_generations",
+              "grpo.max_completion_length", "train.max_steps")
+
+
+def time_estimate(studio: Studio, user: User, values: list) -> tuple[float | None, str]:
+    if not user.can_train:
+        return None, ""
+    runs = [st.run_dir for st in studio.manager.list([user.runs_dir])]
+    return step_time_estimate(runs, *values)
+
+
 def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.State,
-         remembered: gr.BrowserState, demo_block: gr.Blocks) -> None:
+         remembered: gr.BrowserState, demo_block: gr.Blocks, banner=None, tabs=None) -> None:
     manager, machine = studio.manager, studio.machine
     charts = w.ChartCache()  # one per server: pages watching the same run share its charts
     paths = list(form)
@@ -240,12 +284,36 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         cfg.data.source = user.display_source(cfg.data.source)
         return (values_from_config(cfg, paths) + [rewards_from_config(cfg), cfg.train.max_steps])
 
-    def on_demo(user):
-        return load_config(user, quick_demo_config(machine.gpu)) + [
-            "Loaded the quick demo: the built-in model learns one-digit sums."]
+    def on_demo(user, rs, *values):
+        """A preset never overwrites silently: it lists what it would change and asks."""
+        new = load_config(user, quick_demo_config(machine.gpu))
+        # an empty column in the preset means "detect it": the detected name is no change
+        compared = [v if v not in ("", None) or not AUTO_COLUMN.fullmatch(p) else old
+                    for p, v, old in zip(paths, new[:len(paths)], values)]
+        changes = describe_changes(paths, list(values), compared, rs, new[len(paths)])
+        if not changes:
+            return [gr.update(visible=False), "", None,
+                    "The quick demo is already loaded: nothing to change."]
+        shown = changes[:14] + ([f"… and {len(changes) - 14} more settings"]
+                                if len(changes) > 14 else [])
+        text = ("**The quick demo would change these settings:**\n\n"
+                + "\n".join(f"- {line}" for line in shown))
+        return [gr.update(visible=True), text, new, ""]
 
-    ui["demo"].click(studio.handler(on_demo), None,
-                     fields + [rewards, ui["steps"], ui["message"]])
+    preset_outs = [ui["preset_box"], ui["preset_changes"], ui["preset_pending"], ui["message"]]
+    ui["demo"].click(studio.handler(on_demo), [rewards] + fields, preset_outs)
+
+    def on_preset_apply(pending):
+        if not pending:
+            return [gr.skip()] * (len(fields) + 2) + [gr.update(visible=False), None, ""]
+        return list(pending) + [gr.update(visible=False), None,
+                                "Loaded the quick demo: the built-in model learns one-digit sums."]
+
+    ui["preset_apply"].click(on_preset_apply, ui["preset_pending"],
+                             fields + [rewards, ui["steps"], ui["preset_box"],
+                                       ui["preset_pending"], ui["message"]])
+    ui["preset_cancel"].click(lambda: [gr.update(visible=False), None, "Nothing was changed."],
+                              None, [ui["preset_box"], ui["preset_pending"], ui["message"]])
     ui["steps"].input(lambda s: int(s), ui["steps"], form["train.max_steps"])
     ui["quality"].input(quality_settings, ui["quality"], [form[p] for p in QUALITY_PATHS])
 
@@ -275,10 +343,12 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         if warning:
             return [warning, gr.skip()] + keep[:-1] + [gr.update(visible=True, value=False)]
         parts = estimate_parts(machine, *chosen)
+        per_step, _ = time_estimate(studio, user, [values[paths.index(p)] for p in TIME_PATHS])
         run_dir = manager.create(cfg, parent=user.runs_dir)
         place = manager.submit(run_dir, owner=user.name,
                                memory=parts["total"] if parts else None)
         new = w.new_watch(str(run_dir))
+        new["estimate_step_s"] = per_step
         if place:
             text = (f"**{run_dir.name}** is waiting to start: number {place} in line (at most "
                     f"{manager.max_workers} run(s) train at once). You can leave this page.")
@@ -387,6 +457,34 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
                                                             if run_dir else None))
 
     demo_block.load(studio.handler(on_load), remembered, view + runs_out)
+
+    time_fields = [form[p] for p in TIME_PATHS]
+
+    def on_time(user, *values):
+        return time_estimate(studio, user, list(values))[1]
+
+    for comp in time_fields:
+        comp.change(studio.handler(on_time), time_fields, ui["timing"], show_progress="hidden",
+                    queue=False)
+    demo_block.load(studio.handler(on_time), time_fields, ui["timing"], show_progress="hidden")
+
+    if banner is not None:
+        row, text, button, ref_state = banner
+
+        def on_banner(user):
+            line, ref = run_banner(studio, user)
+            return gr.update(visible=bool(line)), line, ref
+
+        banner_outs = [row, text, ref_state]
+        demo_block.load(studio.handler(on_banner), None, banner_outs, show_progress="hidden")
+        gr.Timer(15.0).tick(studio.handler(on_banner), None, banner_outs,
+                            show_progress="hidden", queue=False)
+
+        def on_watch(user, ref):
+            picked = on_pick(user, ref)
+            return [gr.Tabs(selected="train")] + list(picked)
+
+        button.click(studio.handler(on_watch), ref_state, [tabs, remembered] + view)
 
     def on_save(user, rs, *values):
         try:

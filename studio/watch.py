@@ -167,14 +167,50 @@ def figure(title: str, lines: dict[str, tuple[list, list]]):
 
 # ---- progress -------------------------------------------------------------------------
 
-def eta_seconds(watch: dict) -> float | None:
-    """Remaining time from the mean of recent step times."""
+def eta_seconds(watch: dict, now: float | None = None) -> float | None:
+    """Remaining time: the steps left at the mean of recent step times (before the first step,
+    at the estimate made before Start), less the time the current step has run already."""
     total, step = watch.get("max_steps"), watch.get("step", 0)
     times = [m["step_time"] for m in watch["metrics"][-10:]
              if isinstance(m.get("step_time"), (int, float))]
-    if not total or not times or watch.get("state") != "training":
+    per_step = sum(times) / len(times) if times else watch.get("estimate_step_s")
+    if not total or not per_step or watch.get("state") not in ("training", "ready", "resumed"):
         return None
-    return max(0.0, (total - step) * sum(times) / len(times))
+    left = (total - step) * per_step
+    progress = watch.get("progress") or {}
+    if progress.get("step") == step + 1 and progress.get("step_started"):
+        ran = (now or time.time()) - progress["step_started"]
+        left -= min(ran, per_step * 0.95)  # a slow step still leaves some of itself to run
+    return max(0.0, left)
+
+
+PHASE_WORDS = {
+    "generating": "generating answers",
+    "scoring": "scoring the answers with the rewards",
+    "reference": "computing the reference model's log-probabilities",
+    "updating": "updating the model",
+    "evaluating": "answering the held-out questions",
+}
+
+
+def phase_text(watch: dict) -> str:
+    """What the worker is doing within the current step, from its progress file; empty when
+    that is not news (no run training, or the file is from an earlier step)."""
+    progress = watch.get("progress") or {}
+    phase = progress.get("phase")
+    if phase not in PHASE_WORDS or watch.get("state") not in ("training", "ready", "resumed"):
+        return ""
+    if phase != "evaluating" and progress.get("step") != watch.get("step", 0) + 1:
+        return ""
+    words = PHASE_WORDS[phase]
+    if phase == "generating" and isinstance(progress.get("tokens"), int):
+        words += f": {progress['tokens']:,} tokens so far (at most {progress.get('of', 0):,})"
+    elif phase == "updating" and progress.get("passes"):
+        words += f": pass {min(progress.get('done', 0) + 1, progress['passes'])} of " \
+                 f"{progress['passes']}"
+    elif phase == "evaluating" and isinstance(progress.get("tokens"), int):
+        words += f": {progress['tokens']:,} tokens so far"
+    return words
 
 
 def format_duration(seconds: float | None) -> str:
@@ -204,8 +240,12 @@ def progress_html(watch: dict) -> str:
     if engine and watch.get("engine_reason"):
         engine += f" ({html.escape(watch['engine_reason'])})"
     device = f" on {html.escape(watch['device'])}" if watch.get("device") else ""
+    phase = phase_text(watch)
+    if phase:
+        words = f"{words} · {phase}"
     eta = eta_seconds(watch)
-    eta_text = f" · about {format_duration(eta)} left" if eta is not None else ""
+    guess = " (estimate)" if eta is not None and not watch["metrics"] else ""
+    eta_text = f" · about {format_duration(eta)} left{guess}" if eta is not None else ""
     if state == "queued":
         words = f"Waiting to start: number {watch.get('position') or '?'} in line"
         start = watch.get("queue_eta")
@@ -217,26 +257,29 @@ def progress_html(watch: dict) -> str:
 
 
 _ETA_CACHE: dict = {}
+_STEPS_CACHE: dict = {}
 ETA_SECONDS = 10.0  # a waiting page asks every 2 s; the answer changes far more slowly
 
 
 def queue_eta(manager, position: int, default_step_s: float = 20.0) -> float | None:
     """Seconds until the run at `position` in line may start: the running runs' remaining steps
     at their own recent pace, then the steps of the runs ahead in line, shared among the slots.
-    Kept for ETA_SECONDS per (line, place), so thirty waiting pages read the events once."""
-    key = (str(manager.root), position)
+    The whole line is worked out once per ETA_SECONDS, so thirty waiting pages read the events
+    once (each place on its own cost a class of 30 about half the server's time)."""
+    key = str(manager.root)
     hit = _ETA_CACHE.get(key)
     now = time.monotonic()
-    if hit and now - hit[0] < ETA_SECONDS:
-        return hit[1]
-    value = _queue_eta(manager, position, default_step_s)
-    if len(_ETA_CACHE) > 1000:
-        _ETA_CACHE.clear()
-    _ETA_CACHE[key] = (now, value)
-    return value
+    if not hit or now - hit[0] >= ETA_SECONDS or position > len(hit[1]):
+        if len(_ETA_CACHE) > 1000:
+            _ETA_CACHE.clear()
+        hit = (now, _queue_etas(manager, default_step_s, at_least=position))
+        _ETA_CACHE[key] = hit
+    etas = hit[1]
+    return etas[position - 1] if 0 < position <= len(etas) else None
 
 
-def _queue_eta(manager, position: int, default_step_s: float) -> float | None:
+def _queue_etas(manager, default_step_s: float, at_least: int = 0) -> list[float]:
+    """The start estimate of every place in line (and of `at_least` places)."""
     from core.events import read_events
 
     remaining, pace = [], []
@@ -250,21 +293,37 @@ def _queue_eta(manager, position: int, default_step_s: float) -> float | None:
         done = metrics[-1]["step"] if metrics else 0
         remaining.append(max(0, (total or done) - done) * step_s)
     step_s = sum(pace) / len(pace) if pace else default_step_s
-    ahead = manager.waiting()[:max(0, position - 1)]
-    ahead_s = sum(_planned_steps(e) * step_s for e in ahead)
     slots = max(1, manager.max_workers)
     first_free = min(remaining) if remaining and len(remaining) >= slots else 0.0
-    return round((first_free + ahead_s / slots) / 30) * 30  # steady text, not a new one a tick
+    waiting = manager.waiting()
+    etas, ahead_s = [], 0.0
+    for place in range(1, max(len(waiting), at_least) + 1):
+        # steady text, not a new one a tick
+        etas.append(round((first_free + ahead_s / slots) / 30) * 30)
+        if place <= len(waiting):
+            ahead_s += _planned_steps(waiting[place - 1]) * step_s
+    return etas
 
 
 def _planned_steps(entry: dict) -> int:
     if entry.get("max_steps"):
         return int(entry["max_steps"])
+    path = Path(entry["run_dir"]) / "config.yaml"
     try:
-        cfg = yaml.safe_load((Path(entry["run_dir"]) / "config.yaml").read_text())
-        return int(cfg["train"]["max_steps"])
-    except Exception:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
         return 40
+    hit = _STEPS_CACHE.get(path)
+    if hit and hit[0] == stamp:
+        return hit[1]
+    try:
+        steps = int(yaml.safe_load(path.read_text())["train"]["max_steps"])
+    except Exception:
+        steps = 40
+    if len(_STEPS_CACHE) > 5000:
+        _STEPS_CACHE.clear()
+    _STEPS_CACHE[path] = (stamp, steps)
+    return steps
 
 
 # ---- samples --------------------------------------------------------------------------

@@ -189,10 +189,30 @@ def tiny_run(page, name: str, steps: int) -> None:
         fill(page, elem, value)
     fill(page, "knob-train-max_steps", steps)
 
+def wait_loaded(page) -> str:
+    """Wait until the page has asked for the user's draft; 'restored' or 'none'."""
+    page.wait_for_selector("#machine-info")
+    marker = page.locator("#aha-ready [data-draft]")
+    marker.wait_for(state="attached")
+    return marker.get_attribute("data-draft")
+
+
+def open_studio(page, url: str) -> str:
+    page.goto(url)
+    return wait_loaded(page)
+
+
+@pytest.fixture(autouse=True)
+def fresh_draft(request):
+    """Each test starts from an empty form: no draft left by the test before it."""
+    if "studio" in request.fixturenames:
+        _, runs_dir = request.getfixturevalue("studio")
+        (runs_dir / "draft.json").unlink(missing_ok=True)
+
+
 def open_with_sample_data(page, url: str) -> None:
     """Load the studio and pick the built-in sample data (step 2)."""
-    page.goto(url)
-    page.wait_for_selector("#machine-info")
+    open_studio(page, url)
     tab(page, "2 · Data")
     page.click("#data-sample")
     wait_text(page, "#data-messages", "rows")
@@ -204,5 +224,5 @@ def sign_in(page, url: str, name: str, password: str) -> None:
     page.get_by_label("username").fill(name)
     page.get_by_label("password").fill(password)
     page.get_by_role("button", name="Login").click()
-    page.wait_for_selector("#machine-info")
+    wait_loaded(page)
     wait_text(page, "#who", f"Signed in as {name}")

@@ -15,8 +15,8 @@ import pytest
 from core.runs import RunManager
 from tests.test_trainer import tiny_config
 
-from .conftest import (fill, pick, shot, sign_in, start_server, stop_server, tab, wait_text,
-                       wait_until, wait_value)
+from .conftest import (fill, pick, shot, sign_in, start_server, stop_server, tab, wait_loaded,
+                       wait_text, wait_until, wait_value)
 
 USERS = """
 users:
@@ -171,7 +171,7 @@ def test_paths_typed_into_fields_never_reach_server_files(classroom, person, tmp
         source = alice.locator("#knob-data-source textarea, #knob-data-source input").first
         assert source.input_value() == ""  # nothing was taken as the data source
         alice.reload()
-        alice.wait_for_selector("#machine-info")
+        wait_loaded(alice)
         tab(alice, "2 · Data")
     alice.click("#data-sample")
     wait_text(alice, "#data-messages", "rows")
@@ -210,8 +210,10 @@ def test_runs_wait_in_line_and_the_teacher_sees_the_line(classroom, person):
         tab(page, "4 · Train")
         fill(page, "knob-name", name)
         page.click("#train-advanced button, #train-advanced .label-wrap")
+        # alice's run must outlast the setting up of bob's: 200 steps (the teacher's limit)
+        # of 128 tokens, where the tiny model rarely stops early
         for elem, value in {"knob-grpo-num_generations": 2, "knob-grpo-prompts_per_step": 1,
-                            "knob-grpo-max_completion_length": 8,
+                            "knob-grpo-max_completion_length": 128 if page is alice else 8,
                             "knob-train-threads": 1}.items():
             fill(page, elem, value)
         fill(page, "knob-train-max_steps", 500)
@@ -276,7 +278,7 @@ def space(tmp_path_factory, tiny_model_dir):
 def test_space_training_needs_a_signed_in_user(space, page):
     url, runs_dir, model_dir = space
     page.goto(url)
-    page.wait_for_selector("#machine-info")
+    wait_loaded(page)
     wait_text(page, "#who", "not signed in")
     assert page.locator("#banner-storage").count() == 1  # no /data here: runs are not kept
     tab(page, "2 · Data")

@@ -8,14 +8,15 @@ import zipfile
 
 import pytest
 
-from .conftest import (download, fill, open_with_sample_data, pick, run_state, run_step, shot, tab,
-                       tiny_run, wait_text, wait_until, wait_value)
+from .conftest import (download, fill, open_studio, open_with_sample_data, pick, run_state,
+                       run_step, shot, tab, tiny_run, wait_loaded, wait_text, wait_until,
+                       wait_value)
 
 pytestmark = pytest.mark.model
 
 def test_whole_wizard(studio, page, tmp_path):
     url, runs_dir = studio
-    page.goto(url)
+    assert open_studio(page, url) == "none"
 
     # 1. model: the embedded default, what the machine has, the memory estimate
     page.wait_for_selector("#machine-info")
@@ -113,7 +114,7 @@ def test_reload_reattaches_to_a_running_run(studio, page):
     before = run_step(page)
 
     page.reload()
-    page.wait_for_selector("#machine-info")
+    wait_loaded(page)
     tab(page, "4 · Train")
     wait_until(lambda: run_step(page) >= before and run_state(page) == "training", timeout=30,
           what="the reloaded page to show the run")
