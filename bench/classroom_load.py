@@ -87,20 +87,29 @@ def student(url: str, name: str, password: str, ref: str, stop: threading.Event,
     except Exception as exc:  # a failure to join is a result, not a crash of the benchmark
         errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
         return
+    import httpx
+
+    # The timer's events skip the queue (queue=False); a browser sends each as one plain POST
+    # in its session, not through the queue's event stream that the client library uses.
+    http = httpx.Client(base_url=url, cookies=client.cookies, timeout=60)
     last_list = time.monotonic()
     rng = random.Random(name)
     time.sleep(rng.random() * 2)  # browsers do not tick in step
     while not stop.is_set():
-        kind, api = "tick", "/watch_tick"
+        kind, api, data = "tick", "watch_tick", [None]  # the watch State: the session's own
         if time.monotonic() - last_list > 15:
-            kind, api, last_list = "runs_list", "/runs_list", time.monotonic()
+            kind, api, data, last_list = "runs_list", "runs_list", [], time.monotonic()
         t0 = time.perf_counter()
         try:
-            client.predict(api_name=api)
+            answer = http.post(f"gradio_api/run/{api}",
+                               json={"data": data, "session_hash": client.session_hash})
+            if answer.status_code != 200 or "data" not in answer.json():
+                raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:120]}")
             latencies[kind].append(time.perf_counter() - t0)
         except Exception as exc:
             errors.append(f"{name} {kind}: {type(exc).__name__}: {str(exc)[:200]}")
         stop.wait(max(0.0, 2.0 - (time.perf_counter() - t0)))
+    http.close()
 
 
 def main() -> int:
@@ -114,7 +123,9 @@ def main() -> int:
     os.environ.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
 
     from core.config import RunConfig
-    from core.runs import RunManager
+    from core.runs import pin_process
+    from studio.app import manager_for
+    from studio.machine import detect_machine
     from studio.access import Policy, load_accounts
 
     work = Path(tempfile.mkdtemp(prefix="aha-classroom-"))
@@ -131,7 +142,8 @@ def main() -> int:
     # each student's run, queued as the Start button queues it
     accounts, limits = load_accounts(work / "users.yaml")
     policy = Policy("classroom", runs_dir, accounts, limits)
-    manager = RunManager(policy.root, max_workers=args.workers)
+    # the server's own manager settings (a core kept for the pages), as its Start button would
+    manager = manager_for(policy, detect_machine())
     cfg = RunConfig.load(ROOT / "examples" / "01-classroom-demo.yaml")
     cfg.train.max_steps = 1000
     refs = {}
@@ -143,6 +155,9 @@ def main() -> int:
         if manager.submit(run_dir, owner=name) == 0:
             trainers.append(run_dir)
 
+    # the simulated browsers stand in for machines of their own: they share the server's
+    # core(s), never the workers' (pessimistic for the latency, neutral for the training)
+    pin_process(manager.server_cpus)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log = open(work / "server.log", "wb")
@@ -180,6 +195,7 @@ def main() -> int:
             "machine": {"cpu": platform.processor() or platform.machine(),
                         "cores": os.cpu_count()},
             "students": students, "training_workers": args.workers,
+            "server_cpus": manager.server_cpus, "worker_cpus": manager.worker_cpus,
             "config": "examples/01-classroom-demo.yaml",
             "step_time_alone_s": statistics.median(alone) if alone else None,
             "step_time_with_students_s": statistics.median(loaded) if loaded else None,

@@ -56,6 +56,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "run"
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def pin_process(cpus) -> bool:
+    """Keep every thread of this process, and so every thread and child it starts later, on
+    `cpus`. Linux only; False where it could not."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tasks = [0]
+    done = False
+    for tid in tasks:
+        try:
+            os.sched_setaffinity(tid, set(cpus))
+            done = True
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return done
+
+
+def pin_from_env() -> None:
+    """In a worker: the CPUs its run manager gave it (AHA_TRAIN_CPUS), before any thread."""
+    text = os.environ.get("AHA_TRAIN_CPUS")
+    if text:
+        try:
+            pin_process([int(c) for c in text.split(",") if c.strip()])
+        except ValueError:
+            pass
+
+
 def worker_command(run_dir: Path, max_steps: int | None = None, resume: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "core", "train", str(run_dir / "config.yaml"),
            "--run-dir", str(run_dir)]
@@ -97,10 +133,17 @@ class RunManager:
         # while a class of 30 watched took 793 s for a step that took 23-26 s alone (the
         # server's requests preempt one of its two threads and the other waits at every
         # parallel section); None leaves torch's default (all cores).
-        cores = os.cpu_count() or 1
+        cpus = usable_cpus()
+        cores = len(cpus)
         self.worker_threads = (max(1, (cores - reserve_cores) // (max_workers or
                                                                    default_max_workers()))
                                if reserve_cores else None)
+        # ...and the two never share a core: the server (and what it starts for its pages)
+        # stays on the first ones (`pin_process`), workers train on the others
+        # (AHA_TRAIN_CPUS, applied by the worker before it starts a thread)
+        split = bool(reserve_cores) and cores > reserve_cores
+        self.server_cpus = cpus[:reserve_cores] if split else []
+        self.worker_cpus = cpus[reserve_cores:] if split else []
         self.root.mkdir(parents=True, exist_ok=True)
         self._procs: dict[Path, subprocess.Popen] = {}
         self.max_workers = max_workers or default_max_workers()
@@ -132,6 +175,8 @@ class RunManager:
         env = child_env()
         if self.worker_threads:
             env["AHA_TRAIN_THREADS"] = str(self.worker_threads)
+        if self.worker_cpus:
+            env["AHA_TRAIN_CPUS"] = ",".join(map(str, self.worker_cpus))
         # A session of its own: the worker outlives the UI process and a closed browser tab.
         proc = subprocess.Popen(worker_command(run_dir, max_steps, resume), cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

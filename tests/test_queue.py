@@ -82,4 +82,7 @@ def test_a_shared_server_keeps_a_core_for_its_pages(tiny_model_dir, tmp_path):
                     and e.get("state") == "ready"]
         assert wait_for(ready), (run / "worker.log").read_text()[-2000:]
         assert ready()[0]["threads"] == expected
+        # and on other cores than the server's: the two never share one
+        cpus = sorted(os.sched_getaffinity(0))
+        assert ready()[0]["cpus"] == (cpus[reserve:] if len(cpus) > 1 else cpus)
         assert wait_for(lambda: not manager.is_alive(run))

@@ -360,3 +360,22 @@ def test_coach_notes_explain_the_charts():
                                               for i in range(1, 17)], 10)
     assert [c for c, _ in w.coach_notes(moving)] == ["loss"]
     assert w.coach_notes(w.new_watch("r")) == []
+
+
+def test_queue_eta_works_out_the_whole_line_once(tmp_path):
+    """Each place waits for the steps of the runs ahead of it; the line is read once per
+    ETA_SECONDS however many pages ask (30 waiting pages made the server parse 29 configs each)."""
+    class Line:  # what queue_eta reads of a RunManager: its line and its running runs
+        root, max_workers, reads = tmp_path, 1, 0
+
+        def running(self):
+            return []
+
+        def waiting(self):
+            self.reads += 1
+            return [{"run_dir": str(tmp_path / f"r{i}"), "max_steps": 3} for i in range(3)]
+
+    line = Line()
+    etas = [w.queue_eta(line, place, default_step_s=20.0) for place in (1, 2, 3, 3, 1)]
+    assert etas == [0, 60, 120, 120, 0]
+    assert line.reads == 1
