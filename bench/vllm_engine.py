@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 DEMO = ROOT / "examples" / "01-classroom-demo.yaml"
 CONFIGS = {

@@ -198,27 +198,6 @@ class TokenCounter:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-VLLM_MIN_TOKENS_PER_STEP = 4096  # below this, vLLM's start-up (~20 s here) is not repaid soon
-
-
-def choose_engine(cfg) -> tuple[str, str]:
-    """(engine, why) for a run's config: generation.engine, or for 'auto' the rule."""
-    from .vllm_engine import vllm_python
-
-    g = cfg.grpo
-    tokens = g.prompts_per_step * g.num_generations * g.max_completion_length
-    if cfg.generation.engine == "transformers":
-        return "transformers", "chosen in the settings"
-    if cfg.generation.engine == "vllm":
-        return "vllm", "chosen in the settings"
-    if vllm_python() is None:
-        return "transformers", "vLLM is not installed (bash scripts/setup.sh --vllm)"
-    if tokens < VLLM_MIN_TOKENS_PER_STEP:
-        return "transformers", (f"a step generates at most {tokens:,} tokens, under the "
-                                f"{VLLM_MIN_TOKENS_PER_STEP:,} where vLLM repays its start-up")
-    return "vllm", f"vLLM is installed and a step generates up to {tokens:,} tokens"
-
-
 def make_engine(name: str, model, tokenizer, device: torch.device,
                 max_batch_size: int | None = None,
                 weights: Callable[[], ContextManager] | None = None, *, cfg=None,

@@ -26,7 +26,8 @@ from .config import RunConfig
 from .evaluate import build_reward_set, prompt_ids, score_questions
 from .events import EventLog, Progress, read_events
 from .health import CollapseDetector, settings_advice
-from .generation import choose_engine, make_engine
+from .generation import make_engine
+from .engine_choice import choose_engine
 from .vllm_engine import VLLMError
 from .grpo import (STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advantages,
                    policy_loss, sampler_ratio)
@@ -158,7 +159,7 @@ class Trainer:
                                                    self.loaded.device)
         self.kernel_report = kernels.patch_model(self.model) if cfg.train.kernels else {}
         self.model.train()
-        engine, self.engine_reason = choose_engine(cfg)
+        engine, self.engine_reason = choose_engine(cfg, torch.cuda.is_available())
         if engine == "vllm":
             self._status("loading_model", "Starting vLLM")
         try:

@@ -14,18 +14,17 @@ a few hundredths of a second for the embedded model's adapter (bench/vllm_engine
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from .engine_choice import vllm_python
 from .generation import Generation
 from .models import stop_token_ids
 from .runs import PROJECT_ROOT, child_env
@@ -36,19 +35,6 @@ GENERATE_TIMEOUT_S = 1800
 
 class VLLMError(RuntimeError):
     """The vLLM process failed, hung or ended; the message is one line."""
-
-
-def vllm_python() -> str | None:
-    """A Python that can run core.vllm_server, or None when vLLM is not installed."""
-    env = os.environ.get("AHA_VLLM_PYTHON")
-    if env:
-        return env if Path(env).exists() else None
-    local = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
-    if local.exists():
-        return str(local)
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
-    return None
 
 
 def _threads() -> str:

@@ -32,10 +32,10 @@ ADVICE_PATHS = ("train.learning_rate", "grpo.temperature", "grpo.num_generations
                 "grpo.prompts_per_step", "grpo.max_completion_length", "generation.engine")
 
 
-def advice_markdown(values: dict) -> str:
+def advice_markdown(values: dict, gpu: bool = False) -> str:
     """Advice on the settings that decide whether a run keeps learning, and which generation
     engine will run and why, as the fields change."""
-    from core.generation import choose_engine
+    from core.engine_choice import choose_engine
 
     data: dict = {}
     for path in ADVICE_PATHS:
@@ -46,7 +46,7 @@ def advice_markdown(values: dict) -> str:
     except (ConfigError, TypeError, ValueError):
         return ""  # the field's own check says what is wrong
     lines = [f"⚠️ {a['message']} Try: {a['fix']}" for a in settings_advice(cfg)]
-    engine, why = choose_engine(cfg)
+    engine, why = choose_engine(cfg, gpu)
     lines.append(f"Answers are generated with **{engine}**: {why}.")
     return "\n\n".join(lines)
 
@@ -321,7 +321,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     advice_fields = [form[p] for p in ADVICE_PATHS]
 
     def on_advice(*values):
-        return advice_markdown(dict(zip(ADVICE_PATHS, values)))
+        return advice_markdown(dict(zip(ADVICE_PATHS, values)), machine.gpu)
 
     for comp in advice_fields:
         comp.change(on_advice, advice_fields, ui["advice"], show_progress="hidden", queue=False)

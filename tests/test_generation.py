@@ -68,3 +68,25 @@ def test_engine_samples_reproducibly_and_by_the_knobs(tiny_model_dir):
     greedy = run(0, top_k=1)
     assert greedy == run(5, top_k=1)  # top-1 is greedy whatever the seed
     assert greedy[0] == greedy[1] == greedy[2] and greedy[3] == greedy[4] == greedy[5]
+
+
+def test_auto_engine_keeps_transformers_on_a_cpu(monkeypatch):
+    """vLLM with a LoRA adapter was no faster on this CPU (bench/results/vllm_engine_cpu.json):
+    auto takes it on a GPU for steps of 4,096 tokens or more, on a CPU only when told to."""
+    from core import engine_choice as vllm_engine
+    from core.config import RunConfig
+
+    monkeypatch.setattr(vllm_engine, "vllm_python", lambda: "/usr/bin/python3")  # installed
+    monkeypatch.delenv("AHA_VLLM_AUTO_ON_CPU", raising=False)
+    big = RunConfig.from_dict({"grpo": {"prompts_per_step": 4, "num_generations": 8,
+                                        "max_completion_length": 128}})
+    small = RunConfig.from_dict({"grpo": {"prompts_per_step": 4, "num_generations": 8,
+                                          "max_completion_length": 64}})
+    assert vllm_engine.choose_engine(big, gpu=True)[0] == "vllm"
+    assert vllm_engine.choose_engine(small, gpu=True)[0] == "transformers"
+    engine, why = vllm_engine.choose_engine(big, gpu=False)
+    assert engine == "transformers" and "CPU" in why
+    monkeypatch.setenv("AHA_VLLM_AUTO_ON_CPU", "1")
+    assert vllm_engine.choose_engine(big, gpu=False)[0] == "vllm"
+    big.generation.engine = "transformers"
+    assert vllm_engine.choose_engine(big, gpu=True) == ("transformers", "chosen in the settings")

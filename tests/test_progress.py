@@ -1,18 +1,16 @@
 """Signs of life within a step: the worker's progress file (phase, tokens so far), the token
 counter inside real generation, and what the page makes of them (phase words, the time left)."""
-import json
 import time
 
 import torch
 
 from core.config import ModelConfig
-from core.events import PROGRESS_FILE, Progress, read_progress
+from core.events import PROGRESS_FILE, EventLog, Progress, read_progress
 from core.generation import make_engine
 from core.models import load_model
 from core.trainer import Trainer
 from studio import watch as w
 from studio.estimate import step_time_estimate
-from core.events import EventLog
 
 from .test_trainer import tiny_config
 

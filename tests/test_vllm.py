@@ -90,6 +90,9 @@ def test_logprobs_at_the_sampling_temperature(engines):
     assert worst < 1e-3, worst
 
 
+SMALL = {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 32}  # quick steps
+
+
 def _demo_config(tmp_path, engine, steps, **grpo):
     from core.config import RunConfig
     cfg = RunConfig.load(ROOT / "examples" / "01-classroom-demo.yaml")
@@ -105,14 +108,15 @@ def _demo_config(tmp_path, engine, steps, **grpo):
     return cfg
 
 
-def _worker(run_dir, *extra):
+def _worker(run_dir, *extra, env=None):
     return subprocess.Popen([sys.executable, "-m", "core", "train", str(run_dir / "config.yaml"),
                              "--run-dir", str(run_dir), *extra], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
 
 
 def test_grpo_steps_with_vllm_write_the_usual_events(tmp_path):
-    _demo_config(tmp_path, "vllm", 3)
+    _demo_config(tmp_path, "vllm", 3, **SMALL)
     proc = _worker(tmp_path)
     _out, err = proc.communicate(timeout=1500)
     assert proc.returncode == 0, err[-2000:]
@@ -141,7 +145,7 @@ def _wait_for_step(run_dir, proc, step, timeout=1200):
 
 
 def test_killed_vllm_stops_the_run_cleanly_and_it_resumes(tmp_path):
-    _demo_config(tmp_path, "vllm", 3)
+    _demo_config(tmp_path, "vllm", 3, **SMALL)
     proc = _worker(tmp_path)
     _wait_for_step(tmp_path, proc, 1)
     os.killpg(int((tmp_path / "vllm.pid").read_text()), signal.SIGKILL)
@@ -161,9 +165,10 @@ def test_killed_vllm_stops_the_run_cleanly_and_it_resumes(tmp_path):
 
 
 def test_auto_falls_back_to_transformers_when_vllm_dies(tmp_path):
-    # auto picks vLLM for a step of 4 prompts x 8 answers x 128 tokens (4,096 tokens)
+    # auto picks vLLM for a step of 4 prompts x 8 answers x 128 tokens (4,096 tokens), on a
+    # CPU only when told to (there it was no faster)
     _demo_config(tmp_path, "auto", 2, num_generations=8, max_completion_length=128)
-    proc = _worker(tmp_path)
+    proc = _worker(tmp_path, env={"AHA_VLLM_AUTO_ON_CPU": "1"})
     _wait_for_step(tmp_path, proc, 1)
     os.killpg(int((tmp_path / "vllm.pid").read_text()), signal.SIGKILL)
     _out, err = proc.communicate(timeout=1500)

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from .conftest import (fill, open_studio, pick, run_state, run_step, shot, start_server,
-                       stop_server, tab, wait_loaded, wait_text, wait_until, wait_value)
+from .conftest import (fill, open_studio, open_with_sample_data, pick, run_state, run_step,
+                       shot, start_server, stop_server, tab, wait_loaded, wait_text,
+                       wait_until, wait_value)
 
 pytestmark = pytest.mark.model
 
@@ -43,10 +44,7 @@ def test_next_and_back_move_between_steps(studio, page):
 
 def test_quick_demo_asks_before_changing_anything(studio, page):
     url, _ = studio
-    open_studio(page, url)
-    tab(page, "2 · Data")
-    page.click("#data-sample")
-    wait_text(page, "#data-messages", "rows")
+    open_with_sample_data(page, url)
     tab(page, "4 · Train")
     fill(page, "knob-name", "my-own-run")
     page.click("#train-advanced button, #train-advanced .label-wrap")

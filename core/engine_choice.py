@@ -1,0 +1,56 @@
+"""Which engine generates a run's answers, decided without torch: the worker asks before it
+loads anything, the studio's page asks as the settings change (its process never imports
+torch)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from .runs import PROJECT_ROOT
+
+
+def vllm_python() -> str | None:
+    """A Python that can run core.vllm_server, or None when vLLM is not installed."""
+    env = os.environ.get("AHA_VLLM_PYTHON")
+    if env:
+        return env if Path(env).exists() else None
+    local = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
+    if local.exists():
+        return str(local)
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    return None
+
+
+VLLM_MIN_TOKENS_PER_STEP = 4096  # below this, vLLM's start-up (~20 s here) is not repaid soon
+
+
+def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
+    """(engine, why) for a run's config: generation.engine, or for 'auto' the rule. Needs no
+    torch (the studio's page asks it too); `gpu`: whether the run trains on a CUDA GPU.
+
+    On a CPU, auto keeps transformers: vLLM serving the LoRA adapter was slower there (0.34x the
+    tokens/s of transformers on the classroom demo, 0.95x on 8 answers of up to 200 tokens;
+    bench/results/vllm_engine_cpu.json). AHA_VLLM_AUTO_ON_CPU=1 lets auto choose it anyway.
+    """
+    g = cfg.grpo
+    tokens = g.prompts_per_step * g.num_generations * g.max_completion_length
+    if cfg.generation.engine == "transformers":
+        return "transformers", "chosen in the settings"
+    if cfg.generation.engine == "vllm":
+        return "vllm", "chosen in the settings"
+    if vllm_python() is None:
+        return "transformers", "vLLM is not installed (bash scripts/setup.sh --vllm)"
+    if not gpu and os.environ.get("AHA_VLLM_AUTO_ON_CPU") != "1":
+        return "transformers", ("on a CPU, vLLM with a LoRA adapter generated no faster than "
+                                "transformers (bench/results/vllm_engine_cpu.json)")
+    if tokens < VLLM_MIN_TOKENS_PER_STEP:
+        return "transformers", (f"a step generates at most {tokens:,} tokens, under the "
+                                f"{VLLM_MIN_TOKENS_PER_STEP:,} where vLLM repays its start-up")
+    return "vllm", f"vLLM is installed and a step generates up to {tokens:,} tokens"
+
+
+class VLLMError(RuntimeError):
+    """The vLLM process failed, hung or ended; the message is one line."""
