@@ -51,6 +51,3 @@ def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
                                 f"{VLLM_MIN_TOKENS_PER_STEP:,} where vLLM repays its start-up")
     return "vllm", f"vLLM is installed and a step generates up to {tokens:,} tokens"
 
-
-class VLLMError(RuntimeError):
-    """The vLLM process failed, hung or ended; the message is one line."""

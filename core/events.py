@@ -109,10 +109,18 @@ class Progress:
             pass  # a sign of life is never worth stopping a run for
 
 
+PROGRESS_NUMBERS = ("step", "step_started", "phase_started", "time", "tokens", "of", "passes",
+                    "done", "questions")
+
+
 def read_progress(run_dir: str | Path) -> dict | None:
-    """The worker's current phase, or None (no file, or one being replaced)."""
+    """The worker's current phase, or None (no file, or one being replaced). Fields that should
+    be numbers and are not are dropped."""
     try:
         data = json.loads((Path(run_dir) / PROGRESS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    return {k: v for k, v in data.items() if k not in PROGRESS_NUMBERS
+            or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))}

@@ -135,6 +135,7 @@ class Trainer:
     # ---- set-up, in dependency order ----------------------------------------------------
     def setup(self) -> "Trainer":
         cfg = self.cfg
+        self.progress.clear()  # a phase left by an earlier worker of this run is not news
         return_freed_memory_to_os()
         threads = cfg.train.threads or int(os.environ.get("AHA_TRAIN_THREADS") or 0)
         if threads:  # empty: all cores, unless the run manager keeps some for its server
@@ -205,9 +206,11 @@ class Trainer:
 
         # 1. generate: G completions per prompt                               [B = P*G]
         step = self.step_count + 1
-        self.progress.phase("generating", step, tokens=0,
-                            of=len(rows) * g.num_generations * g.max_completion_length)
-        if hasattr(self.engine, "on_tokens"):
+        counts = hasattr(self.engine, "on_tokens")  # vLLM answers in one piece: no count
+        self.progress.phase("generating", step,
+                            of=len(rows) * g.num_generations * g.max_completion_length,
+                            **({"tokens": 0} if counts else {}))
+        if counts:
             self.engine.on_tokens = lambda n: self.progress.update(tokens=n)
         t0 = time.perf_counter()
         gen = self.engine.generate(prompts, g.num_generations, g.max_completion_length,

@@ -153,8 +153,12 @@ def keep_the_form(studio: Studio, form: dict, model_ui: dict, train_ui: dict,
     widgets = [keep[n] for n in names]
 
     def on_change(user, rs, *values):
-        if user.can_train:
+        if not user.can_train:
+            return
+        try:
             save_draft(user.home, dict(zip(names, values)), rs)
+        except OSError:
+            pass  # a full or read-only disk: the page keeps working, the draft waits
 
     gr.on([w.change for w in widgets] + [rewards.change], studio.handler(on_change),
           [rewards] + widgets, None, queue=False, show_progress="hidden",
@@ -172,6 +176,13 @@ def keep_the_form(studio: Studio, form: dict, model_ui: dict, train_ui: dict,
     demo.load(studio.handler(on_open), None, widgets + [rewards, loaded])
 
 
+SLIDERS = {"studio.steps": step_train.STEPS_RANGE, "studio.quality": step_train.QUALITY_RANGE}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def restorable(name: str, value):
     """A draft's value for its widget, or a skip when the widget could not show it (a choice
     that is no longer offered, a number that is not one)."""
@@ -180,9 +191,9 @@ def restorable(name: str, value):
 
     if name == "studio.model_preset":
         return value if value in {s for _, s in PRESETS} else gr.skip()
-    if name in ("studio.steps", "studio.quality"):
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            else gr.skip()
+    if name in SLIDERS:
+        lo, hi = SLIDERS[name]
+        return value if _number(value) and lo <= value <= hi else gr.skip()
     try:
         kind = kind_of(name)
     except (KeyError, AttributeError):  # not a config field
@@ -194,8 +205,10 @@ def restorable(name: str, value):
     if kind == "bool":
         return value if isinstance(value, bool) else gr.skip()
     if kind in ("int", "float") and not optional(name):
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            else gr.skip()
+        meta = field_of(name).metadata
+        lo, hi = meta.get("min"), meta.get("max")
+        fits = _number(value) and (lo is None or value >= lo) and (hi is None or value <= hi)
+        return value if fits else gr.skip()
     return value if isinstance(value, str) else gr.skip()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 DRAFT_FILE = "draft.json"
@@ -46,9 +47,13 @@ def save_draft(home: Path, fields: dict, rewards: list) -> None:
     if len(text) > MAX_DRAFT_BYTES:
         return  # never happens from the page; a draft that big is not worth keeping
     home.mkdir(parents=True, exist_ok=True)
-    tmp = home / f".{DRAFT_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(home / DRAFT_FILE)
+    fd, tmp = tempfile.mkstemp(prefix=f".{DRAFT_FILE}.", suffix=".tmp", dir=home)
+    try:  # a file of its own per save: two tabs saving at once never share one
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, home / DRAFT_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def load_draft(home: Path, names: list[str]) -> tuple[dict, list] | None:

@@ -189,6 +189,8 @@ def step_time_estimate(run_dirs, source: str, prompts, generations, max_length,
                                                    int(max_length), int(steps))
     except (TypeError, ValueError):
         return None, ""
+    from .watch import format_duration
+
     for run_dir in list(run_dirs)[:30]:
         pace = _pace_of(Path(run_dir))
         if not pace or pace["source"] != str(source or "default"):
@@ -197,18 +199,11 @@ def step_time_estimate(run_dirs, source: str, prompts, generations, max_length,
         per_step = prompts * generations * length * pace["s_per_token"]
         total = per_step * steps
         return per_step, (
-            f"⏱️ About **{_duration(per_step)} per step**, **{_duration(total)}** for {steps} "
+            f"⏱️ About **{format_duration(per_step)} per step**, "
+            f"**{format_duration(total)}** for {steps} "
             f"steps: measured on this machine by your run *{pace['name']}* "
             f"({pace['s_per_token'] * 100:.1f} s per 100 answer tokens over its last "
             f"{pace['steps']} steps) with answers of about {length:.0f} tokens.")
     return None, ("⏱️ No estimate of the time yet: nothing has trained this model on this "
                   "machine. The first step measures it, and the time left shows from then on.")
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

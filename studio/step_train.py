@@ -51,6 +51,8 @@ def advice_markdown(values: dict, gpu: bool = False) -> str:
     return "\n\n".join(lines)
 
 
+STEPS_RANGE = (1, 500)   # the beginner's Steps slider; more steps: the advanced max_steps box
+QUALITY_RANGE = (1, 5)
 AUTO_COLUMN = re.compile(r"data\.(question|answer|system)_column")
 ACTIVE = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training")
 CHART_TITLES = list(w.CHARTS)
@@ -171,8 +173,10 @@ def build(form: dict) -> dict:
     gr.Markdown("### 4 · Train")
     with gr.Row():
         demo = gr.Button("Quick demo on this machine", elem_id="train-demo")
-        steps = gr.Slider(1, 500, 40, step=1, label="Steps", elem_id="train-steps", scale=2)
-        quality = gr.Slider(1, 5, 3, step=1, label="Speed ⟷ quality", elem_id="train-quality",
+        steps = gr.Slider(*STEPS_RANGE, 40, step=1, label="Steps", elem_id="train-steps",
+                          scale=2)
+        quality = gr.Slider(*QUALITY_RANGE, 3, step=1, label="Speed ⟷ quality",
+                            elem_id="train-quality",
                             info="Left: faster steps. Right: more answers per step, longer answers.",
                             scale=2)
     with gr.Group(visible=False, elem_id="preset-confirm") as preset_box:
@@ -261,7 +265,11 @@ TIME_PATHS = ("model.source", "grpo.prompts_per_step", "grpo.num_generations",
 def time_estimate(studio: Studio, user: User, values: list) -> tuple[float | None, str]:
     if not user.can_train:
         return None, ""
-    runs = [st.run_dir for st in studio.manager.list([user.runs_dir])]
+    try:  # newest first by name (they start with the time); no run's events are read here
+        runs = sorted((p for p in user.runs_dir.iterdir() if (p / "config.yaml").is_file()),
+                      key=lambda p: p.name, reverse=True)
+    except OSError:
+        runs = []
     return step_time_estimate(runs, *values)
 
 
@@ -282,7 +290,9 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
 
     def load_config(user, cfg: RunConfig):
         cfg.data.source = user.display_source(cfg.data.source)
-        return (values_from_config(cfg, paths) + [rewards_from_config(cfg), cfg.train.max_steps])
+        # the slider cannot show more than its maximum; the max_steps box holds the true number
+        return (values_from_config(cfg, paths) + [rewards_from_config(cfg),
+                                                  min(cfg.train.max_steps, STEPS_RANGE[1])])
 
     def on_demo(user, rs, *values):
         """A preset never overwrites silently: it lists what it would change and asks."""
@@ -425,6 +435,9 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     def on_tick(wt):
         new, metrics, samples = catch_up(wt, manager)
         if new == wt:
+            if new.get("progress") and new.get("state") in w.RUNNING:
+                # the time left shrinks while a phase runs on with nothing new to read
+                return [gr.skip(), w.progress_html(new)] + [gr.skip()] * (len(view) - 2)
             return [gr.skip()] * len(view)
         return render(new, charts=metrics, samples=samples, cache=charts)
 

@@ -167,6 +167,9 @@ def figure(title: str, lines: dict[str, tuple[list, list]]):
 
 # ---- progress -------------------------------------------------------------------------
 
+RUNNING = ("training", "ready", "resumed")  # states in which a worker is working on a step
+
+
 def eta_seconds(watch: dict, now: float | None = None) -> float | None:
     """Remaining time: the steps left at the mean of recent step times (before the first step,
     at the estimate made before Start), less the time the current step has run already."""
@@ -174,7 +177,7 @@ def eta_seconds(watch: dict, now: float | None = None) -> float | None:
     times = [m["step_time"] for m in watch["metrics"][-10:]
              if isinstance(m.get("step_time"), (int, float))]
     per_step = sum(times) / len(times) if times else watch.get("estimate_step_s")
-    if not total or not per_step or watch.get("state") not in ("training", "ready", "resumed"):
+    if not total or not per_step or watch.get("state") not in RUNNING:
         return None
     left = (total - step) * per_step
     progress = watch.get("progress") or {}
@@ -198,7 +201,7 @@ def phase_text(watch: dict) -> str:
     that is not news (no run training, or the file is from an earlier step)."""
     progress = watch.get("progress") or {}
     phase = progress.get("phase")
-    if phase not in PHASE_WORDS or watch.get("state") not in ("training", "ready", "resumed"):
+    if phase not in PHASE_WORDS or watch.get("state") not in RUNNING:
         return ""
     if phase != "evaluating" and progress.get("step") != watch.get("step", 0) + 1:
         return ""
@@ -258,6 +261,7 @@ def progress_html(watch: dict) -> str:
 
 _ETA_CACHE: dict = {}
 _STEPS_CACHE: dict = {}
+_ETA_LOCK = threading.Lock()
 ETA_SECONDS = 10.0  # a waiting page asks every 2 s; the answer changes far more slowly
 
 
@@ -267,13 +271,14 @@ def queue_eta(manager, position: int, default_step_s: float = 20.0) -> float | N
     The whole line is worked out once per ETA_SECONDS, so thirty waiting pages read the events
     once (each place on its own cost a class of 30 about half the server's time)."""
     key = str(manager.root)
-    hit = _ETA_CACHE.get(key)
-    now = time.monotonic()
-    if not hit or now - hit[0] >= ETA_SECONDS or position > len(hit[1]):
-        if len(_ETA_CACHE) > 1000:
-            _ETA_CACHE.clear()
-        hit = (now, _queue_etas(manager, default_step_s, at_least=position))
-        _ETA_CACHE[key] = hit
+    with _ETA_LOCK:  # pages that tick together: one works the line out, the others read it
+        hit = _ETA_CACHE.get(key)
+        now = time.monotonic()
+        if not hit or now - hit[0] >= ETA_SECONDS or position > len(hit[1]):
+            if len(_ETA_CACHE) > 1000:
+                _ETA_CACHE.clear()
+            hit = (now, _queue_etas(manager, default_step_s, at_least=position))
+            _ETA_CACHE[key] = hit
     etas = hit[1]
     return etas[position - 1] if 0 < position <= len(etas) else None
 

@@ -22,6 +22,9 @@ def test_draft_round_trips_only_the_names_asked_for(tmp_path):
     assert back == {k: v for k, v in fields.items() if k in NAMES}
     assert rs == rewards
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, no leftovers
+    save_draft(tmp_path, {"name": "again"}, [])  # a second save replaces the first
+    assert load_draft(tmp_path, NAMES)[0] == {"name": "again"}
+    assert not list(tmp_path.glob(".*tmp"))
 
 
 def test_damaged_or_hostile_drafts_are_ignored(tmp_path):
@@ -51,6 +54,11 @@ def test_only_values_a_widget_can_show_come_back():
     assert restorable("studio.model_preset", "default") == "default"
     assert restorable("no.such.field", 1) == skip
     assert restorable("model.gradient_checkpointing", "yes") == skip
+    # within each setting's range and each slider's: out of range, a widget would refuse it
+    assert restorable("model.lora_r", -5) == skip
+    assert restorable("studio.quality", -3) == skip
+    assert restorable("studio.steps", 100_000) == skip
+    assert restorable("studio.steps", 40) == 40
 
 
 def test_a_preset_lists_what_it_would_change():

@@ -32,6 +32,9 @@ def test_progress_file_is_replaced_and_throttled(tmp_path):
     assert read_progress(tmp_path) is None
     (tmp_path / PROGRESS_FILE).write_text("{half")  # a reader never fails on a bad file
     assert read_progress(tmp_path) is None
+    (tmp_path / PROGRESS_FILE).write_text('{"phase": "updating", "step": 2, "done": true, '
+                                          '"passes": "4", "of": 1e999}')
+    assert read_progress(tmp_path) == {"phase": "updating", "step": 2}  # no number: dropped
 
 
 def test_token_counter_counts_what_generation_produced(tiny_model_dir):
@@ -103,7 +106,7 @@ def test_time_estimate_comes_from_an_earlier_run_of_the_same_model(tmp_path):
     log.close()
     per_step, text = step_time_estimate([run], "default", 4, 8, 64, 10)
     assert per_step == 4 * 8 * 50 * 0.05
-    assert "earlier" in text and "5.0 s per 100 answer tokens" in text and "80 s per step" in text
+    assert "earlier" in text and "5.0 s per 100 answer tokens" in text and "1m 20s per step" in text
     short, _ = step_time_estimate([run], "default", 4, 8, 25, 10)  # answers capped at 25 tokens
     assert short == 4 * 8 * 25 * 0.05
     none, text = step_time_estimate([run], "Qwen/Qwen2.5-0.5B-Instruct", 4, 8, 64, 10)

@@ -373,9 +373,12 @@ def test_queue_eta_works_out_the_whole_line_once(tmp_path):
 
         def waiting(self):
             self.reads += 1
-            return [{"run_dir": str(tmp_path / f"r{i}"), "max_steps": 3} for i in range(3)]
+            return [{"run_dir": str(tmp_path / f"r{i}"), "max_steps": 3} for i in range(2)] + \
+                [{"run_dir": str(tmp_path / "r2")}, {"run_dir": str(tmp_path / "r3")}]
 
+    (tmp_path / "r2").mkdir()  # a waiting run whose steps only its config says
+    (tmp_path / "r2" / "config.yaml").write_text("train: {max_steps: 5}\n")
     line = Line()
-    etas = [w.queue_eta(line, place, default_step_s=20.0) for place in (1, 2, 3, 3, 1)]
-    assert etas == [0, 60, 120, 120, 0]
+    etas = [w.queue_eta(line, place, default_step_s=20.0) for place in (1, 2, 3, 4, 3, 1)]
+    assert etas == [0, 60, 120, 210, 120, 0]
     assert line.reads == 1
