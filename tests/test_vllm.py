@@ -152,7 +152,9 @@ def test_killed_vllm_stops_the_run_cleanly_and_it_resumes(tmp_path):
     _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: The vLLM process ended") and "vllm.log" in line
+    # killed while it generates or between two batches: either way one line naming its log
+    assert line.startswith(("error: The vLLM process ended",
+                            "error: The channel to vLLM closed")) and "vllm.log" in line
     errors = [e for e in read_events(tmp_path)[0] if e["type"] == "error"]
     assert len(errors) == 1 and "\n" not in errors[0]["message"]
     assert list((tmp_path / "checkpoints").glob("step-*"))
