@@ -361,16 +361,20 @@ class RunManager:
         return RunStatus(run_dir, name, state, step, max_steps, message, alive, error, tb,
                          place)
 
-    def list(self, folders: list[str | Path] | None = None) -> list[RunStatus]:
-        """The runs in these folders (default: the root), newest first."""
+    def run_dirs(self, folders: list[str | Path] | None = None) -> list[Path]:
+        """The run folders in these folders (default: the root), newest first (their names
+        start with the time); nothing of a run is read but that its config exists."""
         dirs = []
         for folder in folders if folders is not None else [self.root]:
             folder = Path(folder)
             if folder.is_dir():
                 dirs += [p for p in folder.iterdir() if (p / "config.yaml").exists()]
-        dirs.sort(key=lambda p: p.name, reverse=True)
+        return sorted(dirs, key=lambda p: p.name, reverse=True)
+
+    def list(self, folders: list[str | Path] | None = None) -> list[RunStatus]:
+        """The runs in these folders (default: the root), newest first."""
         waiting = self.waiting()
-        return [self.status(p, waiting) for p in dirs]
+        return [self.status(p, waiting) for p in self.run_dirs(folders)]
 
 
 def default_max_workers() -> int:

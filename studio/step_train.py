@@ -58,11 +58,12 @@ ACTIVE = ("created", "queued", "loading_data", "loading_model", "ready", "resume
 CHART_TITLES = list(w.CHARTS)
 
 
-def runs_table(studio: Studio, user: User) -> tuple[dict, list]:
-    """The runs this user may see, as a table and as (label, run ref) choices."""
+def runs_table(studio: Studio, user: User, statuses=None) -> tuple[dict, list]:
+    """The runs this user may see (`statuses`, when already listed), as a table and as
+    (label, run ref) choices."""
     rows, choices = [], []
     shared_view = user.sees_all and studio.policy.shared
-    for st in studio.runs_of(user):
+    for st in studio.runs_of(user) if statuses is None else statuses:
         ref = user.run_ref(st.run_dir)
         state = w.STATE_WORDS.get(st.state, st.state).split(";")[0]
         if st.state == "queued":
@@ -95,7 +96,16 @@ def wait_for_exit(manager: RunManager, run_dir: str, seconds: float = 30.0) -> b
     return True
 
 
-def pick_run_to_show(studio: Studio, user: User, remembered: str | None) -> Path | None:
+def active_run(user: User, statuses):
+    """The user's own newest run that is training or waiting, among the listed `statuses`."""
+    if not user.can_train:
+        return None
+    return next((st for st in statuses if (st.alive or st.state == "queued")
+                 and user.owns(st.run_dir)), None)
+
+
+def pick_run_to_show(studio: Studio, user: User, remembered: str | None,
+                     statuses) -> Path | None:
     """After a reload: the run this browser watched (if this user may still see it), else this
     user's newest run that is training or waiting, else (a visitor) the published example."""
     if remembered:
@@ -105,10 +115,8 @@ def pick_run_to_show(studio: Studio, user: User, remembered: str | None) -> Path
             pass
     if user.role == "visitor":
         return studio.policy.example_run()
-    for st in studio.manager.list([user.runs_dir]):
-        if st.alive or st.state == "queued":
-            return st.run_dir
-    return None
+    st = active_run(user, statuses)
+    return st.run_dir if st else None
 
 
 def catch_up(watch: dict, manager: RunManager) -> tuple[dict, bool, bool]:
@@ -242,20 +250,15 @@ def build(form: dict) -> dict:
             "refresh": refresh, "delete": delete, "runs": runs}
 
 
-def run_banner(studio: Studio, user: User) -> tuple[str, str | None]:
+def run_banner(user: User, statuses) -> tuple[str, str | None]:
     """The line at the top of every step while one of the user's runs trains or waits, and
     the run it names; empty when none does."""
-    if not user.can_train:
+    st = active_run(user, statuses)
+    if st is None:
         return "", None
-    for st in studio.manager.list([user.runs_dir]):
-        if st.state == "queued":
-            what = f"is waiting to start (number {st.position} in line)"
-        elif st.alive:
-            what = f"is training: step {st.step} of {st.max_steps or '?'}"
-        else:
-            continue
-        return f"🏃 Your run **{st.name}** ({st.run_dir.name}) {what}.", user.run_ref(st.run_dir)
-    return "", None
+    what = (f"is waiting to start (number {st.position} in line)" if st.state == "queued"
+            else f"is training: step {st.step} of {st.max_steps or '?'}")
+    return f"🏃 Your run **{st.name}** ({st.run_dir.name}) {what}.", user.run_ref(st.run_dir)
 
 
 TIME_PATHS = ("model.source", "grpo.prompts_per_step", "grpo.num_generations",
@@ -265,12 +268,8 @@ TIME_PATHS = ("model.source", "grpo.prompts_per_step", "grpo.num_generations",
 def time_estimate(studio: Studio, user: User, values: list) -> tuple[float | None, str]:
     if not user.can_train:
         return None, ""
-    try:  # newest first by name (they start with the time); no run's events are read here
-        runs = sorted((p for p in user.runs_dir.iterdir() if (p / "config.yaml").is_file()),
-                      key=lambda p: p.name, reverse=True)
-    except OSError:
-        runs = []
-    return step_time_estimate(runs, *values)
+    # the folders only: no run's events are read to list them
+    return step_time_estimate(studio.manager.run_dirs([user.runs_dir]), *values)
 
 
 def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.State,
@@ -283,8 +282,8 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             ui["samples"], ui["health"]]
     runs_out = [ui["runs"], ui["run_pick"]]
 
-    def runs_update(user, selected=None):
-        table, choices = runs_table(studio, user)
+    def runs_update(user, selected=None, statuses=None):
+        table, choices = runs_table(studio, user, statuses)
         return table, gr.update(choices=choices, value=selected) if selected else \
             gr.update(choices=choices)
 
@@ -460,16 +459,31 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
 
     ui["refresh"].click(studio.handler(on_refresh), None, runs_out, queue=False,
                         api_name="runs_list")
-    gr.Timer(15.0).tick(studio.handler(lambda user: runs_update(user)[0]), None, ui["runs"],
+    # the runs table and the banner, every 15 s and when a page opens, from one listing
+    banner_outs = [] if banner is None else [banner[0], banner[1], banner[3]]
+
+    def banner_update(user, statuses) -> list:
+        if banner is None:
+            return []
+        line, ref = run_banner(user, statuses)
+        return [gr.update(visible=bool(line)), line, ref]
+
+    def on_quarter(user):
+        statuses = studio.runs_of(user)
+        return [runs_update(user, statuses=statuses)[0]] + banner_update(user, statuses)
+
+    gr.Timer(15.0).tick(studio.handler(on_quarter), None, [ui["runs"]] + banner_outs,
                         show_progress="hidden", queue=False)
 
     def on_load(user, remembered_ref):
-        run_dir = pick_run_to_show(studio, user, remembered_ref)
+        statuses = studio.runs_of(user)
+        run_dir = pick_run_to_show(studio, user, remembered_ref, statuses)
         new, _, _ = catch_up(w.new_watch(str(run_dir) if run_dir else None), manager)
-        return render(new, cache=charts) + list(runs_update(user, user.run_ref(run_dir)
-                                                            if run_dir else None))
+        selected = user.run_ref(run_dir) if run_dir else None
+        return (render(new, cache=charts) + list(runs_update(user, selected, statuses))
+                + banner_update(user, statuses))
 
-    demo_block.load(studio.handler(on_load), remembered, view + runs_out)
+    demo_block.load(studio.handler(on_load), remembered, view + runs_out + banner_outs)
 
     time_fields = [form[p] for p in TIME_PATHS]
 
@@ -482,16 +496,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     demo_block.load(studio.handler(on_time), time_fields, ui["timing"], show_progress="hidden")
 
     if banner is not None:
-        row, text, button, ref_state = banner
-
-        def on_banner(user):
-            line, ref = run_banner(studio, user)
-            return gr.update(visible=bool(line)), line, ref
-
-        banner_outs = [row, text, ref_state]
-        demo_block.load(studio.handler(on_banner), None, banner_outs, show_progress="hidden")
-        gr.Timer(15.0).tick(studio.handler(on_banner), None, banner_outs,
-                            show_progress="hidden", queue=False)
+        button, ref_state = banner[2], banner[3]
 
         def on_watch(user, ref):
             picked = on_pick(user, ref)
