@@ -7,10 +7,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 
 EVENTS_FILE = "events.jsonl"
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the new one, never half
+    of one: a temporary file of its own beside it (two writers never share one), then a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _clean(value):
@@ -100,10 +115,8 @@ class Progress:
         self.path.unlink(missing_ok=True)
 
     def _write(self, now: float) -> None:
-        tmp = self.path.with_name(PROGRESS_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps(dict(self.state, time=now), allow_nan=False))
-            tmp.replace(self.path)
+            write_atomic(self.path, json.dumps(dict(self.state, time=now), allow_nan=False))
             self._written = now
         except (OSError, ValueError):
             pass  # a sign of life is never worth stopping a run for

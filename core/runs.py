@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
-from .events import read_events
+from .events import read_events, write_atomic
 
 # Touched to ask a worker to stop after its step (the trainer checks for it). Defined here, not
 # in the trainer, so that watching runs never imports the trainer and torch.
@@ -297,9 +297,7 @@ class RunManager:
             try:
                 q = self._read_queue()
                 yield q
-                tmp = self.root / (QUEUE_FILE + ".tmp")
-                tmp.write_text(json.dumps(q, indent=1), encoding="utf-8")
-                os.replace(tmp, self.root / QUEUE_FILE)
+                write_atomic(self.root / QUEUE_FILE, json.dumps(q, indent=1))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

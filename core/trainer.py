@@ -34,7 +34,7 @@ from .grpo import (STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advanta
 from .modelcard import write_model_card
 from .trackers import Trackers, check_installed
 from .models import count_parameters, decoder_and_head, load_model, public_base_id
-from .runs import STOP_FILE
+from .runs import STOP_FILE, usable_cpus
 
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
@@ -186,8 +186,7 @@ class Trainer:
         trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
                      engine_reason=self.engine_reason, threads=torch.get_num_threads(),
-                     cpus=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                     else None,
+                     cpus=usable_cpus(),
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,

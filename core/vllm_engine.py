@@ -27,7 +27,7 @@ import torch
 from .engine_choice import vllm_python
 from .generation import Generation
 from .models import stop_token_ids
-from .runs import PROJECT_ROOT, child_env
+from .runs import PROJECT_ROOT, child_env, usable_cpus
 
 START_TIMEOUT_S = 600  # loading the model and vLLM's start-up; eager mode starts in ~20 s here
 GENERATE_TIMEOUT_S = 1800
@@ -39,11 +39,7 @@ class VLLMError(RuntimeError):
 
 def _threads() -> str:
     """The cores vLLM's CPU worker binds to: all this process may use."""
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = list(range(os.cpu_count() or 1))
-    return ",".join(map(str, cores))
+    return ",".join(map(str, usable_cpus()))
 
 
 class VLLMEngine:

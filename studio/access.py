@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from core.events import write_atomic
+
 MODES = ("local", "classroom", "space")
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
@@ -224,9 +226,7 @@ class Policy:
             return None
 
     def _write_json(self, name: str, data) -> None:
-        tmp = self.root / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, self.root / name)
+        write_atomic(self.root / name, json.dumps(data, indent=1))
 
     def user_homes(self) -> list[Path]:
         if self.mode == "local":

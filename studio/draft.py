@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from core.events import write_atomic
 
 DRAFT_FILE = "draft.json"
 MAX_DRAFT_BYTES = 256 * 1024  # a form's worth; anything bigger is not ours
@@ -47,13 +47,7 @@ def save_draft(home: Path, fields: dict, rewards: list) -> None:
     if len(text) > MAX_DRAFT_BYTES:
         return  # never happens from the page; a draft that big is not worth keeping
     home.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{DRAFT_FILE}.", suffix=".tmp", dir=home)
-    try:  # a file of its own per save: two tabs saving at once never share one
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, home / DRAFT_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(home / DRAFT_FILE, text)  # two tabs saving at once never share a file
 
 
 def load_draft(home: Path, names: list[str]) -> tuple[dict, list] | None:
