@@ -29,15 +29,19 @@ import pyarrow.parquet as pq
 from datasets.exceptions import DatasetNotFoundError
 
 # Column names by role, English first, then German, French and Spanish (compared without case,
-# accents or spaces: "Réponse" matches "reponse").
+# accents or spaces: "Réponse" matches "reponse", "Begründung" matches "begrundung").
 QUESTION_NAMES = ("question", "prompt", "input", "instruction", "problem", "query",
-                  "frage", "aufgabe", "eingabe", "fragestellung",
+                  "frage", "aufgabe", "eingabe", "fragestellung", "aufgabenstellung", "fragen",
                   "enonce", "consigne", "entree", "probleme",
                   "pregunta", "enunciado", "problema", "entrada", "consulta")
 ANSWER_NAMES = ("answer", "output", "response", "solution", "completion", "target",
                 "antwort", "losung", "loesung", "ergebnis", "ausgabe",
                 "reponse", "resultat", "sortie",
-                "respuesta", "solucion", "resultado", "salida")
+                "respuesta", "solucion", "resultado", "salida",
+                "antworten", "musterlosung", "musterloesung",
+                # last: a worked solution ("Begründung", "Lösungsweg") holds the answer too (its
+                # final number), but a column that holds only the answer wins over it
+                "begrundung", "begruendung", "losungsweg", "loesungsweg")
 SYSTEM_NAMES = ("system", "system_prompt", "systemprompt", "systemanweisung", "systeme",
                 "sistema")
 

@@ -42,7 +42,7 @@ def soft_layout(text: str, reasoning_tag: str, answer_tag: str) -> bool:
             "mode",
             "choice",
             "strict",
-            "'strict': the reply must be only the two tagged parts; 'soft': the tags just have to appear in order.",
+            "`strict`: the reply must be only the two tagged parts; `soft`: the tags just have to appear in order.",
             choices=["strict", "soft"],
         ),
     ],

@@ -643,8 +643,8 @@ _TAG_NAME_RE = re.compile(r"[A-Za-z_][\w.:-]{0,63}\Z")
 def tag_params() -> list["Param"]:
     """The reasoning/answer tag-name params shared by the tag templates."""
     return [
-        Param("reasoning_tag", "str", "think", "Tag for the reasoning part, as in <think>...</think>."),
-        Param("answer_tag", "str", "answer", "Tag for the final answer, as in <answer>...</answer>."),
+        Param("reasoning_tag", "str", "think", "Tag for the reasoning part, as in `<think>...</think>`."),
+        Param("answer_tag", "str", "answer", "Tag for the final answer, as in `<answer>...</answer>`."),
     ]
 
 

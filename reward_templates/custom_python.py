@@ -47,11 +47,11 @@ def _check(params: dict) -> dict:
 @template(
     name="custom_python",
     title="Your own Python reward",
-    description="Runs the body of reward(prompt, completion, answer) that you write, for every reply, in a locked-down process.",
+    description="Runs the body of `reward(prompt, completion, answer)` that you write, for every reply, in a locked-down process.",
     category="code",
     check=_check,
     params=[
-        Param("code", "str", _DEFAULT, "Python that returns a number (or None to skip) from prompt, completion and answer."),
+        Param("code", "str", _DEFAULT, "Python that returns a number (or `None` to skip) from `prompt`, `completion` and `answer`."),
         Param("timeout_s", "float", 10.0, "Seconds the whole batch may take before it is stopped.", min=0.5, max=300.0),
         Param("memory_mb", "int", 512, "Memory the run may use, in megabytes.", min=64, max=8192),
     ],

@@ -54,7 +54,7 @@ def _loads(text: str):
             "allow_surrounding_text",
             "bool",
             True,
-            "Accept JSON inside a ```json block or surrounded by other text; if off, the reply must be only JSON.",
+            "Accept JSON inside a Markdown code block or surrounded by other text; if off, the reply must be only JSON.",
         ),
     ],
     examples=[

@@ -69,11 +69,11 @@ def reference_number(answer: str | None) -> float | None:
             "source",
             "choice",
             "auto",
-            "Where to find the model's number: 'auto' tries the answer tag, then '#### N', then \\boxed{}, "
+            "Where to find the model's number: `auto` tries the answer tag, then `#### N`, then `\\boxed{}`, "
             "then the last number in the text.",
             choices=SOURCES,
         ),
-        Param("answer_tag", "str", "answer", "Name of the tag that holds the final answer, as in <answer>42</answer>."),
+        Param("answer_tag", "str", "answer", "Name of the tag that holds the final answer, as in `<answer>42</answer>`."),
         Param("tolerance", "float", 1e-6, "How close counts as equal, relative to the reference (0.01 = within 1%).", min=0.0, max=1.0),
         Param("correct_score", "float", 1.0, "Reward for the right number.", min=0.0, max=10.0),
         Param(

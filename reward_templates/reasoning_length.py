@@ -36,7 +36,7 @@ def _check(params: dict) -> dict:
     category="reasoning",
     check=_check,
     params=[
-        Param("reasoning_tag", "str", "think", "Tag that holds the reasoning, as in <think>...</think>."),
+        Param("reasoning_tag", "str", "think", "Tag that holds the reasoning, as in `<think>...</think>`."),
         Param("min_words", "int", 20, "Reasoning shorter than this gets partial reward.", min=0, max=100_000),
         Param(
             "max_words",

@@ -18,16 +18,16 @@ def _check(params: dict) -> dict:
     category="format",
     check=_check,
     params=[
-        Param("pattern", "str", r"\d", "The regular expression to look for, e.g. ^Answer: \\d+$"),
+        Param("pattern", "str", r"\d", "The regular expression to look for, e.g. `^Answer: \\d+$`."),
         Param(
             "mode",
             "choice",
             "search",
-            "'search': the pattern may match anywhere; 'fullmatch': it must match the whole reply.",
+            "`search`: the pattern may match anywhere; `fullmatch`: it must match the whole reply.",
             choices=["search", "fullmatch"],
         ),
         Param("ignore_case", "bool", False, "Treat upper and lower case letters as the same."),
-        Param("multiline", "bool", True, "Let ^ and $ match at the start and end of every line."),
+        Param("multiline", "bool", True, "Let `^` and `$` match at the start and end of every line."),
         Param("strip", "bool", True, "Ignore spaces and blank lines around the reply."),
     ],
     examples=[

@@ -81,7 +81,7 @@ _METRICS = {"token_f1": token_f1, "rouge_l": rouge_l}
             "metric",
             "choice",
             "token_f1",
-            "'token_f1': shared words in any order (as in SQuAD); 'rouge_l': shared words in the same order.",
+            "`token_f1`: shared words in any order (as in SQuAD); `rouge_l`: shared words in the same order.",
             choices=["token_f1", "rouge_l"],
         ),
         compare_tag_param(),

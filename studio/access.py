@@ -28,6 +28,8 @@ import yaml
 
 from core.events import write_atomic
 
+from .i18n import t
+
 MODES = ("local", "classroom", "space")
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
@@ -57,21 +59,23 @@ class Limits:
         out = cls()
         for key, value in (data or {}).items():
             if not hasattr(out, key):
-                raise AccessError(f"Unknown limit '{key}'; known: {', '.join(asdict(out))}.")
+                raise AccessError(t("access.limits.unknown", name=key,
+                                    known=", ".join(asdict(out))))
             if key == "allowed_models":
                 if isinstance(value, str):
                     value = [v.strip() for v in value.split(",") if v.strip()]
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise AccessError("'allowed_models' must be a list of model ids.")
+                    raise AccessError(t("access.limits.allowed_models"))
                 setattr(out, key, [v[:200] for v in value][:100])
                 continue
             try:
                 number = int(value)
             except (TypeError, ValueError):
-                raise AccessError(f"Limit '{key}' must be a whole number, not {value!r}.") from None
+                raise AccessError(t("access.limits.not_whole", name=key,
+                                    value=repr(value)[:100])) from None
             low = 1 if key == "concurrent_runs" else 0
             if not low <= number <= 1_000_000:
-                raise AccessError(f"Limit '{key}' must be between {low} and 1000000.")
+                raise AccessError(t("access.limits.range", name=key, low=low, high=1_000_000))
             setattr(out, key, number)
         return out
 
@@ -111,41 +115,40 @@ def load_accounts(path: str | Path) -> tuple[dict[str, Account], dict]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise AccessError(f"Cannot read the users file {path}: {exc.strerror}.") from None
+        raise AccessError(t("access.users.unreadable", path=path, reason=exc.strerror)) from None
     if len(text) > 1_000_000:
-        raise AccessError("The users file is too big (1 MB at most).")
+        raise AccessError(t("access.users.too_big"))
     try:
         if any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None)
                for e in yaml.parse(text)):
-            raise AccessError("The users file may not use YAML anchors or aliases (& and *).")
+            raise AccessError(t("access.users.anchors"))
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError:
-        raise AccessError(f"The users file {path} is not valid YAML.") from None
+        raise AccessError(t("access.users.not_yaml", path=path)) from None
     if not isinstance(data, dict):
-        raise AccessError("The users file must map each user name to {password, role}.")
+        raise AccessError(t("access.users.not_mapping"))
     users, limits = (data.get("users"), data.get("limits") or {}) if "users" in data \
         else (data, {})
     if not isinstance(users, dict) or not users:
-        raise AccessError("The users file names no users.")
+        raise AccessError(t("access.users.none"))
     accounts = {}
     for name, entry in users.items():
         name = str(name)
         if not USER_NAME.fullmatch(name):
-            raise AccessError(f"User name '{name[:40]}' may use only letters, digits, '.', '_' "
-                              f"and '-' (64 at most).")
+            raise AccessError(t("access.users.bad_name", name=name[:40]))
         if not isinstance(entry, dict):
-            raise AccessError(f"User '{name}' needs {{password: ..., role: student|teacher}}.")
+            raise AccessError(t("access.users.bad_entry", name=name))
         role = str(entry.get("role", "student"))
         if role not in ("student", "teacher"):
-            raise AccessError(f"User '{name}' has role '{role}'; use student or teacher.")
+            raise AccessError(t("access.users.bad_role", name=name, role=role[:40]))
         if not entry.get("password") and not entry.get("password_hash"):
-            raise AccessError(f"User '{name}' has no password.")
+            raise AccessError(t("access.users.no_password", name=name))
         accounts[name] = Account(role, str(entry["password"]) if entry.get("password") else None,
                                  entry.get("password_hash"))
     if not any(a.role == "teacher" for a in accounts.values()):
-        raise AccessError("The users file needs at least one teacher.")
+        raise AccessError(t("access.users.no_teacher"))
     if not isinstance(limits, dict):
-        raise AccessError("'limits' in the users file must be a mapping.")
+        raise AccessError(t("access.users.bad_limits"))
     return accounts, limits
 
 
@@ -186,7 +189,7 @@ class Policy:
             name = getattr(request, "username", None)
             account = self.accounts.get(str(name)) if name else None
             if account is None:
-                raise AccessError("Please sign in.")
+                raise AccessError(t("access.sign_in"))
             return User(str(name), account.role, self)
         name = getattr(profile, "username", None) if profile is not None else None
         if not name or not USER_NAME.fullmatch(str(name)):
@@ -197,7 +200,7 @@ class Policy:
         if self.mode == "local":
             return User("local", "owner", self)
         if not USER_NAME.fullmatch(name):
-            raise AccessError("No such user.")
+            raise AccessError(t("access.no_user"))
         account = self.accounts.get(name)
         return User(name, account.role if account else "member", self)
 
@@ -291,17 +294,17 @@ class User:
         owner = owner or self.name
         if not RUN_ID.fullmatch(run_id) or ".." in run_id or not USER_NAME.fullmatch(owner) or \
                 "/" in owner:
-            raise AccessError("No such run.")
+            raise AccessError(t("access.no_run"))
         if owner != self.name and not (self.sees_all and self.policy.mode != "local"):
             example = self.policy.example_run()
             if example is None or (example.parent.parent.name, example.name) != (owner, run_id):
-                raise AccessError("No such run.")
+                raise AccessError(t("access.no_run"))
             return example  # the published example: everyone may look, nobody else may touch
         base = self.runs_dir if owner == self.name else \
             self.policy.root / "users" / owner / "runs"
         path = contained(base / run_id, base)
         if not (path / "config.yaml").is_file():
-            raise AccessError("No such run.")
+            raise AccessError(t("access.no_run"))
         return path
 
     def owns(self, run_dir: Path) -> bool:
@@ -314,10 +317,10 @@ class User:
     def upload_path(self, ref: str) -> Path:
         name = str(ref)[len(UPLOAD_PREFIX):]
         if not str(ref).startswith(UPLOAD_PREFIX) or not RUN_ID.fullmatch(name):
-            raise AccessError("No such upload.")
+            raise AccessError(t("access.no_upload"))
         path = contained(self.uploads_dir / name, self.uploads_dir)
         if not path.is_file():
-            raise AccessError("That upload is gone; upload the file again.")
+            raise AccessError(t("access.upload_gone"))
         return path
 
     def data_source(self, source: str) -> str:
@@ -332,8 +335,7 @@ class User:
             return source
         if HUB_ID.fullmatch(source) and not source.startswith(".") and ".." not in source:
             return source
-        raise AccessError("Data comes from an upload, the sample data or a Hugging Face "
-                          "dataset id here.")
+        raise AccessError(t("access.data_source"))
 
     def display_source(self, source: str) -> str:
         """The ref shown on the page for a stored data source (uploads by name, not path)."""
@@ -355,19 +357,17 @@ class User:
         allowed = self.policy.limits.allowed_models
         if source in ("default", "embedded", "smollm2-135m-instruct"):
             if allowed and not {"default", "embedded"} & set(allowed):
-                raise AccessError(f"Models allowed here: {', '.join(allowed)}.")
+                raise AccessError(t("access.model.allowed", models=", ".join(allowed)))
             return source
         if source.startswith(("/", ".", "~")) or "\\" in source:
             real = str(Path(source).expanduser().resolve())
             if real in self.policy.local_models:
                 return real
-            raise AccessError("Model folders on the server are not available here; use the "
-                              "built-in model or a Hugging Face model id.")
+            raise AccessError(t("access.model.no_folders"))
         if not HUB_ID.fullmatch(source) or ".." in source:
-            raise AccessError("Use the built-in model or a Hugging Face model id such as "
-                              "Qwen/Qwen2.5-0.5B-Instruct.")
+            raise AccessError(t("access.model.bad_id"))
         if allowed and source not in allowed:
-            raise AccessError(f"Models allowed here: {', '.join(allowed)}.")
+            raise AccessError(t("access.model.allowed", models=", ".join(allowed)))
         return source
 
     # ---- disk -------------------------------------------------------------------------------
@@ -387,8 +387,7 @@ class User:
             return
         used = self.disk_used()
         if used + adding > quota * MB:
-            raise AccessError(f"Your space is full ({used / MB:.0f} MB of {quota} MB): delete old "
-                              f"runs first.")
+            raise AccessError(t("access.quota_full", used=f"{used / MB:.0f}", quota=quota))
 
 
 def contained(path: Path, base: Path) -> Path:
@@ -396,5 +395,5 @@ def contained(path: Path, base: Path) -> Path:
     base = Path(base).resolve()
     real = Path(path).resolve()
     if real != base and base not in real.parents:
-        raise AccessError("No such file.")
+        raise AccessError(t("access.no_file"))
     return real

@@ -1,6 +1,7 @@
 """The wizard: five steps as tabs, built from the step modules, wired once, served by Gradio."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -13,6 +14,8 @@ from .jobs import JobPool, default_job_slots, sweep_scratch
 from .machine import detect_machine
 from .session import Studio
 from .draft import load_draft, save_draft
+from .i18n import (DEFAULT, LANGUAGES, PAGE_LANG_JS, SWITCH_JS, L, gradio_i18n, lang_of,
+                   put_head_script_first, t)
 from .step_rewards import propose
 from .watch import new_watch
 
@@ -55,17 +58,20 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
     manager.start_scheduler(chores=[sweep_scratch, studio.jobs.reap])
     form: dict = {}
     with gr.Blocks(title="Aha Studio", delete_cache=(1800, 3600)) as demo:
-        gr.Markdown("# Aha Studio\nTeach a small language model with rewards (GRPO), step by step.")
+        with gr.Row(equal_height=True):
+            gr.Markdown(L("app.title"), elem_id="app-title")
+            language = gr.Radio([(name, code) for code, name in LANGUAGES.items()],
+                                value=DEFAULT, show_label=False, container=False, scale=0,
+                                min_width=240, elem_id="language")
         if policy.mode == "space":
             with gr.Row():
-                gr.LoginButton(elem_id="login")
+                LoginButton(elem_id="login")
             if not policy.persistent:
-                gr.Markdown("⚠️ This Space has no persistent storage: runs vanish when it "
-                            "restarts. Download what you want to keep.", elem_id="banner-storage")
+                gr.Markdown(L("app.space_not_persistent"), elem_id="banner-storage")
         who = gr.Markdown(elem_id="who")
         with gr.Row(visible=False, elem_id="banner-row") as banner_row:
             banner = gr.Markdown(elem_id="banner-run")
-            banner_watch = gr.Button("Watch it", size="sm", scale=0, elem_id="banner-watch")
+            banner_watch = gr.Button(L("app.banner.watch"), size="sm", scale=0, elem_id="banner-watch")
         banner_ref = gr.State(None)
         loaded = gr.HTML("", elem_id="aha-ready", elem_classes=["aha-hidden"])
         rewards = gr.State([])
@@ -73,24 +79,24 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         watch = gr.State(new_watch())
         remembered = gr.BrowserState(None, storage_key="aha-studio-run")
         with gr.Tabs() as tabs:
-            with gr.Tab("1 · Model", id="model", elem_id="tab-model"):
+            with gr.Tab(L("app.tab.model"), id="model", elem_id="tab-model"):
                 model_ui = step_model.build(form, machine)
-                steps_nav(tabs, None, ("data", "Next: your data →"))
-            with gr.Tab("2 · Data", id="data", elem_id="tab-data"):
+                steps_nav(tabs, None, ("data", "app.nav.next_data"))
+            with gr.Tab(L("app.tab.data"), id="data", elem_id="tab-data"):
                 data_ui = step_data.build(form)
-                steps_nav(tabs, ("model", "← Back: model"), ("rewards", "Next: rewards →"))
-            with gr.Tab("3 · Rewards", id="rewards", elem_id="tab-rewards"):
+                steps_nav(tabs, ("model", "app.nav.back_model"), ("rewards", "app.nav.next_rewards"))
+            with gr.Tab(L("app.tab.rewards"), id="rewards", elem_id="tab-rewards"):
                 rewards_ui = step_rewards.build()
-                steps_nav(tabs, ("data", "← Back: data"), ("train", "Next: train →"))
-            with gr.Tab("4 · Train", id="train", elem_id="tab-train"):
+                steps_nav(tabs, ("data", "app.nav.back_data"), ("train", "app.nav.next_train"))
+            with gr.Tab(L("app.tab.train"), id="train", elem_id="tab-train"):
                 train_ui = step_train.build(form)
-                steps_nav(tabs, ("rewards", "← Back: rewards"),
-                          ("export", "Next: try and export →"))
-            with gr.Tab("5 · Try and export", id="export", elem_id="tab-export"):
+                steps_nav(tabs, ("rewards", "app.nav.back_rewards"),
+                          ("export", "app.nav.next_export"))
+            with gr.Tab(L("app.tab.export"), id="export", elem_id="tab-export"):
                 export_ui = step_export.build()
-                steps_nav(tabs, ("train", "← Back: train"), None)
+                steps_nav(tabs, ("train", "app.nav.back_train"), None)
             if policy.shared:
-                with gr.Tab("Classroom", id="classroom", elem_id="tab-classroom",
+                with gr.Tab(L("app.tab.classroom"), id="classroom", elem_id="tab-classroom",
                             visible=False) as class_tab:
                     class_ui = step_classroom.build(policy)
 
@@ -107,12 +113,14 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
             if policy.mode == "local":
                 return ""
             if user.role == "visitor":
-                return ("You are not signed in: look at the example run and chat with it in "
-                        "step 5; sign in with Hugging Face to train your own.")
-            link = " · [Sign out](/logout)" if policy.mode == "classroom" else ""
-            return f"Signed in as **{user.name}** ({user.role}){link}"
+                return t("app.visitor")
+            link = " · [" + t("app.sign_out") + "](/logout)" if policy.mode == "classroom" else ""
+            return t("app.signed_in", name=user.name, role=t("app.role." + user.role)) + link
 
         demo.load(studio.handler(greet), None, who)
+        # the switch shows the page's language; choosing another reloads the page in it
+        demo.load(None, None, language, js=PAGE_LANG_JS)
+        language.input(None, language, language, js=SWITCH_JS)
 
         def propose_if_empty(rs, smp):  # new data, no rewards chosen yet: suggest a set
             if rs or not smp:
@@ -125,6 +133,38 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
     return demo
 
 
+
+class LoginButton(gr.LoginButton):
+    """Gradio's Hugging Face sign-in button, in the page's language: "Sign in" before, "Sign out
+    (name)" after. (Gradio's own tells the two apart by comparing its text with the English
+    default, so its click and load are replaced, doing the same.)"""
+
+    def __init__(self, **kwargs):
+        super().__init__(value=L("app.login"), **kwargs)
+
+    def activate(self):
+        signed_out = [t("app.login", lang) for lang in LANGUAGES] + [str(self.value)]
+        target = json.dumps(self.page)
+        js = """(value) => {
+  const out = %s.includes(value);
+  const uri = (out ? '/login/huggingface' : '/logout') + '?_target_url=/' + %s;
+  window.parent?.postMessage({type: "SET_SCROLLING", enabled: true}, "*");
+  setTimeout(() => { window.location.assign(uri + window.location.search); }, 500);
+}""" % (json.dumps(signed_out), target)
+        self.click(fn=None, inputs=[self], outputs=None, js=js)
+        self.attach_load_event(self._check_login_status, None)
+
+    def _check_login_status(self, request: gr.Request):
+        from gradio import oauth
+
+        lang = lang_of(request)
+        session = getattr(request, "session", None) or getattr(request.request, "session", None)
+        info = oauth._get_valid_oauth_info_from_session(session) if session is not None else None
+        if info is None:
+            return gr.update(value=t("app.login", lang), interactive=True)
+        name = info["userinfo"]["preferred_username"]
+        return gr.update(value=t("app.logout", lang, name=name), interactive=True)
+
 def steps_nav(tabs: gr.Tabs, back: tuple[str, str] | None,
               forward: tuple[str, str] | None) -> None:
     """Back / Next buttons at the foot of a step."""
@@ -133,7 +173,7 @@ def steps_nav(tabs: gr.Tabs, back: tuple[str, str] | None,
                                        (*forward, "primary") if forward else (None, None, None)):
             if target is None:
                 continue
-            button = gr.Button(label, size="sm", variant=variant, scale=0,
+            button = gr.Button(L(label), size="sm", variant=variant, scale=0,
                                elem_id=f"nav-{'next' if variant == 'primary' else 'back'}-{target}")
             button.click(_select(target), None, tabs, queue=False, show_progress="hidden")
 
@@ -233,9 +273,10 @@ def launch(host: str = "127.0.0.1", port: int = 7860, runs_dir: str | Path = "ru
     # a shared server keeps to its own core(s); its workers train on the others
     pin_process(demo.studio.manager.server_cpus)
     demo.queue(default_concurrency_limit=4)
+    put_head_script_first()
     auth = policy.check_login if policy.mode == "classroom" else None
     demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, ssr_mode=False,
                 max_file_size=f"{policy.limits.upload_mb}mb" if policy.shared else "500mb",
-                footer_links=[],
+                footer_links=[], i18n=gradio_i18n(),
                 show_error=True, auth=auth,
-                auth_message="Sign in with the name and password your teacher gave you.")
+                auth_message=" / ".join(t("app.auth_message", lang) for lang in LANGUAGES))

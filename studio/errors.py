@@ -5,6 +5,8 @@ import functools
 import inspect
 import logging
 
+from .i18n import t
+
 log = logging.getLogger("studio")
 
 
@@ -19,10 +21,11 @@ def one_line(exc: BaseException) -> str:
     if type(exc).__name__ in BEGINNER_ERRORS:
         return text[0] if text else type(exc).__name__
     if isinstance(exc, MemoryError):
-        return "Ran out of memory: try smaller settings."
+        return t("errors.out_of_memory")
     if isinstance(exc, (OSError, ValueError)) and text:
         return f"{text[0][:300]}"
-    return f"Something went wrong ({type(exc).__name__}: {text[0][:200] if text else 'no details'})."
+    return t("errors.unexpected", kind=type(exc).__name__,
+             details=text[0][:200] if text else t("errors.no_details"))
 
 
 def friendly(fn):

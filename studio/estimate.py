@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .i18n import t
+
 GB = 1024 ** 3
 
 
@@ -122,17 +124,30 @@ def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int =
     return parts
 
 
+def part_label(part: str) -> str:
+    """The name of one of `estimate_memory`'s parts ('base weights', ...) in the page's
+    language."""
+    key = PART_KEYS.get(part)
+    return t(key) if key else part
+
+
+PART_KEYS = {"base weights": "estimate.part.base_weights",
+             "adapter + optimizer": "estimate.part.adapter",
+             "generation cache": "estimate.part.generation_cache",
+             "activations": "estimate.part.activations",
+             "log-prob chunk": "estimate.part.logprob_chunk",
+             "runtime": "estimate.part.runtime",
+             "total": "estimate.part.total"}
+
+
 def fit_verdict(total_bytes: float, available_bytes: float) -> tuple[str, str]:
     """('ok' | 'tight' | 'too_big', one line for a beginner)."""
-    need, have = total_bytes / GB, available_bytes / GB
+    need, have = f"{total_bytes / GB:.1f}", f"{available_bytes / GB:.1f}"
     if total_bytes > available_bytes:
-        return "too_big", (f"Needs about {need:.1f} GB but only {have:.1f} GB is free: this will "
-                           f"not fit. Pick a smaller model, 4-bit precision, fewer generations or "
-                           f"shorter completions.")
+        return "too_big", t("estimate.fit.too_big", need=need, have=have)
     if total_bytes > 0.8 * available_bytes:
-        return "tight", (f"Needs about {need:.1f} GB of the {have:.1f} GB free: it may fit, but "
-                         f"close other programs first.")
-    return "ok", f"Needs about {need:.1f} GB; {have:.1f} GB is free. It fits."
+        return "tight", t("estimate.fit.tight", need=need, have=have)
+    return "ok", t("estimate.fit.ok", need=need, have=have)
 
 
 # ---- time -----------------------------------------------------------------------------
@@ -198,12 +213,8 @@ def step_time_estimate(run_dirs, source: str, prompts, generations, max_length,
         length = min(max_length, pace["mean_length"])
         per_step = prompts * generations * length * pace["s_per_token"]
         total = per_step * steps
-        return per_step, (
-            f"⏱️ About **{format_duration(per_step)} per step**, "
-            f"**{format_duration(total)}** for {steps} "
-            f"steps: measured on this machine by your run *{pace['name']}* "
-            f"({pace['s_per_token'] * 100:.1f} s per 100 answer tokens over its last "
-            f"{pace['steps']} steps) with answers of about {length:.0f} tokens.")
-    return None, ("⏱️ No estimate of the time yet: nothing has trained this model on this "
-                  "machine. The first step measures it, and the time left shows from then on.")
-
+        return per_step, t("estimate.time.measured", per_step=format_duration(per_step),
+                           total=format_duration(total), steps=steps, name=pace["name"],
+                           pace=f"{pace['s_per_token'] * 100:.1f}", measured=pace["steps"],
+                           length=f"{length:.0f}")
+    return None, t("estimate.time.unknown")

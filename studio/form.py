@@ -12,6 +12,8 @@ from typing import Any
 
 from core.config import ConfigError, RunConfig
 
+from .i18n import t
+
 SECTIONS = ("model", "data", "grpo", "train", "generation")
 
 
@@ -81,14 +83,15 @@ def _from_widget(path: str, value: Any) -> Any:
             return None
         if kind == "text":
             return ""
-        raise ConfigError(f"'{path}' needs a value.")
+        raise ConfigError(t("form.error.needs_value", label=label_of(path), path=path))
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
     if kind in ("int", "float") and isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"'{path}' should be a number, got {value!r}.") from None
+            raise ConfigError(t("form.error.not_a_number", label=label_of(path), path=path,
+                                value=_shown(value))) from None
         return int(number) if kind == "int" and number.is_integer() else number
     if path == "model.target_modules" and isinstance(value, str) and "," in value:
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -137,27 +140,29 @@ def cli_command(config_path: str, run_dir: str) -> str:
 # ---- widgets ---------------------------------------------------------------------------
 
 def label_of(path: str) -> str:
-    return path.split(".")[-1].replace("_", " ").capitalize()
+    """A setting's name in plain words, in the page's language."""
+    return t(f"settings.{path}.label")
 
 
 def make_widget(path: str, value: Any = None, **kwargs):
     """A Gradio widget for one config field: bounds, choices and help from its metadata."""
     import gradio as gr
 
+    from .i18n import L
+
     f = field_of(path)
     meta = f.metadata
     kind = kind_of(path)
-    info = meta.get("help") or None
-    common = dict(label=label_of(path), info=info, elem_id="knob-" + path.replace(".", "-"))
+    lo, hi = meta.get("min"), meta.get("max")
+    # the help with the allowed range, in the page's language (settings_info below)
+    common = dict(label=L(f"settings.{path}.label"), info=L(f"settings.{path}.info"),
+                  elem_id="knob-" + path.replace(".", "-"))
     common.update(kwargs)
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if kind == "choice":
-        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
-    lo, hi = meta.get("min"), meta.get("max")
-    if kind in ("int", "float") and (lo is not None or hi is not None):
-        bounds = f"{lo if lo is not None else '…'} to {hi if hi is not None else '…'}"
-        common["info"] = f"{info or ''} ({bounds})".strip()
+        return gr.Dropdown(choices=[(L(f"settings.{path}.choice.{c}"), c) for c in meta["choices"]],
+                           value=value, **common)
     if kind in ("int", "float") and not optional(path):
         # RunConfig says what is wrong in one line; the box's own bounds stop absurd numbers
         # (above 2^53 a browser cannot even hold them) before any handler runs.
@@ -165,8 +170,40 @@ def make_widget(path: str, value: Any = None, **kwargs):
                          minimum=lo, maximum=hi if hi is not None else 2 ** 53 - 1, **common)
     # optional numbers are text: empty means "automatic", which a number box cannot show
     return gr.Textbox(value="" if value is None else str(value) if kind != "text" else value,
-                      lines=1, placeholder="empty: automatic" if optional(path) else None,
+                      lines=1, placeholder=L("settings.automatic") if optional(path) else None,
                       **common)
+
+
+def settings_info(texts: dict[str, str]) -> dict[str, str]:
+    """`settings.<path>.info` for every setting with help in `texts` (one language's catalog):
+    the help, then the allowed range in that language's words."""
+    out = {}
+    for key, help_text in texts.items():
+        if not (key.startswith("settings.") and key.endswith(".help")):
+            continue
+        path = key[len("settings."):-len(".help")]
+        try:
+            meta = field_of(path).metadata
+        except (KeyError, AttributeError):
+            continue
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and hi is not None:
+            bounds = texts["settings.range.between"].format(lo=_num(lo), hi=_num(hi))
+        elif lo is not None:
+            bounds = texts["settings.range.at_least"].format(lo=_num(lo))
+        elif hi is not None:
+            bounds = texts["settings.range.at_most"].format(hi=_num(hi))
+        else:
+            bounds = ""
+        out[f"settings.{path}.info"] = f"{help_text} ({bounds})" if bounds else help_text
+    return out
+
+
+def _num(x) -> str:
+    """A bound as a person writes it: 1000000 rather than 1e+06, 0.001 rather than 1e-03."""
+    if isinstance(x, float):
+        return str(int(x)) if x.is_integer() else f"{x:f}".rstrip("0")
+    return str(x)
 
 
 # ---- what a preset would change ---------------------------------------------------------
@@ -179,14 +216,25 @@ def _same(a: Any, b: Any) -> bool:
     return norm[0] == norm[1]
 
 
-def _shown(value: Any) -> str:
-    text = "(empty)" if value in (None, "") else str(value)
+def _shown(value: Any, path: str | None = None) -> str:
+    """A setting's value for a sentence: choices and switches in words, long text cut short."""
+    if value in (None, ""):
+        return t("form.value.empty")
+    try:
+        kind = kind_of(path) if path else None
+    except (KeyError, AttributeError):  # not a setting of RunConfig
+        kind = None
+    if kind == "bool" and isinstance(value, bool):
+        return t("form.value.on" if value else "form.value.off")
+    if kind == "choice" and str(value) in map(str, field_of(path).metadata["choices"]):
+        return t(f"settings.{path}.choice.{value}")
+    text = str(value)
     return text if len(text) <= 60 else text[:57] + "…"
 
 
 def reward_summary(rewards: list[dict]) -> str:
     if not rewards:
-        return "none"
+        return t("form.rewards.none")
     return ", ".join(f"{r.get('name') or r.get('template')} ×{r.get('weight', 1.0):g}"
                      for r in rewards)
 
@@ -198,9 +246,10 @@ def describe_changes(paths: list[str], old: list[Any], new: list[Any],
     lines = []
     for path, a, b in zip(paths, old, new):
         if not _same(a, b):
-            lines.append(f"{label_of(path)} (`{path}`): {_shown(a)} → {_shown(b)}")
+            lines.append(t("form.change.setting", label=label_of(path), path=path,
+                           old=_shown(a, path), new=_shown(b, path)))
     if new_rewards is not None and [clean_reward(r) for r in old_rewards or []] != \
             [clean_reward(r) for r in new_rewards]:
-        lines.insert(0, f"Rewards: {reward_summary(old_rewards or [])} → "
-                        f"{reward_summary(new_rewards)}")
+        lines.insert(0, t("form.change.rewards", old=reward_summary(old_rewards or []),
+                          new=reward_summary(new_rewards)))
     return lines

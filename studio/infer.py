@@ -3,6 +3,7 @@
 Run as `python -m studio.infer` with one JSON request on stdin. Progress lines and the result are
 JSON objects on stdout, one per line: {"progress": "..."}, then {"result": ...} or {"error":
 "one line", "traceback": "..."}. The UI process never imports torch; a crash here costs a message.
+Progress lines are in the language the request names ("lang": "de"; English without one).
 """
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import os
 import sys
 import traceback
 
+from studio.i18n import pick, t
+
 
 def _say(**fields) -> None:
     print(json.dumps(fields, ensure_ascii=False), flush=True)
+
+
+def _lang(req: dict) -> str | None:
+    """The language of the page that asked, for `t` (studio/i18n.py; no Gradio here)."""
+    return pick(req.get("lang")) if isinstance(req.get("lang"), str) else None
 
 
 def _model_config(req: dict):
@@ -52,7 +60,7 @@ class WarmModels:
         if entry is None:
             while len(self.bases) >= self.keep:  # least recently used goes first
                 self.bases.pop(next(iter(self.bases)))
-            _say(progress="Loading the model")
+            _say(progress=t("chat.progress.loading_model", _lang(req)))
             entry = {"loaded": load_model(_model_config(req), lora=False), "adapters": {}}
         self.bases[key] = entry
         adapter = req.get("adapter")
@@ -65,7 +73,7 @@ class WarmModels:
         if name is None:
             from peft import PeftModel
 
-            _say(progress="Loading the adapter")
+            _say(progress=t("chat.progress.loading_adapter", _lang(req)))
             name = f"a{abs(hash(akey)) % 10**8}"
             if not hasattr(loaded.model, "peft_config"):
                 loaded.model = PeftModel.from_pretrained(loaded.model, adapter, adapter_name=name)
@@ -91,7 +99,7 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     torch.set_num_threads(int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2)))
     warm = warm or WarmModels()
     if not warm.bases:
-        _say(progress="Preparing the model files (the first time converts the embedded model)")
+        _say(progress=t("chat.progress.preparing", _lang(req)))
         resolve_source(req.get("source") or "default")
     loaded, adapter = warm.get(req)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -107,11 +115,11 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
         return [gen.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     torch.manual_seed(int(req.get("seed") or 0))
-    _say(progress="Generating")
+    _say(progress=t("chat.progress.generating", _lang(req)))
     if adapter:
         out = {"adapter": sample()}
         if req.get("compare_base"):
-            _say(progress="Generating with the base model")
+            _say(progress=t("chat.progress.generating_base", _lang(req)))
             torch.manual_seed(int(req.get("seed") or 0))
             with model.disable_adapter():
                 out["base"] = sample()
@@ -129,18 +137,17 @@ def prepare(req: dict) -> dict:
     from core.models import resolve_source
     from studio.estimate import shape_from_config
 
-    _say(progress="Finding the model (the first time converts the built-in one or downloads)")
+    _say(progress=t("chat.progress.finding", _lang(req)))
     path = resolve_source(req.get("source") or "default")
     if "/" in path and not path.startswith("/"):
         from huggingface_hub import snapshot_download
         from core.models import ModelError
-        _say(progress=f"Downloading {path}")
+        _say(progress=t("chat.progress.downloading", _lang(req), model=path))
         try:
             path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model",
                                                            "*.txt", "*.jinja"])
         except Exception as exc:
-            raise ModelError(f"Could not download '{path}' from the Hugging Face Hub (no internet, "
-                             f"a wrong id, or a gated model without a token).") from exc
+            raise ModelError(t("chat.error.download", _lang(req), model=path)) from exc
     config = AutoConfig.from_pretrained(path).to_dict()
     return {"path": path, "params": shape_from_config(config).params,
             "model_type": config.get("model_type", "?")}
@@ -154,12 +161,12 @@ def merge(req: dict) -> dict:
 
     from core.models import load_tokenizer, resolve_source
 
-    _say(progress="Loading the base model in 16-bit")
+    _say(progress=t("chat.progress.merge_loading", _lang(req)))
     path = resolve_source(req.get("source") or "default")
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    _say(progress="Merging the adapter")
+    _say(progress=t("chat.progress.merging", _lang(req)))
     merged = PeftModel.from_pretrained(base, req["adapter"]).merge_and_unload()
-    _say(progress="Saving")
+    _say(progress=t("chat.progress.saving", _lang(req)))
     merged.save_pretrained(req["out"])
     load_tokenizer(path).save_pretrained(req["out"])
     return {"path": req["out"]}
@@ -190,7 +197,7 @@ def serve() -> int:
         try:
             req = json.loads(line)
         except ValueError:
-            _say(error="A request that is not JSON.", traceback="")
+            _say(error=t("chat.error.not_json"), traceback="")
             continue
         _answer(req, warm)
         _say(done=True)
@@ -203,7 +210,7 @@ def main() -> int:
     try:
         req = json.loads(sys.stdin.read() or "{}")
     except ValueError:
-        _say(error="A request that is not JSON.", traceback="")
+        _say(error=t("chat.error.not_json"), traceback="")
         return 1
     return _answer(req)
 

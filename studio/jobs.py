@@ -13,6 +13,8 @@ from typing import Iterator
 
 from core.runs import child_env
 
+from .i18n import current, t
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,8 +49,7 @@ def run_job(request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]
             elif "error" in msg:
                 raise JobError(msg["error"], msg.get("traceback"))
         code = proc.wait(timeout=timeout)
-        raise JobError(f"The model process stopped unexpectedly (exit code {code}); it may have "
-                       f"run out of memory.")
+        raise JobError(t("jobs.died", code=code))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -59,7 +60,7 @@ def run_job_quietly(request: dict, timeout: float = 900) -> object:
     for kind, value in run_job(request, timeout):
         if kind == "result":
             return value
-    raise JobError("The model process gave no result.")
+    raise JobError(t("jobs.no_result"))
 
 
 class WarmWorker:
@@ -84,12 +85,12 @@ class WarmWorker:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except OSError:
-            raise JobError("The model process stopped unexpectedly; try again.") from None
+            raise JobError(t("jobs.stopped")) from None
         result, error = None, None
         for line in self.proc.stdout:
             if time.monotonic() > deadline:
                 self.close()
-                raise JobError("The model took too long to answer.")
+                raise JobError(t("jobs.too_long"))
             try:
                 msg = json.loads(line)
             except ValueError:
@@ -107,8 +108,7 @@ class WarmWorker:
                 yield "result", result
                 return
         code = self.proc.wait()
-        raise JobError(f"The model process stopped unexpectedly (exit code {code}); it may have "
-                       f"run out of memory.")
+        raise JobError(t("jobs.died", code=code))
 
     def close(self) -> None:
         if self.alive:
@@ -140,12 +140,12 @@ class JobPool:
 
     def run(self, request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]:
         """The job inside a slot: yields ("progress", text) while waiting and working."""
+        request = {"lang": current(), **request}  # the child speaks the page's language
         deadline = time.monotonic() + self.wait
         while not self._slots.acquire(timeout=2.0):
             if time.monotonic() > deadline:
-                raise JobError("The studio is busy with other model jobs; try again in a few "
-                               "minutes.")
-            yield "progress", f"Waiting for a free model slot ({self.size} in use)"
+                raise JobError(t("jobs.busy"))
+            yield "progress", t("jobs.waiting", busy=self.size)
         with self._lock:
             self.busy += 1
         try:
@@ -199,7 +199,7 @@ class JobPool:
         for kind, value in self.run(request, timeout):
             if kind == "result":
                 return value
-        raise JobError("The model process gave no result.")
+        raise JobError(t("jobs.no_result"))
 
 
 def default_job_slots(available_bytes: float, gpu: bool) -> int:

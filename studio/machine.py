@@ -20,12 +20,14 @@ class Machine:
     cores: int
 
     def describe(self) -> str:
+        """One line on what this machine has, in the page's language."""
+        from .i18n import t
+
+        sizes = dict(name=self.name, total=f"{self.total_bytes / GB:.0f}",
+                     free=f"{self.available_bytes / GB:.1f}")
         if self.gpu:
-            return (f"GPU: {self.name}, {self.total_bytes / GB:.0f} GB memory "
-                    f"({self.available_bytes / GB:.1f} GB free)")
-        return (f"CPU only: {self.name}, {self.cores} cores, {self.total_bytes / GB:.0f} GB RAM "
-                f"({self.available_bytes / GB:.1f} GB available). Training works, slowly; the "
-                f"embedded small model is the right start.")
+            return t("machine.gpu", **sizes)
+        return t("machine.cpu", cores=self.cores, **sizes)
 
 
 def _cpu_name() -> str:

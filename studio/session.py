@@ -12,6 +12,7 @@ from core.runs import RunManager
 
 from .access import AccessError, Policy, User
 from .errors import friendly
+from .i18n import lang_of, speaking
 from .jobs import JobPool
 from .machine import Machine
 
@@ -25,8 +26,8 @@ class Studio:
 
     def handler(self, fn):
         """`fn(user, *inputs)` as a Gradio handler of `*inputs`: Gradio injects the request and
-        the Hugging Face profile (Space mode), the user is built from them, and any failure is
-        one line on the page."""
+        the Hugging Face profile (Space mode), the user is built from them, `fn` runs in the
+        page's language (studio/i18n.py), and any failure is one line on the page."""
         policy = self.policy
         sig = inspect.signature(fn)
         params = [p.replace(annotation=inspect.Parameter.empty)
@@ -37,19 +38,41 @@ class Studio:
                  inspect.Parameter("profile", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                    annotation=gr.OAuthProfile | None)]
 
+        # `friendly` inside, so that a failure's one line is in the page's language too
         if inspect.isgeneratorfunction(fn):
-            def wrapper(request, profile, *args):
+            def run(request, profile, *args):
                 yield from fn(policy.user(request, profile), *args)
-        else:
+
+            run.__name__ = fn.__name__
+            call = friendly(run)
+
             def wrapper(request, profile, *args):
+                lang = lang_of(request)
+                steps = call(request, profile, *args)
+                while True:  # each step in the page's language, whichever thread runs it
+                    with speaking(lang):
+                        try:
+                            item = next(steps)
+                        except StopIteration:
+                            return
+                    yield item
+        else:
+            def run(request, profile, *args):
                 return fn(policy.user(request, profile), *args)
+
+            run.__name__ = fn.__name__
+            call = friendly(run)
+
+            def wrapper(request, profile, *args):
+                with speaking(lang_of(request)):
+                    return call(request, profile, *args)
         functools.update_wrapper(wrapper, fn)
         del wrapper.__wrapped__  # Gradio must see the signature below, not fn's
         wrapper.__signature__ = sig.replace(parameters=extra + params,
                                             return_annotation=inspect.Signature.empty)
         # only the injected ones: Gradio evaluates these, and fn's own may be strings
         wrapper.__annotations__ = {"request": gr.Request, "profile": gr.OAuthProfile | None}
-        return friendly(wrapper)
+        return wrapper
 
     def runs_of(self, user: User):
         """The runs this user may see, newest first (a visitor: the published example)."""

@@ -9,25 +9,19 @@ from pathlib import Path
 import gradio as gr
 
 from .access import AccessError, Limits, Policy
+from .i18n import L, t
 from .jobs import scratch_dir
 from .step_export import ADAPTER_FILES, adapter_dir
 from .step_train import runs_table
 
-LIMIT_LABELS = {
-    "max_steps": ("Most steps per run (0: no limit)", None),
-    "allowed_models": ("Models allowed (comma-separated; empty: any)", None),
-    "concurrent_runs": ("Runs training at once", "The others wait in line, first come first "
-                        "served."),
-    "upload_mb": ("Largest upload (MB)", "Uploads above the server's start-up limit are cut "
-                  "off earlier."),
-    "disk_quota_mb": ("Disk space per user (MB, 0: no limit)", None),
-    "keep_checkpoints": ("Checkpoints kept per run", "The final adapter is always kept."),
-}
+# each limit's label, and whether it has a line of help (classroom.limit.<name>.label|info)
+LIMITS_WITH_HELP = {"max_steps": False, "allowed_models": True, "concurrent_runs": True,
+                    "upload_mb": True, "disk_quota_mb": False, "keep_checkpoints": True}
 
 
 def require_teacher(user) -> None:
     if not user.sees_all:
-        raise AccessError("Only a teacher can do this.")
+        raise AccessError(t("classroom.error.teacher_only"))
 
 
 def all_adapters_zip(policy: Policy, runs) -> Path:
@@ -48,30 +42,31 @@ def all_adapters_zip(policy: Policy, runs) -> Path:
 
 
 def build(policy: Policy) -> dict:
-    gr.Markdown("### Classroom\nEvery student's runs, the line of runs waiting to train, and the "
-                "limits for everyone.")
+    gr.Markdown(L("classroom.heading"), elem_id="class-heading")
     with gr.Row():
-        refresh = gr.Button("Refresh", size="sm", elem_id="class-refresh")
-        pick = gr.Dropdown([], label="Run", elem_id="class-pick", scale=3)
-        stop = gr.Button("Stop this run", variant="stop", elem_id="class-stop")
-        publish = gr.Button("Show this run to visitors", elem_id="class-publish")
+        refresh = gr.Button(L("classroom.refresh"), size="sm", elem_id="class-refresh")
+        pick = gr.Dropdown([], label=L("classroom.run.label"), elem_id="class-pick", scale=3)
+        stop = gr.Button(L("classroom.stop.button"), variant="stop", elem_id="class-stop")
+        publish = gr.Button(L("classroom.publish.button"), elem_id="class-publish")
     table = gr.Dataframe(interactive=False, elem_id="class-runs", max_height=400)
     message = gr.Markdown(elem_id="class-message")
     with gr.Row():
-        download = gr.Button("Download every adapter (.zip)", elem_id="class-download")
-        files = gr.File(label="Adapters", interactive=False, elem_id="class-files")
-    gr.Markdown("**Limits**")
+        download = gr.Button(L("classroom.download.button"), elem_id="class-download")
+        files = gr.File(label=L("classroom.files.label"), interactive=False,
+                        elem_id="class-files")
+    gr.Markdown(L("classroom.limits.heading"), elem_id="class-limits-heading")
     fields = {}
     with gr.Row():
         for key, value in asdict(policy.limits).items():
-            label, info = LIMIT_LABELS[key]
+            label = L(f"classroom.limit.{key}.label")
+            info = L(f"classroom.limit.{key}.info") if LIMITS_WITH_HELP.get(key) else None
             if key == "allowed_models":
                 fields[key] = gr.Textbox(", ".join(value), label=label, info=info,
                                          elem_id=f"limit-{key}")
             else:
                 fields[key] = gr.Number(value, label=label, info=info, precision=0, minimum=0,
                                         maximum=1_000_000, elem_id=f"limit-{key}")
-    save = gr.Button("Save the limits", variant="primary", elem_id="class-save")
+    save = gr.Button(L("classroom.limits.save"), variant="primary", elem_id="class-save")
     return {"refresh": refresh, "pick": pick, "stop": stop, "publish": publish, "table": table,
             "message": message, "download": download, "files": files, "fields": fields,
             "save": save}
@@ -98,33 +93,33 @@ def wire(ui: dict, studio, tab, demo_block) -> None:
     def on_stop(user, ref):
         require_teacher(user)
         if not ref:
-            return "Choose a run first."
+            return t("classroom.need_run")
         run_dir = user.run_dir(ref)
         if manager.cancel(run_dir):
-            return f"Took **{ref}** out of the line."
+            return t("classroom.stop.dequeued", run=ref)
         if not manager.is_alive(run_dir):
-            return f"**{ref}** is not training."
+            return t("classroom.stop.not_training", run=ref)
         manager.stop(run_dir)
-        return f"**{ref}** stops after its current step."
+        return t("classroom.stop.stopping", run=ref)
 
     ui["stop"].click(studio.handler(on_stop), ui["pick"], ui["message"])
 
     def on_publish(user, ref):
         require_teacher(user)
         if not ref:
-            return "Choose a run first."
+            return t("classroom.need_run")
         run_dir = user.run_dir(ref)
         if adapter_dir(run_dir) is None:
-            return "This run has no adapter yet."
+            return t("classroom.publish.no_adapter")
         owner = policy.user_named(run_dir.parent.parent.name)
         policy.publish_example(owner, run_dir)
-        return f"Visitors now see **{ref}** and can chat with it."
+        return t("classroom.publish.done", run=ref)
 
     ui["publish"].click(studio.handler(on_publish), ui["pick"], ui["message"])
 
     def on_download(user):
         require_teacher(user)
-        return str(all_adapters_zip(policy, studio.runs_of(user))), "Every adapter, by user."
+        return str(all_adapters_zip(policy, studio.runs_of(user))), t("classroom.download.done")
 
     ui["download"].click(studio.handler(on_download), None, [ui["files"], ui["message"]])
 
@@ -137,6 +132,6 @@ def wire(ui: dict, studio, tab, demo_block) -> None:
         policy.save_limits(limits)
         manager.max_workers = limits.concurrent_runs
         manager.schedule()
-        return "Limits saved; they apply to runs started from now on."
+        return t("classroom.limits.saved")
 
     ui["save"].click(studio.handler(on_save), [ui["fields"][k] for k in keys], ui["message"])

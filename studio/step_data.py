@@ -11,6 +11,7 @@ from core.data import DataError, check_data, load_table
 
 from .access import MB, AccessError
 from .form import make_widget
+from .i18n import L, t
 
 SAMPLE_SOURCE = "builtin:arithmetic?n=200&max_operand=9"
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
@@ -52,7 +53,8 @@ def report_markdown(report) -> str:
     """The core's validation messages (with row numbers) as a short checklist."""
     lines = []
     if report.num_rows:
-        lines.append(f"**{report.num_rows} rows**, columns: {', '.join(report.columns)}")
+        lines.append(t("data.report.summary", rows=report.num_rows,
+                       columns=", ".join(map(str, report.columns))))
     for e in report.errors:
         lines.append(f"- ❌ {e}")
     for w in report.warnings:
@@ -60,12 +62,13 @@ def report_markdown(report) -> str:
     missing = report.rows_without_answer
     if missing and report.mapping and report.mapping.answer and \
             not any(report.mapping.answer in w for w in report.warnings):
-        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more"
-                                                   if len(missing) > 5 else "")
-        lines.append(f"- ℹ️ No answer in {'row' if len(missing) == 1 else 'rows'} {shown}: rewards "
-                     f"that compare with the answer score those rows as wrong.")
+        shown = ", ".join(map(str, missing[:5]))
+        if len(missing) > 5:
+            shown = t("data.report.and_more", rows=shown, more=len(missing) - 5)
+        lines.append("- ℹ️ " + t("data.report.no_answer_row" if len(missing) == 1
+                                 else "data.report.no_answer_rows", rows=shown))
     if report.ok:
-        lines.append("- ✅ Ready for training.")
+        lines.append("- ✅ " + t("data.report.ready"))
     return "\n".join(lines)
 
 
@@ -80,7 +83,7 @@ def inspect_source(source: str, question=None, answer=None, system=None, needing
     so that no file can hold up the server."""
     source = (source or "").strip()
     if not source:
-        return [], [], {}, "Choose a file, type a dataset id, or use the sample data.", []
+        return [], [], {}, t("data.source.empty"), []
     report = check_data(source, rewards_needing_answer=list(needing), time_limit=time_limit)
     wanted = {"question": question or None, "answer": answer or None, "system": system or None}
     if report.columns and any(wanted.values()):
@@ -102,31 +105,30 @@ def inspect_source(source: str, question=None, answer=None, system=None, needing
 
 
 def build(form: dict) -> dict:
-    gr.Markdown("### 2 · Your questions\nA table with one question per row and, for most "
-                "rewards, a reference answer. CSV, TSV, JSON, JSONL or Parquet.")
+    gr.Markdown(L("data.intro"))
     with gr.Row():
-        upload = gr.File(label="Upload a table", file_types=FILE_TYPES, elem_id="data-upload",
-                         scale=2)
+        upload = gr.File(label=L("data.upload.label"), file_types=FILE_TYPES,
+                         elem_id="data-upload", scale=2)
         with gr.Column(scale=2):
-            hub = gr.Textbox(label="…or a Hugging Face dataset id", elem_id="data-hub",
-                             placeholder="e.g. openai/gsm8k:main")
-            use_hub = gr.Button("Use this dataset", size="sm")
-            sample = gr.Button("Use sample data (arithmetic)", elem_id="data-sample",
+            hub = gr.Textbox(label=L("data.hub.label"), elem_id="data-hub",
+                             placeholder=L("data.hub.placeholder"))
+            use_hub = gr.Button(L("data.hub.use"), size="sm")
+            sample = gr.Button(L("data.sample.button"), elem_id="data-sample",
                                variant="secondary")
     form["data.source"] = make_widget("data.source", "", interactive=False,
-                                      label="Data source in use")
+                                      label=L("data.source.label"))
     with gr.Row():
-        form["data.question_column"] = gr.Dropdown([], label="Question column",
+        form["data.question_column"] = gr.Dropdown([], label=L("data.column.question"),
                                                    elem_id="data-question", allow_custom_value=True)
-        form["data.answer_column"] = gr.Dropdown([], label="Answer column",
+        form["data.answer_column"] = gr.Dropdown([], label=L("data.column.answer"),
                                                  elem_id="data-answer", allow_custom_value=True)
-        form["data.system_column"] = gr.Dropdown([], label="System prompt column (optional)",
+        form["data.system_column"] = gr.Dropdown([], label=L("data.column.system"),
                                                  elem_id="data-system", allow_custom_value=True)
     messages = gr.Markdown(elem_id="data-messages")
-    table = gr.Dataframe(label="Preview (first rows)", interactive=False, elem_id="data-preview",
-                         max_height=320, wrap=True)
+    table = gr.Dataframe(label=L("data.preview.label"), interactive=False,
+                         elem_id="data-preview", max_height=320, wrap=True)
     form["data.system_prompt"] = make_widget("data.system_prompt", "")
-    with gr.Accordion("More data settings", open=False):
+    with gr.Accordion(L("data.more_settings"), open=False):
         form["data.max_rows"] = make_widget("data.max_rows", None)
         form["data.split"] = make_widget("data.split", "train")
         form["data.eval_share"] = make_widget("data.eval_share", 0.1)
@@ -159,13 +161,12 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
         size = Path(path).stat().st_size
         limit = policy.limits.upload_mb if policy.shared else None
         if limit and size > limit * MB:
-            raise AccessError(f"This file is {size / MB:.0f} MB; uploads here may be at most "
-                              f"{limit} MB.")
+            raise AccessError(t("data.upload.too_big", size=f"{size / MB:.0f}", limit=limit))
         user.check_quota(adding=size)
         # Gradio's own copy is shared by everyone who uploads the same bytes; its cache is
         # cleared an hour later (delete_cache), this copy is the one that stays.
         kept = keep_upload(path, user.uploads_dir)
-        return user.upload_ref(kept), f"Uploaded **{Path(kept).name.split('-', 1)[-1]}**."
+        return user.upload_ref(kept), t("data.upload.done", name=Path(kept).name.split("-", 1)[-1])
 
     ui["upload"].upload(studio.handler(on_upload), ui["upload"], [source, ui["messages"]])
 

@@ -12,6 +12,7 @@ from core.config import ConfigError, RunConfig
 from .access import AccessError
 from .errors import friendly
 from .form import cli_command
+from .i18n import L, current as page_lang, has, lang_of, speaking, t
 from .jobs import JobError, scratch_dir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
@@ -33,8 +34,7 @@ def adapter_files(run_dir: str | Path) -> Path:
     """A fresh folder with just the adapter's files (no optimizer state), named after the run."""
     src = adapter_dir(run_dir)
     if src is None:
-        raise FileNotFoundError("This run has no adapter yet: train at least until the first "
-                                "checkpoint.")
+        raise FileNotFoundError(t("export.error.no_adapter_train_more"))
     folder = scratch_dir("aha-export-") / f"{Path(run_dir).name}-adapter"
     folder.mkdir()
     for name in ADAPTER_FILES:
@@ -53,16 +53,16 @@ def push_to_hub(folder: Path, repo_id: str, token: str) -> str:
 
     repo_id, token = (repo_id or "").strip(), (token or "").strip()
     if repo_id.count("/") != 1:
-        raise ValueError("Write the repository as your-name/model-name.")
+        raise ValueError(t("export.push.error.repo"))
     if not token:
-        raise ValueError("Paste a Hugging Face access token with write permission.")
+        raise ValueError(t("export.push.error.token"))
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id)
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"Could not push to the Hub: {text[:200]}") from None
+        raise ValueError(t("export.push.error.failed", reason=text[:200])) from None
     return f"https://huggingface.co/{repo_id}"
 
 
@@ -71,66 +71,80 @@ def checkpoint_choices(run_dir: Path) -> list[tuple[str, str]]:
     first."""
     out = []
     if (run_dir / "adapter" / "adapter_model.safetensors").exists():
-        out.append(("final adapter", "final"))
+        out.append((t("export.checkpoint.final"), "final"))
     steps = sorted((int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*")
                     if p.name[5:].isdigit() and (p / "adapter_model.safetensors").exists()),
                    reverse=True)
-    return out + [(f"step {n}", f"step-{n}") for n in steps]
+    return out + [(t("export.checkpoint.step", step=n), f"step-{n}") for n in steps]
 
 
-def chosen_adapter(run_dir: Path, choice: str | None) -> tuple[Path, str]:
-    """(adapter folder, words for it) for a choice offered by checkpoint_choices."""
+def chosen_adapter(run_dir: Path, choice: str | None) -> tuple[Path, int | None]:
+    """(adapter folder, its checkpoint's step or None for the final adapter) for a choice
+    offered by checkpoint_choices."""
     if choice and choice != "final":
         if not re.fullmatch(r"step-\d{1,9}", str(choice)):
-            raise AccessError("No such checkpoint.")
+            raise AccessError(t("export.error.no_such_checkpoint"))
         path = run_dir / "checkpoints" / choice
         if (path / "adapter_model.safetensors").exists():
-            return path, f"the checkpoint at step {choice[5:]}"
-        raise AccessError("That checkpoint is gone; pick another.")
+            return path, int(choice[5:])
+        raise AccessError(t("export.error.checkpoint_gone"))
     found = adapter_dir(run_dir)
     if found is None:
-        raise AccessError("This run has no adapter yet.")
+        raise AccessError(t("export.error.no_adapter"))
     if found.name == "adapter":
-        return found, "the final adapter"
-    return found, f"the checkpoint at step {found.name[5:]}"
+        return found, None
+    return found, int(found.name[5:])
+
+
+# every state a run can be in (core.runs.RunStatus.state), each with a short word
+STATES = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training",
+          "stopped", "finished", "failed", "interrupted")
+
+
+def state_word(state: str) -> str:
+    key = f"export.state.{state}"
+    return t(key) if has(key) else state
 
 
 def run_choices(studio, user) -> list[tuple[str, str]]:
     """(label, run ref) of the runs with an adapter this user may see."""
-    return [(f"{user.run_ref(st.run_dir)} · {st.state}", user.run_ref(st.run_dir))
+    return [(f"{user.run_ref(st.run_dir)} · {state_word(st.state)}", user.run_ref(st.run_dir))
             for st in studio.runs_of(user) if adapter_dir(st.run_dir) is not None]
 
 
 def build() -> dict:
-    gr.Markdown("### 5 · Try and export")
+    gr.Markdown(L("export.heading"), elem_id="export-heading")
     with gr.Row():
-        run = gr.Dropdown([], label="Run", elem_id="export-run", scale=3)
-        refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="export-refresh")
-    checkpoint = gr.Dropdown([], label="Which adapter answers", elem_id="export-checkpoint",
-                             info="The final adapter, or the one saved at an earlier step.")
-    question = gr.Textbox(label="Ask both models the same question", elem_id="chat-question",
-                          placeholder="What is 3 + 4?")
-    ask = gr.Button("Ask", elem_id="chat-ask")
+        run = gr.Dropdown([], label=L("export.run.label"), elem_id="export-run", scale=3)
+        refresh = gr.Button(L("export.refresh"), size="sm", scale=1, elem_id="export-refresh")
+    checkpoint = gr.Dropdown([], label=L("export.checkpoint.label"), elem_id="export-checkpoint",
+                             info=L("export.checkpoint.info"))
+    question = gr.Textbox(label=L("chat.question.label"), elem_id="chat-question",
+                          placeholder=L("chat.question.placeholder"))
+    ask = gr.Button(L("chat.ask"), elem_id="chat-ask")
     chat_status = gr.Markdown(elem_id="chat-status")
     with gr.Row():
-        trained = gr.Chatbot(label="Trained (with your adapter)", elem_id="chat-trained",
+        trained = gr.Chatbot(label=L("chat.trained.label"), elem_id="chat-trained",
                              height=260)
-        base = gr.Chatbot(label="Base model", elem_id="chat-base", height=260)
-    gr.Markdown("**Export**")
+        base = gr.Chatbot(label=L("chat.base.label"), elem_id="chat-base", height=260)
+    gr.Markdown(L("export.section"), elem_id="export-section")
     with gr.Row():
-        zip_btn = gr.Button("Download the LoRA adapter (.zip)", elem_id="export-zip")
-        merge_btn = gr.Button("Merge into a 16-bit model", elem_id="export-merge")
-        yaml_btn = gr.Button("Download the run's YAML", elem_id="export-yaml")
-    files = gr.File(label="Files", file_count="multiple", interactive=False,
+        zip_btn = gr.Button(L("export.zip.button"), elem_id="export-zip")
+        merge_btn = gr.Button(L("export.merge.button"), elem_id="export-merge")
+        yaml_btn = gr.Button(L("export.yaml.button"), elem_id="export-yaml")
+    files = gr.File(label=L("export.files.label"), file_count="multiple", interactive=False,
                     elem_id="export-files")
     export_status = gr.Markdown(elem_id="export-status")
-    command = gr.Code(label="The same run from the command line", language="shell",
+    command = gr.Code(label=L("export.command.label"), language="shell",
                       elem_id="export-command")
-    with gr.Accordion("Push to the Hugging Face Hub", open=False):
-        repo = gr.Textbox(label="Repository", placeholder="your-name/my-grpo-adapter")
-        token = gr.Textbox(label="Access token (write)", type="password")
-        push = gr.Button("Push the adapter", elem_id="export-push")
-        push_status = gr.Markdown()
+    with gr.Accordion(L("export.push.heading"), open=False, elem_id="export-hub"):
+        repo = gr.Textbox(label=L("export.push.repo.label"), elem_id="export-repo",
+                          info=L("export.push.repo.info"),
+                          placeholder=L("export.push.repo.placeholder"))
+        token = gr.Textbox(label=L("export.push.token.label"), type="password",
+                           elem_id="export-token", info=L("export.push.token.info"))
+        push = gr.Button(L("export.push.button"), elem_id="export-push")
+        push_status = gr.Markdown(elem_id="export-push-status")
     return {"run": run, "refresh": refresh, "checkpoint": checkpoint, "question": question,
             "ask": ask,
             "chat_status": chat_status, "trained": trained, "base": base, "zip": zip_btn,
@@ -177,17 +191,21 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
     def on_ask(user, ref, choice, question, hist_t, hist_b):
         hist_t, hist_b = list(hist_t or []), list(hist_b or [])
         if not ref or not (question or "").strip():
-            yield "Choose a run and type a question.", gr.skip(), gr.skip()
+            yield t("chat.need_run_and_question"), gr.skip(), gr.skip()
             return
         run_dir = user.run_dir(ref)
-        adapter, which = chosen_adapter(run_dir, choice)
+        adapter, step = chosen_adapter(run_dir, choice)
+        if step is None:
+            answered = t("chat.answered.final", run=run_dir.name)
+        else:
+            answered = t("chat.answered.step", step=step, run=run_dir.name)
         cfg = RunConfig.load(run_dir / "config.yaml")
         req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
                "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
                "adapter": str(adapter), "compare_base": True,
                "questions": [question.strip()[:4000]], "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
-               "temperature": cfg.grpo.temperature}
+               "temperature": cfg.grpo.temperature, "lang": page_lang()}
         try:
             for kind, value in studio.jobs.run(req):
                 if kind == "progress":
@@ -196,7 +214,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                     user_turn = {"role": "user", "content": question}
                     hist_t += [user_turn, {"role": "assistant", "content": value["adapter"][0][0]}]
                     hist_b += [user_turn, {"role": "assistant", "content": value["base"][0][0]}]
-                    yield f"Answered by {which} of **{run_dir.name}**.", hist_t, hist_b
+                    yield answered, hist_t, hist_b
         except JobError as exc:
             yield f"❌ {exc}", gr.skip(), gr.skip()
 
@@ -209,35 +227,35 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         example only to look at and chat with)."""
         run_dir = user.run_dir(ref)
         if not user.owns(run_dir) and not (user.sees_all and policy.shared):
-            raise AccessError("Only the run's owner or a teacher can export it.")
+            raise AccessError(t("export.error.not_owner"))
         return run_dir
 
     def on_zip(user, ref):
         if not ref:
-            return gr.skip(), "Choose a run first."
+            return gr.skip(), t("export.need_run")
         try:
             path = zip_adapter(owned(user, ref))
         except FileNotFoundError as exc:
             return gr.skip(), f"❌ {exc}"
-        return [str(path)], f"Adapter packed: {path.name}"
+        return [str(path)], t("export.zip.done", file=path.name)
 
     ui["zip"].click(studio.handler(on_zip), ui["run"], [ui["files"], ui["status"]])
 
     def on_yaml(user, ref):
         if not ref:
-            return gr.skip(), "Choose a run first."
+            return gr.skip(), t("export.need_run")
         run_dir = owned(user, ref)
         cfg = RunConfig.load(run_dir / "config.yaml")
         cfg.data.source = user.display_source(cfg.data.source)
         out = scratch_dir("aha-config-") / f"{run_dir.name}.yaml"
         cfg.save(out)
-        return [str(out)], "The run's settings, as the worker used them."
+        return [str(out)], t("export.yaml.done")
 
     ui["yaml"].click(studio.handler(on_yaml), ui["run"], [ui["files"], ui["status"]])
 
     def on_merge(user, ref):
         if not ref:
-            yield gr.skip(), "Choose a run first."
+            yield gr.skip(), t("export.need_run")
             return
         try:
             run_dir = owned(user, ref)
@@ -248,33 +266,39 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             return
         out = run_dir / "merged-16bit"
         req = {"job": "merge", "source": cfg.model.source, "adapter": str(adapter_dir(run_dir)),
-               "out": str(out)}
+               "out": str(out), "lang": page_lang()}
         try:
             for kind, value in studio.jobs.run(req):
                 if kind == "progress":
                     yield gr.skip(), f"⏳ {value}…"
                 else:
-                    yield gr.skip(), f"✅ Merged model saved in the run's folder " \
-                        f"(`{run_dir.name}/merged-16bit`)."
+                    folder = f"{run_dir.name}/merged-16bit"
+                    yield gr.skip(), "✅ " + t("export.merge.done", folder=folder)
         except JobError as exc:
             yield gr.skip(), f"❌ {exc}"
 
     ui["merge"].click(studio.handler(on_merge), ui["run"], [ui["files"], ui["status"]],
                       concurrency_limit=1)
 
+    def push(ref, repo, token, request, profile, oauth):
+        user = policy.user(request, profile)
+        if not ref:
+            return "❌ " + t("export.push.need_run")
+        if policy.mode == "space":  # the signed-in user's own token, never one of the server's
+            if oauth is None:
+                return "❌ " + t("export.push.need_sign_in")
+            token = oauth.token
+        try:
+            url = push_to_hub(adapter_files(owned(user, ref)), repo, token)
+        except (ValueError, FileNotFoundError) as exc:
+            return f"❌ {exc}"
+        return "✅ " + t("export.push.done", url=url)
+
     @friendly
     def on_push(ref, repo, token, request: gr.Request, profile: gr.OAuthProfile | None,
                 oauth: gr.OAuthToken | None):
-        user = policy.user(request, profile)
-        if not ref:
-            return "❌ Choose a run with an adapter first."
-        if policy.mode == "space":  # the signed-in user's own token, never one of the server's
-            if oauth is None:
-                return "❌ Sign in with Hugging Face first: the push uses your own account."
-            token = oauth.token
-        try:
-            return f"✅ Pushed: {push_to_hub(adapter_files(owned(user, ref)), repo, token)}"
-        except (ValueError, FileNotFoundError) as exc:
-            return f"❌ {exc}"
+        # not a Studio.handler (it also needs the OAuth token): the page's language set here
+        with speaking(lang_of(request)):
+            return push(ref, repo, token, request, profile, oauth)
 
     ui["push"].click(on_push, [ui["run"], ui["repo"], ui["token"]], ui["push_status"])

@@ -6,19 +6,28 @@ import gradio as gr
 from .access import AccessError
 from .estimate import GB, estimate_memory, fit_verdict, shape_for_source
 from .form import make_widget
+from .i18n import L, t
 from .jobs import JobError
 from .machine import Machine
 
 PRESETS = [  # (label, source): the embedded default first, then popular small instruct models
-    ("SmolLM2-135M-Instruct (built in, works offline)", "default"),
-    ("SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
-    ("Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
-    ("Qwen3-0.6B", "Qwen/Qwen3-0.6B"),
-    ("Llama-3.2-1B-Instruct (gated: needs a Hub token)", "meta-llama/Llama-3.2-1B-Instruct"),
-    ("Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
-    ("Another Hugging Face model id…", "__hub__"),
-    ("A model folder on this machine…", "__local__"),
+    (L("model.preset.choice.default"), "default"),
+    (L("model.preset.choice.smollm2_360m"), "HuggingFaceTB/SmolLM2-360M-Instruct"),
+    (L("model.preset.choice.qwen25_05b"), "Qwen/Qwen2.5-0.5B-Instruct"),
+    (L("model.preset.choice.qwen3_06b"), "Qwen/Qwen3-0.6B"),
+    (L("model.preset.choice.llama32_1b"), "meta-llama/Llama-3.2-1B-Instruct"),
+    (L("model.preset.choice.qwen25_15b"), "Qwen/Qwen2.5-1.5B-Instruct"),
+    (L("model.preset.choice.hub"), "__hub__"),
+    (L("model.preset.choice.local"), "__local__"),
 ]
+
+# The estimate's parts (studio.estimate names them in English) by their text's key.
+PART_KEYS = {"base weights": "model.estimate.part.base_weights",
+             "adapter + optimizer": "model.estimate.part.adapter_optimizer",
+             "generation cache": "model.estimate.part.generation_cache",
+             "activations": "model.estimate.part.activations",
+             "log-prob chunk": "model.estimate.part.logprob_chunk",
+             "runtime": "model.estimate.part.runtime"}
 
 # The settings the estimate reads, in the order estimate_markdown takes them.
 ESTIMATE_PATHS = ["model.source", "model.precision", "model.lora_r", "grpo.max_prompt_length",
@@ -60,34 +69,36 @@ def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion
     'unknown'."""
     shape = shape_for_source(str(source or ""))
     if shape is None:
-        return "unknown", ("Memory estimate: unknown until the model's config is available "
-                           "(press *Check the model*).")
+        return "unknown", t("model.estimate.unknown_model")
     parts = estimate_parts(machine, source, precision, lora_r, prompt_len, completion_len,
                            prompts_per_step, num_generations, accumulation, checkpointing,
                            optimizer)
     if parts is None:
-        return "unknown", "Memory estimate: fill in every number first."
+        return "unknown", t("model.estimate.fill_in")
     verdict, line = fit_verdict(parts["total"], machine.available_bytes)
     icon = {"ok": "✅", "tight": "⚠️", "too_big": "⛔"}[verdict]
-    detail = ", ".join(f"{k} {v / GB:.2f} GB" for k, v in parts.items() if k != "total")
-    return verdict, (f"{icon} **Memory estimate: {parts['total'] / GB:.1f} GB.** {line}\n\n"
-                     f"<small>{shape.params / 1e6:.0f}M parameters · {detail}</small>")
+    detail = ", ".join(f"{t(PART_KEYS[k]) if k in PART_KEYS else k} {v / GB:.2f} GB"
+                       for k, v in parts.items() if k != "total")
+    total = t("model.estimate.total", gb=f"{parts['total'] / GB:.1f}")
+    params = t("model.estimate.params", millions=f"{shape.params / 1e6:.0f}")
+    return verdict, f"{icon} **{total}** {line}\n\n<small>{params} · {detail}</small>"
 
 
 def build(form: dict, machine: Machine) -> dict:
-    gr.Markdown("### 1 · Choose a model\nThe built-in model is small and works without internet; "
-                "bigger models learn more but need a GPU.")
-    gr.Markdown(f"**This machine:** {machine.describe()}", elem_id="machine-info")
+    gr.Markdown(L("model.intro"))
+    # what the machine has, in the page's language once the page has loaded (see wire)
+    machine_info = gr.Markdown(L("model.machine.gpu_loading" if machine.gpu
+                                 else "model.machine.cpu_loading"), elem_id="machine-info")
     with gr.Row():
-        preset = gr.Dropdown(PRESETS, value="default", label="Model", elem_id="model-preset",
-                             scale=2)
+        preset = gr.Dropdown(PRESETS, value="default", label=L("model.preset.label"),
+                             elem_id="model-preset", scale=2)
         form["model.source"] = make_widget("model.source", "default", interactive=False, scale=3,
-                                           label="Model source (Hub id or folder)")
+                                           label=L("model.source.label"))
     with gr.Row():
         form["model.precision"] = make_widget("model.precision", "4bit")
         form["model.lora_r"] = make_widget("model.lora_r", 16)
         form["model.lora_alpha"] = make_widget("model.lora_alpha", 32)
-    with gr.Accordion("More model settings", open=False):
+    with gr.Accordion(L("model.more_settings"), open=False):
         for path in ("model.lora_dropout", "model.target_modules", "model.gradient_checkpointing",
                      "model.chat_template"):
             default = {"model.lora_dropout": 0.0, "model.target_modules": "auto",
@@ -95,25 +106,33 @@ def build(form: dict, machine: Machine) -> dict:
             form[path] = make_widget(path, default)
     estimate_md = gr.Markdown(elem_id="model-estimate")
     with gr.Row():
-        check = gr.Button("Check the model (downloads or converts it once)", elem_id="model-check")
+        check = gr.Button(L("model.check.button"), elem_id="model-check")
     check_out = gr.Markdown(elem_id="model-check-out")
-    return {"preset": preset, "estimate": estimate_md, "check": check, "check_out": check_out}
+    return {"preset": preset, "estimate": estimate_md, "check": check, "check_out": check_out,
+            "machine_info": machine_info}
 
 
 def wire(ui: dict, form: dict, studio, extra_outputs: list, demo_block) -> None:
     source = form["model.source"]
     machine = studio.machine
 
-    def on_preset(preset, current):
+    def describe_machine(user):
+        return t("model.machine.heading", description=machine.describe())
+
+    demo_block.load(studio.handler(describe_machine), None, ui["machine_info"],
+                    show_progress="hidden")
+
+    def on_preset(user, preset, current):
         value, typing = source_for_preset(preset, current)
-        placeholder = ("e.g. Qwen/Qwen2.5-0.5B-Instruct" if preset == "__hub__"
-                       else "/path/to/model-folder" if preset == "__local__" else None)
+        placeholder = (t("model.source.placeholder.hub") if preset == "__hub__"
+                       else t("model.source.placeholder.local") if preset == "__local__" else None)
         return gr.update(value=value, interactive=typing, placeholder=placeholder)
 
-    ui["preset"].change(on_preset, [ui["preset"], source], source, show_progress="hidden")
+    ui["preset"].change(studio.handler(on_preset), [ui["preset"], source], source,
+                        show_progress="hidden")
 
     def check(user, src, precision):
-        yield "⏳ Starting…"
+        yield t("model.check.starting")
         try:
             src = user.model_source(src)
             for kind, value in studio.jobs.run({"job": "prepare", "source": src,
@@ -121,9 +140,12 @@ def wire(ui: dict, form: dict, studio, extra_outputs: list, demo_block) -> None:
                 if kind == "progress":
                     yield f"⏳ {value}…"
                 else:
-                    where = f" from `{value['path']}`" if not studio.policy.shared else ""
-                    yield (f"✅ Ready: {value['params'] / 1e6:.0f}M parameters, "
-                           f"{value['model_type']} architecture{where}.")
+                    millions = f"{value['params'] / 1e6:.0f}"
+                    if studio.policy.shared:
+                        yield t("model.check.ready", millions=millions, kind=value["model_type"])
+                    else:
+                        yield t("model.check.ready_from", millions=millions,
+                                kind=value["model_type"], path=value["path"])
         except (JobError, AccessError) as exc:
             yield f"❌ {exc}"
 
@@ -132,10 +154,11 @@ def wire(ui: dict, form: dict, studio, extra_outputs: list, demo_block) -> None:
 
     inputs = [form[p] for p in ESTIMATE_PATHS]
 
-    def on_change(*values):
+    def on_change(user, *values):
         verdict, text = estimate(machine, *values)
         return [text] + [text] * len(extra_outputs)
 
+    on_change = studio.handler(on_change)  # in the page's language
     demo_block.load(on_change, inputs, [ui["estimate"]] + extra_outputs, show_progress="hidden")
     for comp in inputs:
         comp.change(on_change, inputs, [ui["estimate"]] + extra_outputs, show_progress="hidden",

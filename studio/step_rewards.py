@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import gradio as gr
 
@@ -9,42 +10,84 @@ from reward_templates import (DEFAULT_SET_DESCRIPTIONS, RewardError, RewardSet,
                               default_reward_set, get_template, list_templates, preview)
 
 from .access import AccessError
-from .errors import friendly
+from .i18n import L, t
 from .jobs import JobError
+
+# shown in the error messages as they are (no braces in the catalog's texts)
+JSON_EXAMPLE = '{"name": value}'
 
 
 def gallery_markdown() -> str:
-    """Every registered template with its beginner description, grouped by category."""
+    """Every registered template with its beginner description, grouped by category, in the
+    page's language (a blank line before each heading, so none runs into the list above it)."""
     by_cat: dict[str, list] = {}
     for spec in list_templates():
         by_cat.setdefault(spec.category, []).append(spec)
     parts = []
     for cat, specs in by_cat.items():
-        parts.append(f"**{cat.capitalize()}**")
+        parts.append(f"\n#### {t(f'reward.category.{cat}')}\n")
         for s in specs:
-            needs = " *(needs reference answers)*" if s.needs_answer else ""
-            parts.append(f"- `{s.name}` — **{s.title}**: {s.description}{needs}")
-    return "\n".join(parts)
+            needs = f" *{t('rewards.gallery.needs_answer')}*" if s.needs_answer else ""
+            parts.append(f"- **{t(f'reward.{s.name}.title')}** (`{s.name}`): "
+                         f"{t(f'reward.{s.name}.description')}{needs}")
+    return "\n".join(parts).strip()
 
 
-def template_choices() -> list[tuple[str, str]]:
-    return [(f"{s.title} ({s.name})", s.name) for s in list_templates()]
+def template_choices() -> list:
+    """The dropdown's choices: each template's title and name, translated in the browser."""
+    return [(L(f"reward.{s.name}.choice"), s.name) for s in list_templates()]
+
+
+def code(text) -> str:
+    """`text` as inline code on one line, whatever backticks it holds."""
+    text = " ".join(str(text).split("\n"))
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def template_details(name: str) -> tuple[str, str]:
-    """(markdown about the template's settings, its default params as JSON)."""
+    """(markdown about the template's settings, its default params as JSON), in the page's
+    language."""
     if not name:
         return "", "{}"
     spec = get_template(name)
-    lines = [f"**{spec.title}** — {spec.description}"]
+    key = f"reward.{spec.name}"
+    lines = [f"**{t(key + '.title')}** — {t(key + '.description')}"]
+    if spec.needs_answer:
+        lines.append(f"\n*{t('rewards.details.needs_answer')}*")
+    lines.append("\n" + t("rewards.details.settings" if spec.params else
+                          "rewards.details.no_settings") + "\n")
     for p in spec.params:
-        rng = f" ({p.min}…{p.max})" if p.min is not None or p.max is not None else ""
-        ch = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
-        lines.append(f"- `{p.name}` = `{json.dumps(p.default)}`{rng}{ch}: {p.help}")
+        extra = []
+        if p.min is not None and p.max is not None:
+            extra.append(t("rewards.details.range", min=_num(p.min), max=_num(p.max)))
+        elif p.min is not None:
+            extra.append(t("rewards.details.at_least", min=_num(p.min)))
+        elif p.max is not None:
+            extra.append(t("rewards.details.at_most", max=_num(p.max)))
+        if p.choices:
+            extra.append(t("rewards.details.one_of",
+                           choices=", ".join(code(c) for c in p.choices)))
+        default = t("rewards.details.default", value=code(json.dumps(p.default,
+                                                                       ensure_ascii=False)))
+        more = "; ".join([default] + extra)
+        lines.append(f"- **{t(f'{key}.param.{p.name}.label')}** ({code(p.name)}; {more}): "
+                     f"{t(f'{key}.param.{p.name}.help')}")
     if spec.examples:
         e = spec.examples[0]
-        lines.append(f"\nExample: `{e.completion[:120]}` with answer `{e.answer}` scores "
-                     f"**{e.score}**")
+        score = t("rewards.na") if e.score is None else _num(float(e.score))
+        completion = code(e.completion[:120])
+        if e.answer is None:
+            lines.append("\n" + t("rewards.details.example", completion=completion, score=score))
+        else:
+            lines.append("\n" + t("rewards.details.example_answer", completion=completion,
+                                  answer=code(e.answer), score=score))
     defaults = {p.name: p.default for p in spec.params}
     return "\n".join(lines), json.dumps(defaults, ensure_ascii=False)
 
@@ -53,17 +96,17 @@ def parse_params(text: str) -> dict:
     try:
         value = json.loads(text or "{}")
     except ValueError as exc:
-        raise RewardError(f"The settings are not valid JSON ({exc.msg} at character "
-                          f"{exc.pos}); write them like {{\"name\": value}}.") from None
+        raise RewardError(t("rewards.error.bad_json", msg=exc.msg, pos=exc.pos,
+                            example=JSON_EXAMPLE)) from None
     if not isinstance(value, dict):
-        raise RewardError("The settings must be a JSON object like {\"name\": value}.")
+        raise RewardError(t("rewards.error.not_object", example=JSON_EXAMPLE))
     return value
 
 
 def add_reward(rewards: list[dict], template: str, weight, params_text: str) -> list[dict]:
     """The list with one more reward; raises RewardError when it would not be a valid set."""
     if not template:
-        raise RewardError("Choose a template first.")
+        raise RewardError(t("rewards.error.no_template"))
     item = {"template": template, "weight": float(weight if weight is not None else 1.0),
             "params": parse_params(params_text)}
     new = list(rewards) + [item]
@@ -73,14 +116,15 @@ def add_reward(rewards: list[dict], template: str, weight, params_text: str) -> 
 
 def remove_reward(rewards: list[dict], index) -> list[dict]:
     if index is None or not 0 <= int(index) < len(rewards):
-        raise RewardError("Choose which reward to remove.")
+        raise RewardError(t("rewards.error.no_index"))
     return [r for i, r in enumerate(rewards) if i != int(index)]
 
 
 def rewards_table(rewards: list[dict]) -> dict:
     rows = [[i + 1, r["template"], r.get("weight", 1.0),
              json.dumps(r.get("params") or {}, ensure_ascii=False)] for i, r in enumerate(rewards)]
-    return {"headers": ["#", "template", "weight", "settings"], "data": rows}
+    return {"headers": ["#", t("rewards.table.col.template"), t("rewards.table.col.weight"),
+                        t("rewards.table.col.settings")], "data": rows}
 
 
 def remove_choices(rewards: list[dict]) -> list[tuple[str, int]]:
@@ -89,7 +133,8 @@ def remove_choices(rewards: list[dict]) -> list[tuple[str, int]]:
 
 def propose(sample: list[dict]) -> tuple[list[dict], str]:
     rs = default_reward_set(sample or [])
-    return rs.to_config(), f"Proposed for this data: {DEFAULT_SET_DESCRIPTIONS.get(rs.preset, '')}"
+    described = t(f"reward.set.{rs.preset}") if rs.preset in DEFAULT_SET_DESCRIPTIONS else ""
+    return rs.to_config(), t("rewards.msg.proposed", description=described)
 
 
 def score_table(rewards: list[dict], questions: list[str], answers: list, completions) -> dict:
@@ -103,80 +148,96 @@ def score_table(rewards: list[dict], questions: list[str], answers: list, comple
     names = rs.names
     data = [[p, r["completion"]] + [_fmt(r[n]) for n in names] + [_fmt(r["total"])]
             for p, r in zip(prompts, rows)]
-    return {"headers": ["question", "completion"] + names + ["total"], "data": data}
+    return {"headers": [t("rewards.try.col.question"), t("rewards.try.col.completion")] + names
+            + [t("rewards.try.col.total")], "data": data}
 
 
 def _fmt(v):
-    return "n/a" if v is None else round(float(v), 3)
+    return t("rewards.na") if v is None else round(float(v), 3)
 
 
 def build() -> dict:
-    gr.Markdown("### 3 · Rewards\nA reward scores each answer the model writes; training makes "
-                "high-scoring answers more likely. Combine a few templates.")
+    gr.Markdown(L("rewards.intro"))
     with gr.Row():
         with gr.Column(scale=3):
-            with gr.Accordion("All reward templates", open=False):
-                gr.Markdown(gallery_markdown(), elem_id="reward-gallery")
-            pick = gr.Dropdown(template_choices(), label="Template", elem_id="reward-pick")
+            with gr.Accordion(L("rewards.gallery.title"), open=False):
+                gallery = gr.Markdown(elem_id="reward-gallery")  # filled in the page's language
+            pick = gr.Dropdown(template_choices(), label=L("rewards.pick.label"),
+                               info=L("rewards.pick.info"), elem_id="reward-pick")
             details = gr.Markdown(elem_id="reward-details")
             with gr.Row():
-                weight = gr.Number(1.0, label="Weight", elem_id="reward-weight",
-                                   info="How much this reward counts in the total.")
-                params = gr.Textbox("{}", label="Settings (JSON)", elem_id="reward-params")
-            add = gr.Button("Add this reward", elem_id="reward-add", variant="primary")
+                weight = gr.Number(1.0, label=L("rewards.weight.label"), elem_id="reward-weight",
+                                   info=L("rewards.weight.info"))
+                params = gr.Textbox("{}", label=L("rewards.params.label"),
+                                    info=L("rewards.params.info"), elem_id="reward-params")
+            add = gr.Button(L("rewards.add.button"), elem_id="reward-add", variant="primary")
         with gr.Column(scale=4):
-            table = gr.Dataframe(rewards_table([]), label="Rewards in use",
+            table = gr.Dataframe(rewards_table([]), label=L("rewards.table.label"),
                                  interactive=False, elem_id="reward-table")
             with gr.Row():
-                which = gr.Dropdown([], label="Remove", elem_id="reward-which", scale=2)
-                remove = gr.Button("Remove", elem_id="reward-remove", scale=1)
-                proposed = gr.Button("Use the set proposed for my data", elem_id="reward-propose",
+                which = gr.Dropdown([], label=L("rewards.remove.label"), elem_id="reward-which",
+                                    scale=2)
+                remove = gr.Button(L("rewards.remove.button"), elem_id="reward-remove", scale=1)
+                proposed = gr.Button(L("rewards.propose.button"), elem_id="reward-propose",
                                      scale=2)
             message = gr.Markdown(elem_id="reward-message")
-    with gr.Accordion("Try it: generate a few answers and score them", open=True):
+    with gr.Accordion(L("rewards.try.title"), open=True):
         with gr.Row():
-            n_q = gr.Slider(1, 4, 2, step=1, label="Questions")
-            n_c = gr.Slider(1, 4, 2, step=1, label="Answers per question")
-            try_btn = gr.Button("Try it", elem_id="reward-try")
+            n_q = gr.Slider(1, 4, 2, step=1, label=L("rewards.try.questions"))
+            n_c = gr.Slider(1, 4, 2, step=1, label=L("rewards.try.answers"))
+            try_btn = gr.Button(L("rewards.try.button"), elem_id="reward-try")
         try_status = gr.Markdown(elem_id="reward-try-status")
         try_table = gr.Dataframe(interactive=False, wrap=True, elem_id="reward-try-table")
     return {"pick": pick, "details": details, "weight": weight, "params": params, "add": add,
             "table": table, "which": which, "remove": remove, "propose": proposed,
             "message": message, "n_q": n_q, "n_c": n_c, "try": try_btn,
-            "try_status": try_status, "try_table": try_table}
+            "try_status": try_status, "try_table": try_table, "gallery": gallery}
 
 
 def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> None:
+    # every handler below runs in the page's language (Studio.handler)
     def show(rs, note=""):
         return rs, rewards_table(rs), gr.update(choices=remove_choices(rs), value=None), note
 
     outs = [rewards, ui["table"], ui["which"], ui["message"]]
-    ui["pick"].change(template_details, ui["pick"], [ui["details"], ui["params"]])
 
-    @friendly
-    def on_add(rs, template, weight, params_text):
+    def on_load(user):  # the texts the server writes, in the page's language
+        # the empty table's headers; a restored draft's rewards come a round trip later, with
+        # `rewards.change` below
+        return gallery_markdown(), rewards_table([])
+
+    gr.on(None, studio.handler(on_load), None, [ui["gallery"], ui["table"]])
+
+    def on_pick(user, name):
+        return template_details(name)
+
+    ui["pick"].change(studio.handler(on_pick), ui["pick"], [ui["details"], ui["params"]])
+
+    def on_add(user, rs, template, weight, params_text):
         try:
-            return show(add_reward(rs, template, weight, params_text), f"Added `{template}`.")
+            return show(add_reward(rs, template, weight, params_text),
+                        t("rewards.msg.added", template=template))
         except RewardError as exc:
             return rs, gr.skip(), gr.skip(), f"❌ {exc}"
 
-    @friendly
-    def on_remove(rs, index):
+    def on_remove(user, rs, index):
         try:
-            return show(remove_reward(rs, index), "Removed.")
+            return show(remove_reward(rs, index), t("rewards.msg.removed"))
         except RewardError as exc:
             return rs, gr.skip(), gr.skip(), f"❌ {exc}"
 
-    @friendly
-    def on_propose(smp):
+    def on_propose(user, smp):
         new, note = propose(smp)
         return show(new, note)
 
-    ui["add"].click(on_add, [rewards, ui["pick"], ui["weight"], ui["params"]], outs)
-    ui["remove"].click(on_remove, [rewards, ui["which"]], outs)
-    ui["propose"].click(on_propose, sample, outs)
-    rewards.change(lambda rs: (rewards_table(rs), gr.update(choices=remove_choices(rs))),
-                   rewards, [ui["table"], ui["which"]])
+    def on_rewards(user, rs):
+        return rewards_table(rs), gr.update(choices=remove_choices(rs))
+
+    ui["add"].click(studio.handler(on_add), [rewards, ui["pick"], ui["weight"], ui["params"]],
+                    outs)
+    ui["remove"].click(studio.handler(on_remove), [rewards, ui["which"]], outs)
+    ui["propose"].click(studio.handler(on_propose), sample, outs)
+    rewards.change(studio.handler(on_rewards), rewards, [ui["table"], ui["which"]])
 
     model_inputs = [form[p] for p in ("model.source", "model.precision", "model.chat_template",
                                       "data.system_prompt", "grpo.max_completion_length",
@@ -185,11 +246,11 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
     def on_try(user, rs, smp, n_q, n_c, source, precision, template, system, max_new,
                temperature):
         if not rs:
-            yield "❌ Add at least one reward first.", gr.skip()
+            yield "❌ " + t("rewards.try.no_rewards"), gr.skip()
             return
         rows = [r for r in (smp or []) if r.get("question")][:int(n_q)]
         if not rows:
-            yield "❌ Choose data in step 2 first: the questions come from there.", gr.skip()
+            yield "❌ " + t("rewards.try.no_data"), gr.skip()
             return
         try:
             source = user.model_source(source)
@@ -200,7 +261,7 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
                "chat_template": template, "system": system, "num": int(n_c),
                "questions": [r["question"] for r in rows],
                "max_new_tokens": int(max_new or 64), "temperature": float(temperature or 0.7)}
-        yield "⏳ Starting the model…", gr.skip()
+        yield "⏳ " + t("rewards.try.starting"), gr.skip()
         try:
             for kind, value in studio.jobs.run(req):
                 if kind == "progress":
@@ -208,7 +269,7 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
                 else:
                     table = score_table(rs, [r["question"] for r in rows],
                                         [r.get("answer") for r in rows], value["base"])
-                    yield "✅ Scored with the current (untrained) model.", table
+                    yield "✅ " + t("rewards.try.done"), table
         except (JobError, RewardError) as exc:
             yield f"❌ {exc}", gr.skip()
 

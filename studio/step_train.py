@@ -23,6 +23,7 @@ from .errors import quietly
 from .estimate import step_time_estimate
 from .form import (config_from_values, describe_changes, make_widget, rewards_from_config,
                    section_paths, values_from_config)
+from .i18n import L, t
 from .jobs import scratch_dir
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
 from .session import Studio, require_training
@@ -45,9 +46,10 @@ def advice_markdown(values: dict, gpu: bool = False) -> str:
         cfg = RunConfig.from_dict(data)
     except (ConfigError, TypeError, ValueError):
         return ""  # the field's own check says what is wrong
-    lines = [f"⚠️ {a['message']} Try: {a['fix']}" for a in settings_advice(cfg)]
+    lines = ["⚠️ " + t("train.advice.line", message=a["message"], fix=a["fix"])
+             for a in settings_advice(cfg)]
     engine, why = choose_engine(cfg, gpu)
-    lines.append(f"Answers are generated with **{engine}**: {why}.")
+    lines.append(t("train.advice.engine", engine=engine, why=why))
     return "\n\n".join(lines)
 
 
@@ -55,7 +57,15 @@ STEPS_RANGE = (1, 500)   # the beginner's Steps slider; more steps: the advanced
 QUALITY_RANGE = (1, 5)
 AUTO_COLUMN = re.compile(r"data\.(question|answer|system)_column")
 ACTIVE = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training")
-CHART_TITLES = list(w.CHARTS)
+CHART_TITLES = list(w.CHARTS)  # the charts' ids; their texts: w.CHART_KEYS
+STOPPING = "train.stop.stopping"  # the message while a run stops; replaced once it has stopped
+
+
+def run_state_words(st) -> str:
+    """The short words of a run's state in the runs table."""
+    if st.state == "queued":
+        return t("runs.state.queued_at", position=st.position)
+    return t(f"runs.state.{st.state}") if st.state in w.STATES else st.state
 
 
 def runs_table(studio: Studio, user: User, statuses=None) -> tuple[dict, list]:
@@ -65,25 +75,23 @@ def runs_table(studio: Studio, user: User, statuses=None) -> tuple[dict, list]:
     shared_view = user.sees_all and studio.policy.shared
     for st in studio.runs_of(user) if statuses is None else statuses:
         ref = user.run_ref(st.run_dir)
-        state = w.STATE_WORDS.get(st.state, st.state).split(";")[0]
-        if st.state == "queued":
-            state = f"waiting, number {st.position} in line"
+        state = run_state_words(st)
         row = [st.run_dir.name, st.name, state, f"{st.step}/{st.max_steps or '?'}",
                (st.error or "")[:120]]
         if shared_view:
             row.insert(0, ref.split("/")[0] if "/" in ref else user.name)
         rows.append(row)
-        choices.append((f"{ref} · {st.state}", ref))
-    headers = ["run", "name", "state", "step", "problem"]
-    return {"headers": (["user"] if shared_view else []) + headers, "data": rows}, choices
+        choices.append((f"{ref} · {state}", ref))
+    headers = [t(f"runs.header.{h}") for h in ("run", "name", "state", "step", "problem")]
+    return {"headers": ([t("runs.header.user")] if shared_view else []) + headers,
+            "data": rows}, choices
 
 
 def fit_warning(verdict: str, confirmed: bool) -> str | None:
     """None when a run may start; else the one line that asks to confirm a run too big to fit."""
     if verdict != "too_big" or confirmed:
         return None
-    return ("⛔ The memory estimate says this run will not fit on this machine. Tick "
-            "*I understand it may not fit* and press Start again to try anyway.")
+    return "⛔ " + t("train.fit.warning")
 
 
 def wait_for_exit(manager: RunManager, run_dir: str, seconds: float = 30.0) -> bool:
@@ -134,9 +142,9 @@ def catch_up(watch: dict, manager: RunManager) -> tuple[dict, bool, bool]:
         if place is not None:
             eta = w.queue_eta(manager, place)
             new = dict(new, state="queued", position=place, queue_eta=eta,
-                       message=f"Waiting to start: number {place} in line")
+                       message=t("watch.progress.queued", position=place))
         else:
-            new = dict(new, state="interrupted", message=w.STATE_WORDS["interrupted"])
+            new = dict(new, state="interrupted", message=w.state_words("interrupted"))
     return (new, any(e.get("type") == "metrics" for e in events),
             any(e.get("type") == "samples" for e in events))
 
@@ -152,7 +160,7 @@ def apply_policy(cfg: RunConfig, user: User) -> tuple[RunConfig, list[str]]:
     if user.policy.shared:
         if limits.max_steps and cfg.train.max_steps > limits.max_steps:
             cfg.train.max_steps = limits.max_steps
-            notes.append(f"Steps limited to {limits.max_steps} here.")
+            notes.append(t("train.policy.steps_limited", steps=limits.max_steps))
         if limits.keep_checkpoints and cfg.train.keep_checkpoints > limits.keep_checkpoints:
             cfg.train.keep_checkpoints = limits.keep_checkpoints
     return cfg, notes
@@ -177,28 +185,72 @@ def render(watch: dict, charts: bool = True, samples: bool = True,
     return out
 
 
+# "What is GRPO?": one round of training, drawn in the page's language (filled in on load)
+def grpo_diagram() -> str:
+    """An inline SVG of one GRPO round: a question, a group of answers with their rewards, each
+    compared with the group's average, the model nudged a small step towards the better ones."""
+    import html
+
+    def box(x, y, width, height, fill, lines, bold=False):
+        weight = ' font-weight="600"' if bold else ""
+        top = y + height / 2 + 4 - 8 * (len(lines) - 1)
+        text = "".join(f'<tspan x="{x + width / 2}" y="{top + 16 * i}">{html.escape(line)}'
+                       f'</tspan>' for i, line in enumerate(lines))
+        return (f'<rect x="{x}" y="{y}" width="{width}" height="{height}" rx="6" '
+                f'fill="{fill}" stroke="#9ca3af"/><text text-anchor="middle" font-size="12"'
+                f'{weight}>{text}</text>')
+
+    def arrow(x1, y1, x2, y2):
+        return (f'<path d="M{x1} {y1} L{x2} {y2}" fill="none" stroke="#6b7280" '
+                f'stroke-width="1.5" marker-end="url(#aha-arrow)"/>')
+
+    parts = ['<svg viewBox="0 0 830 200" width="100%" style="max-width:830px" role="img" '
+             f'aria-label="{html.escape(t("train.grpo.svg.label"))}" '
+             'xmlns="http://www.w3.org/2000/svg"><defs><marker id="aha-arrow" viewBox="0 0 8 8" '
+             'refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto">'
+             '<path d="M0 0 L8 4 L0 8 z" fill="#6b7280"/></marker></defs>',
+             box(5, 90, 100, 40, "#e0f2fe", [t("train.grpo.svg.question")], True),
+             f'<text x="460" y="16" text-anchor="middle" font-size="12" fill="#6b7280">'
+             f'{html.escape(t("train.grpo.svg.average"))}</text>']
+    for i, reward in enumerate((1, 0, 1, 0)):
+        y = 28 + i * 42
+        better = reward > 0.5
+        parts += [arrow(107, 110, 143, y + 17),
+                  box(145, y, 180, 34, "#ffffff",
+                      [t("train.grpo.svg.answer", n=i + 1, reward=reward)]),
+                  arrow(327, y + 17, 343, y + 17),
+                  box(345, y, 230, 34, "#dcfce7" if better else "#fee2e2",
+                      [t("train.grpo.svg.better" if better else "train.grpo.svg.worse")]),
+                  arrow(577, y + 17, 598, 110)]
+    parts += [box(600, 80, 225, 60, "#fff7ed",
+                  [t("train.grpo.svg.update1"), t("train.grpo.svg.update2")], True), "</svg>"]
+    return "".join(parts)
+
+
 def build(form: dict) -> dict:
-    gr.Markdown("### 4 · Train")
+    gr.Markdown(L("train.heading"), elem_id="train-heading")
+    with gr.Accordion(L("train.grpo.title"), open=False, elem_id="train-what-is-grpo"):
+        gr.Markdown(L("train.grpo.body"), elem_id="train-grpo-body")
+        grpo_picture = gr.HTML("", elem_id="train-grpo-diagram")  # drawn on load
     with gr.Row():
-        demo = gr.Button("Quick demo on this machine", elem_id="train-demo")
-        steps = gr.Slider(*STEPS_RANGE, 40, step=1, label="Steps", elem_id="train-steps",
-                          scale=2)
-        quality = gr.Slider(*QUALITY_RANGE, 3, step=1, label="Speed ⟷ quality",
-                            elem_id="train-quality",
-                            info="Left: faster steps. Right: more answers per step, longer answers.",
-                            scale=2)
+        demo = gr.Button(L("train.demo.button"), elem_id="train-demo")
+        steps = gr.Slider(*STEPS_RANGE, 40, step=1, label=L("train.steps.label"),
+                          info=L("train.steps.info"), elem_id="train-steps", scale=2)
+        quality = gr.Slider(*QUALITY_RANGE, 3, step=1, label=L("train.quality.label"),
+                            elem_id="train-quality", info=L("train.quality.info"), scale=2)
     with gr.Group(visible=False, elem_id="preset-confirm") as preset_box:
         preset_changes = gr.Markdown(elem_id="preset-changes")
         with gr.Row():
-            preset_apply = gr.Button("Apply these changes", variant="primary", size="sm",
+            preset_apply = gr.Button(L("train.preset.apply"), variant="primary", size="sm",
                                      elem_id="preset-apply")
-            preset_cancel = gr.Button("Keep my settings", size="sm", elem_id="preset-cancel")
+            preset_cancel = gr.Button(L("train.preset.cancel"), size="sm",
+                                      elem_id="preset-cancel")
     preset_pending = gr.State(None)
     form["name"] = make_widget("name", "my-run")
-    with gr.Accordion("Advanced: every GRPO setting", open=False, elem_id="train-advanced"):
+    with gr.Accordion(L("train.advanced.title"), open=False, elem_id="train-advanced"):
         defaults = RunConfig()
         for section in ("grpo", "train", "generation"):
-            gr.Markdown(f"**{section}**")
+            gr.Markdown(L(f"train.section.{section}"), elem_id=f"train-section-{section}")
             paths = section_paths(section)
             for i in range(0, len(paths), 4):
                 with gr.Row():
@@ -208,34 +260,38 @@ def build(form: dict) -> dict:
     timing = gr.Markdown(elem_id="train-time")
     advice = gr.Markdown(elem_id="train-advice")
     with gr.Row():
-        start = gr.Button("Start training", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-        resume = gr.Button("Resume", elem_id="train-resume")
-    fit_confirm = gr.Checkbox(False, label="I understand it may not fit", visible=False,
+        start = gr.Button(L("train.start"), variant="primary", elem_id="train-start")
+        stop = gr.Button(L("train.stop"), variant="stop", elem_id="train-stop")
+        resume = gr.Button(L("train.resume"), elem_id="train-resume")
+    fit_confirm = gr.Checkbox(False, label=L("train.fit.confirm"), visible=False,
                               elem_id="train-fit-confirm")
     with gr.Row():
-        save_yaml = gr.Button("Save settings as YAML", size="sm", elem_id="train-save-yaml")
-        load_yaml = gr.UploadButton("Load settings from YAML", file_types=[".yaml", ".yml"],
+        save_yaml = gr.Button(L("train.yaml.save"), size="sm", elem_id="train-save-yaml")
+        load_yaml = gr.UploadButton(L("train.yaml.load"), file_types=[".yaml", ".yml"],
                                     size="sm", elem_id="train-load-yaml")
-        yaml_file = gr.File(label="Settings file", elem_id="train-yaml-file",
+        yaml_file = gr.File(label=L("train.yaml.file"), elem_id="train-yaml-file",
                             interactive=False, height=80)
     message = gr.Markdown(elem_id="train-message")
-    progress = gr.HTML(w.progress_html(w.new_watch()), elem_id="train-progress")
+    # no words until the page has loaded: then they come in the page's language
+    progress = gr.HTML(w.progress_html(w.new_watch(), text=False), elem_id="train-progress")
     status = gr.Markdown(elem_id="train-status")
     health = gr.HTML(w.health_html(w.new_watch()), elem_id="train-health")
-    with gr.Accordion("Details", open=False, visible=False) as details:
-        traceback = gr.Code(label="Traceback", language="python", elem_id="train-traceback")
+    with gr.Accordion(L("train.details"), open=False, visible=False,
+                      elem_id="train-details") as details:
+        traceback = gr.Code(label=L("train.traceback"), language="python",
+                            elem_id="train-traceback")
     plots = []
     for i in range(0, len(CHART_TITLES), 3):
         with gr.Row():
             for title in CHART_TITLES[i:i + 3]:
-                plots.append(gr.Plot(label=title, elem_id=f"chart-{len(plots)}"))
-    samples = gr.HTML(w.samples_html([]), elem_id="train-samples")
-    with gr.Accordion("Your runs", open=True):
+                plots.append(gr.Plot(label=L(f"{w.CHART_KEYS[title]}.title"),
+                                     elem_id=f"chart-{len(plots)}"))
+    samples = gr.HTML(w.samples_html([], text=False), elem_id="train-samples")
+    with gr.Accordion(L("runs.title"), open=True, elem_id="runs-accordion"):
         with gr.Row():
-            run_pick = gr.Dropdown([], label="Show run", elem_id="runs-pick", scale=3)
-            refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="runs-refresh")
-            delete = gr.Button("Delete the shown run", size="sm", scale=1, variant="stop",
+            run_pick = gr.Dropdown([], label=L("runs.pick"), elem_id="runs-pick", scale=3)
+            refresh = gr.Button(L("runs.refresh"), size="sm", scale=1, elem_id="runs-refresh")
+            delete = gr.Button(L("runs.delete"), size="sm", scale=1, variant="stop",
                                elem_id="runs-delete")
         runs = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=240)
     return {"demo": demo, "steps": steps, "quality": quality, "estimate": estimate,
@@ -247,7 +303,7 @@ def build(form: dict) -> dict:
             "load_yaml": load_yaml, "yaml_file": yaml_file, "message": message,
             "progress": progress, "status": status, "details": details,
             "traceback": traceback, "plots": plots, "samples": samples, "run_pick": run_pick,
-            "refresh": refresh, "delete": delete, "runs": runs}
+            "refresh": refresh, "delete": delete, "runs": runs, "grpo_picture": grpo_picture}
 
 
 def run_banner(user: User, statuses) -> tuple[str, str | None]:
@@ -256,9 +312,12 @@ def run_banner(user: User, statuses) -> tuple[str, str | None]:
     st = active_run(user, statuses)
     if st is None:
         return "", None
-    what = (f"is waiting to start (number {st.position} in line)" if st.state == "queued"
-            else f"is training: step {st.step} of {st.max_steps or '?'}")
-    return f"🏃 Your run **{st.name}** ({st.run_dir.name}) {what}.", user.run_ref(st.run_dir)
+    if st.state == "queued":
+        line = t("train.banner.waiting", name=st.name, run=st.run_dir.name, position=st.position)
+    else:
+        line = t("train.banner.training", name=st.name, run=st.run_dir.name, step=st.step,
+                 total=st.max_steps or "?")
+    return f"🏃 {line}", user.run_ref(st.run_dir)
 
 
 TIME_PATHS = ("model.source", "grpo.prompts_per_step", "grpo.num_generations",
@@ -301,39 +360,42 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
                     for p, v, old in zip(paths, new[:len(paths)], values)]
         changes = describe_changes(paths, list(values), compared, rs, new[len(paths)])
         if not changes:
-            return [gr.update(visible=False), "", None,
-                    "The quick demo is already loaded: nothing to change."]
-        shown = changes[:14] + ([f"… and {len(changes) - 14} more settings"]
+            return [gr.update(visible=False), "", None, t("train.demo.nothing_to_change")]
+        shown = changes[:14] + ([t("train.demo.more", n=len(changes) - 14)]
                                 if len(changes) > 14 else [])
-        text = ("**The quick demo would change these settings:**\n\n"
+        text = (f"**{t('train.demo.would_change')}**\n\n"
                 + "\n".join(f"- {line}" for line in shown))
         return [gr.update(visible=True), text, new, ""]
 
     preset_outs = [ui["preset_box"], ui["preset_changes"], ui["preset_pending"], ui["message"]]
     ui["demo"].click(studio.handler(on_demo), [rewards] + fields, preset_outs)
 
-    def on_preset_apply(pending):
+    def on_preset_apply(user, pending):
         if not pending:
             return [gr.skip()] * (len(fields) + 2) + [gr.update(visible=False), None, ""]
-        return list(pending) + [gr.update(visible=False), None,
-                                "Loaded the quick demo: the built-in model learns one-digit sums."]
+        return list(pending) + [gr.update(visible=False), None, t("train.demo.loaded")]
 
-    ui["preset_apply"].click(on_preset_apply, ui["preset_pending"],
+    ui["preset_apply"].click(studio.handler(on_preset_apply), ui["preset_pending"],
                              fields + [rewards, ui["steps"], ui["preset_box"],
                                        ui["preset_pending"], ui["message"]])
-    ui["preset_cancel"].click(lambda: [gr.update(visible=False), None, "Nothing was changed."],
-                              None, [ui["preset_box"], ui["preset_pending"], ui["message"]])
+
+    def on_preset_cancel(user):
+        return [gr.update(visible=False), None, t("train.demo.unchanged")]
+
+    ui["preset_cancel"].click(studio.handler(on_preset_cancel), None,
+                              [ui["preset_box"], ui["preset_pending"], ui["message"]])
     ui["steps"].input(lambda s: int(s), ui["steps"], form["train.max_steps"])
     ui["quality"].input(quality_settings, ui["quality"], [form[p] for p in QUALITY_PATHS])
 
     estimate_at = [paths.index(p) for p in ESTIMATE_PATHS]
     advice_fields = [form[p] for p in ADVICE_PATHS]
 
-    def on_advice(*values):
+    def on_advice(user, *values):
         return advice_markdown(dict(zip(ADVICE_PATHS, values)), machine.gpu)
 
     for comp in advice_fields:
-        comp.change(on_advice, advice_fields, ui["advice"], show_progress="hidden", queue=False)
+        comp.change(studio.handler(on_advice), advice_fields, ui["advice"],
+                    show_progress="hidden", queue=False)
 
     def on_start(user, rs, confirmed, *values):
         keep = [gr.skip()] * (len(view) + 3)
@@ -341,7 +403,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             require_training(user)
             cfg = config_from_values(paths, list(values), rs)
             if not cfg.data.source:
-                return ["❌ Choose data in step 2 first.", gr.skip()] + keep
+                return ["❌ " + t("train.start.no_data"), gr.skip()] + keep
             cfg, notes = apply_policy(cfg, user)
             user.check_quota()
         except (ConfigError, AccessError) as exc:
@@ -359,15 +421,15 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         new = w.new_watch(str(run_dir))
         new["estimate_step_s"] = per_step
         if place:
-            text = (f"**{run_dir.name}** is waiting to start: number {place} in line (at most "
-                    f"{manager.max_workers} run(s) train at once). You can leave this page.")
+            text = t("train.start.queued", run=run_dir.name, position=place,
+                     slots=manager.max_workers)
         else:
-            text = f"Started **{run_dir.name}** in its own process."
+            text = t("train.start.started", run=run_dir.name)
         risky = settings_advice(cfg)
         if risky:
-            notes += [f"{a['message']} Try: {a['fix']}" for a in risky]
+            notes += [t("train.advice.line", message=a["message"], fix=a["fix"]) for a in risky]
         if notes:
-            text += " Note: " + " ".join(notes)
+            text += " " + t("train.start.note", notes=" ".join(notes))
         new, _, _ = catch_up(new, manager)
         ref = user.run_ref(run_dir)
         return ([text, ref] + render(new) + list(runs_update(user, ref))
@@ -381,21 +443,21 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         """The shown run, if this user may control it (their own; any for a teacher)."""
         run_dir = wt.get("run_dir")
         if not run_dir:
-            raise AccessError("Choose a run in the list below first.")
+            raise AccessError(t("runs.error.none_shown"))
         run_dir = user.run_dir(user.run_ref(run_dir))
         if not (user.owns(run_dir) or (user.sees_all and studio.policy.mode != "local")) or \
                 not user.can_train:
-            raise AccessError("Only its owner or a teacher can change this run.")
+            raise AccessError(t("runs.error.not_yours"))
         return run_dir
 
     def on_stop(user, wt):
         run_dir = controlled_run(user, wt)
         if manager.cancel(run_dir):
-            return "Taken out of the line; press Resume to queue it again."
+            return t("train.stop.dequeued")
         if not manager.is_alive(run_dir):
-            return "Nothing is training."
+            return t("train.stop.nothing")
         manager.stop(run_dir)
-        return "Stopping after the current step (a checkpoint is saved first)…"
+        return t(STOPPING)
 
     ui["stop"].click(studio.handler(on_stop), watch, ui["message"])
 
@@ -403,17 +465,16 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         run_dir = controlled_run(user, wt)
         if manager.is_alive(run_dir):
             if wt.get("state") not in ("stopped", "finished", "failed"):
-                return "This run is already training.", wt
+                return t("train.resume.already_training"), wt
             if not wait_for_exit(manager, run_dir):
-                return "This run is still shutting down; press Resume again in a moment.", wt
+                return t("train.resume.shutting_down"), wt
         if manager.position(run_dir) is not None:
-            return "This run is already waiting to start.", wt
+            return t("train.resume.already_waiting"), wt
         user.check_quota()
         fresh = not has_checkpoint(run_dir)
         place = manager.submit(run_dir, owner=user.name, resume=True)
-        what = ("No checkpoint was saved yet, so this run starts again from the beginning"
-                if fresh else "Resuming from the last checkpoint")
-        where = f"; number {place} in line" if place else ""
+        what = t("train.resume.from_start") if fresh else t("train.resume.from_checkpoint")
+        where = "; " + t("train.resume.in_line", position=place) if place else ""
         return f"{what}{where}…", dict(wt, state="created")
 
     ui["resume"].click(studio.handler(on_resume), watch, [ui["message"], watch])
@@ -421,27 +482,38 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     def on_delete(user, wt):
         run_dir = controlled_run(user, wt)
         if manager.is_alive(run_dir):
-            return ["Stop the run before deleting it.", gr.skip()] + [gr.skip()] * len(view) \
+            return [t("runs.delete.stop_first"), gr.skip()] + [gr.skip()] * len(view) \
                 + list(runs_update(user))
         manager.cancel(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
-        return ([f"Deleted **{run_dir.name}**.", None] + render(w.new_watch())
+        return ([t("runs.delete.done", run=run_dir.name), None] + render(w.new_watch())
                 + list(runs_update(user)))
 
     ui["delete"].click(studio.handler(on_delete), watch,
                        [ui["message"], remembered] + view + runs_out)
 
-    def on_tick(wt):
+    def stopped_message(new: dict, message) -> list:
+        """"Stopping after the current step…" goes once the run has stopped (or ended)."""
+        if message and str(message).strip() == t(STOPPING) and new.get("state") not in ACTIVE:
+            if new.get("state") == "stopped":
+                return [t("train.stop.done", step=new.get("step", 0))]
+            return [""]
+        return [gr.skip()]
+
+    def on_tick(user, wt, message):
         new, metrics, samples = catch_up(wt, manager)
+        after = stopped_message(new, message)
         if new == wt:
             if new.get("progress") and new.get("state") in w.RUNNING:
                 # the time left shrinks while a phase runs on with nothing new to read
-                return [gr.skip(), w.progress_html(new)] + [gr.skip()] * (len(view) - 2)
-            return [gr.skip()] * len(view)
-        return render(new, charts=metrics, samples=samples, cache=charts)
+                return [gr.skip(), w.progress_html(new)] + [gr.skip()] * (len(view) - 2) + after
+            return [gr.skip()] * len(view) + after
+        return render(new, charts=metrics, samples=samples, cache=charts) + after
 
     timer = gr.Timer(2.0)
-    timer.tick(quietly(on_tick, len(view)), watch, view, show_progress="hidden", queue=False,
+    # in the page's language (studio.handler); a failure changes nothing until the next tick
+    timer.tick(quietly(studio.handler(on_tick), len(view) + 1), [watch, ui["message"]],
+               view + [ui["message"]], show_progress="hidden", queue=False,
                api_name="watch_tick")
 
     def on_pick(user, ref):
@@ -485,6 +557,12 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
 
     demo_block.load(studio.handler(on_load), remembered, view + runs_out + banner_outs)
 
+    def on_grpo_picture(user):
+        return grpo_diagram()
+
+    demo_block.load(studio.handler(on_grpo_picture), None, ui["grpo_picture"],
+                    show_progress="hidden", queue=False)
+
     time_fields = [form[p] for p in TIME_PATHS]
 
     def on_time(user, *values):
@@ -511,7 +589,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             return gr.skip(), f"❌ {exc}"
         out = scratch_dir("aha-config-") / f"{_slug(cfg.name or 'run')}.yaml"
         cfg.save(out)
-        return str(out), "Settings saved: download the file below."
+        return str(out), t("train.yaml.saved")
 
     ui["save_yaml"].click(studio.handler(on_save), [rewards] + fields,
                           [ui["yaml_file"], ui["message"]])
@@ -521,7 +599,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             cfg = RunConfig.load(path)
         except ConfigError as exc:
             return [gr.skip()] * (len(fields) + 2) + [f"❌ {exc}"]
-        return load_config(user, cfg) + [f"Loaded settings from {Path(path).name}."]
+        return load_config(user, cfg) + [t("train.yaml.loaded", file=Path(path).name)]
 
     ui["load_yaml"].upload(studio.handler(on_load_yaml), ui["load_yaml"],
                            fields + [rewards, ui["steps"], ui["message"]])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import html
 import re
+import textwrap
 import threading
 import time
 from pathlib import Path
 
 import yaml
+
+from .i18n import t
 
 MAX_SAMPLE_STEPS = 3   # the samples panel shows the latest few steps
 MAX_WARNINGS = 20      # collapse warnings kept per run (the panel shows the newest few)
@@ -21,7 +24,7 @@ MAX_WARNINGS = 20      # collapse warnings kept per run (the panel shows the new
 def new_watch(run_dir: str | None = None) -> dict:
     return {"run_dir": run_dir, "offset": 0, "metrics": [], "samples": [], "warnings": [],
             "evals": [], "state": "created",
-            "message": "Not started", "engine": None, "device": None, "step": 0,
+            "message": t("watch.state.created"), "engine": None, "device": None, "step": 0,
             "max_steps": None, "error": None, "traceback": None, "started": None}
 
 
@@ -77,13 +80,23 @@ def _put_by_step(items: list[dict], event: dict) -> None:
 
 # ---- charts ---------------------------------------------------------------------------
 
-CHARTS = {  # title -> metric keys (a key ending in '/*' expands to every reward template)
+CHARTS = {  # chart id -> metric keys (a key ending in '/*' expands to every reward template)
     "Reward": ["reward", "rewards/*/mean"],
     "Loss": ["loss"],
     "KL to the base model": ["kl"],
     "Completion length (tokens)": ["completions/mean_length"],
     "Reward spread in a group (std)": ["reward_group_std"],
 }
+# chart id -> its texts' keys: `<key>.title` (the chart's title, the same as its label on the
+# page) and `<key>.axis` (the title of its vertical axis)
+CHART_KEYS = {
+    "Reward": "chart.reward",
+    "Loss": "chart.loss",
+    "KL to the base model": "chart.kl",
+    "Completion length (tokens)": "chart.length",
+    "Reward spread in a group (std)": "chart.spread",
+}
+KL_CHART = "KL to the base model"
 _TEMPLATE_KEY = re.compile(r"rewards/(.+)/mean\Z")
 
 
@@ -99,10 +112,18 @@ def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 HELDOUT_LINE = "held-out questions (greedy)"
+LINE_KEYS = {  # line name -> the key of its name in the legend (reward templates keep theirs)
+    "total": "chart.line.total",
+    HELDOUT_LINE: "chart.line.heldout",
+    "loss": "chart.line.loss",
+    "kl": "chart.line.kl",
+    "completions/mean_length": "chart.line.length",
+    "reward_group_std": "chart.line.spread",
+}
 
 
 def chart_data(metrics: list[dict], evals: list[dict] = ()) -> dict[str, dict[str, tuple[list, list]]]:
-    """Chart title -> line name -> (steps, values). Held-out evaluations (`train.eval_steps`)
+    """Chart id -> line name -> (steps, values). Held-out evaluations (`train.eval_steps`)
     join the reward chart as one more line."""
     templates = []
     for m in metrics:
@@ -136,16 +157,18 @@ class ChartCache:
         self._lock = threading.Lock()
 
     def figures(self, watch: dict) -> list:
+        from .i18n import current
+
         metrics, evals = watch["metrics"], watch.get("evals", [])
         key = (watch.get("run_dir"), len(metrics), metrics[-1].get("time") if metrics else None,
-               len(evals))
+               len(evals), current())  # the titles are in the page's language
         with self._lock:
             hit = self._items.pop(key, None)
             if hit is not None:
                 self._items[key] = hit
                 return hit
         data = chart_data(metrics, evals)
-        figs = [figure(title, data[title]) for title in CHARTS]
+        figs = [figure(title, data[title], note=chart_note(title, metrics)) for title in CHARTS]
         with self._lock:
             self._items[key] = figs
             while len(self._items) > self.size:
@@ -153,15 +176,34 @@ class ChartCache:
         return figs
 
 
-def figure(title: str, lines: dict[str, tuple[list, list]]):
+def chart_note(title: str, metrics: list[dict]) -> str | None:
+    """A line written on a chart that stays empty for a reason: the KL chart of a run with
+    beta 0 (no KL is computed then)."""
+    if title == KL_CHART and metrics and not any(
+            isinstance(m.get("kl"), (int, float)) and not isinstance(m.get("kl"), bool)
+            for m in metrics):
+        return t("chart.kl.no_beta")
+    return None
+
+
+def figure(title: str, lines: dict[str, tuple[list, list]], note: str | None = None):
+    """One chart, by its id in CHARTS, in the page's language; `note` is written across it."""
     import plotly.graph_objects as go
 
+    key = CHART_KEYS.get(title)
     fig = go.Figure()
     for name, (xs, ys) in lines.items():
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
-    fig.update_layout(title=title, height=260, margin=dict(l=40, r=10, t=40, b=30),
-                      xaxis_title="step", showlegend=len(lines) > 1,
-                      legend=dict(orientation="h", y=-0.25))
+        shown = t(LINE_KEYS[name]) if name in LINE_KEYS else name
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=shown))
+    fig.update_layout(title=t(f"{key}.title") if key else title, height=260,
+                      margin=dict(l=50, r=10, t=40, b=30),
+                      xaxis_title=t("chart.axis.step"),
+                      yaxis_title=t(f"{key}.axis") if key else None,
+                      showlegend=len(lines) > 1, legend=dict(orientation="h", y=-0.25))
+    if note:
+        fig.add_annotation(text="<br>".join(textwrap.wrap(html.escape(note), 42)),
+                           xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                           font=dict(size=12, color="#6b7280"), align="center")
     return fig
 
 
@@ -187,13 +229,12 @@ def eta_seconds(watch: dict, now: float | None = None) -> float | None:
     return max(0.0, left)
 
 
-PHASE_WORDS = {
-    "generating": "generating answers",
-    "scoring": "scoring the answers with the rewards",
-    "reference": "computing the reference model's log-probabilities",
-    "updating": "updating the model",
-    "evaluating": "answering the held-out questions",
-}
+PHASES = ("generating", "scoring", "reference", "updating", "evaluating")  # watch.phase.<phase>
+
+
+def number(n: int) -> str:
+    """A whole number with the page language's thousands separator (1,234 or 1.234)."""
+    return f"{n:,}".replace(",", t("watch.number.thousands"))
 
 
 def phase_text(watch: dict) -> str:
@@ -201,18 +242,20 @@ def phase_text(watch: dict) -> str:
     that is not news (no run training, or the file is from an earlier step)."""
     progress = watch.get("progress") or {}
     phase = progress.get("phase")
-    if phase not in PHASE_WORDS or watch.get("state") not in RUNNING:
+    if phase not in PHASES or watch.get("state") not in RUNNING:
         return ""
     if phase != "evaluating" and progress.get("step") != watch.get("step", 0) + 1:
         return ""
-    words = PHASE_WORDS[phase]
+    words = t(f"watch.phase.{phase}")
     if phase == "generating" and isinstance(progress.get("tokens"), int):
-        words += f": {progress['tokens']:,} tokens so far (at most {progress.get('of', 0):,})"
+        words += ": " + t("watch.phase.tokens_of", tokens=number(progress["tokens"]),
+                          most=number(progress.get("of", 0)))
     elif phase == "updating" and progress.get("passes"):
-        words += f": pass {min(progress.get('done', 0) + 1, progress['passes'])} of " \
-                 f"{progress['passes']}"
+        words += ": " + t("watch.phase.pass", n=min(progress.get("done", 0) + 1,
+                                                    progress["passes"]),
+                          passes=progress["passes"])
     elif phase == "evaluating" and isinstance(progress.get("tokens"), int):
-        words += f": {progress['tokens']:,} tokens so far"
+        words += ": " + t("watch.phase.tokens", tokens=number(progress["tokens"]))
     return words
 
 
@@ -222,40 +265,54 @@ def format_duration(seconds: float | None) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+    if h:
+        return t("watch.duration.hours", h=h, m=f"{m:02d}")
+    if m:
+        return t("watch.duration.minutes", m=m, s=f"{s:02d}")
+    return t("watch.duration.seconds", s=s)
 
 
-STATE_WORDS = {
-    "created": "Waiting to start", "queued": "Waiting in line for a free training slot", "loading_data": "Loading the data",
-    "loading_model": "Loading the model (the first time can take a minute)",
-    "ready": "Model ready; generating the first completions", "resumed": "Resumed",
-    "training": "Training", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
-    "interrupted": "The worker ended without finishing; press Resume to continue",
-}
+# the states a run reports (core.runs); each has its words, `watch.state.<state>`, and its
+# short form for the runs table, `runs.state.<state>`
+STATES = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training",
+          "stopped", "finished", "failed", "interrupted")
 
 
-def progress_html(watch: dict) -> str:
+def state_words(state: str | None, default: str = "") -> str:
+    """What a run in `state` is doing, in the page's language (`default` for a state we do
+    not know)."""
+    return t(f"watch.state.{state}") if state in STATES else default
+
+
+def progress_html(watch: dict, text: bool = True) -> str:
     total, step = watch.get("max_steps") or 0, watch.get("step", 0)
     frac = min(1.0, step / total) if total else 0.0
     state = watch.get("state", "created")
-    words = STATE_WORDS.get(state, state)
-    engine = f" · engine: {html.escape(watch['engine'])}" if watch.get("engine") else ""
+    head = (f'<div class="aha-progress" data-state="{html.escape(state)}" data-step="{step}">'
+            f'<div class="aha-bar"><div style="width:{frac * 100:.1f}%"></div></div>')
+    if not text:  # the bar alone (the page as built, before it knows its language)
+        return head + '<div class="aha-progress-text"></div></div>'
+    words = state_words(state, state)
+    engine = " · " + t("watch.progress.engine", engine=html.escape(watch["engine"])) \
+        if watch.get("engine") else ""
     if engine and watch.get("engine_reason"):
         engine += f" ({html.escape(watch['engine_reason'])})"
-    device = f" on {html.escape(watch['device'])}" if watch.get("device") else ""
+    device = " " + t("watch.progress.device", device=html.escape(watch["device"])) \
+        if watch.get("device") else ""
     phase = phase_text(watch)
     if phase:
         words = f"{words} · {phase}"
     eta = eta_seconds(watch)
-    guess = " (estimate)" if eta is not None and not watch["metrics"] else ""
-    eta_text = f" · about {format_duration(eta)} left{guess}" if eta is not None else ""
+    guess = " " + t("watch.progress.estimate") if eta is not None and not watch["metrics"] else ""
+    eta_text = " · " + t("watch.progress.left", time=format_duration(eta)) + guess \
+        if eta is not None else ""
     if state == "queued":
-        words = f"Waiting to start: number {watch.get('position') or '?'} in line"
+        words = t("watch.progress.queued", position=watch.get("position") or "?")
         start = watch.get("queue_eta")
-        eta_text = f" · starts in about {format_duration(start)}" if start is not None else ""
-    return (f'<div class="aha-progress" data-state="{html.escape(state)}" data-step="{step}">'
-            f'<div class="aha-bar"><div style="width:{frac * 100:.1f}%"></div></div>'
-            f'<div class="aha-progress-text">Step {step} / {total or "?"} · '
+        eta_text = " · " + t("watch.progress.starts_in", time=format_duration(start)) \
+            if start is not None else ""
+    return (f'{head}<div class="aha-progress-text">'
+            f'{html.escape(t("watch.progress.step", step=step, total=total or "?"))} · '
             f'{html.escape(words)}{eta_text}{engine}{device}</div></div>')
 
 
@@ -349,12 +406,15 @@ def highlight(text: str) -> str:
 
 
 def _score(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return t("watch.samples.none") if value is None else f"{value:.2f}"
 
 
-def samples_html(samples: list[dict]) -> str:
+def samples_html(samples: list[dict], text: bool = True) -> str:
+    """The newest steps' answers with their scores (`text` False: the empty panel with no
+    words, as the page is built)."""
     if not samples:
-        return '<div class="aha-samples aha-empty">Completions appear here after the first step.</div>'
+        words = html.escape(t("watch.samples.empty")) if text else ""
+        return f'<div class="aha-samples aha-empty">{words}</div>'
     blocks = []
     for event in reversed(samples):
         groups: dict[str, list[dict]] = {}
@@ -366,12 +426,15 @@ def samples_html(samples: list[dict]) -> str:
             for item in items:
                 scores = " · ".join(f"{html.escape(str(k))}: {_score(v)}"
                                     for k, v in (item.get("rewards") or {}).items())
-                cut = " (cut off)" if item.get("truncated") else ""
+                cut = " " + html.escape(t("watch.samples.cut_off")) if item.get("truncated") else ""
+                total = html.escape(t("watch.samples.total", score=_score(item.get("total"))))
                 rows.append(f'<li><pre class="aha-completion">{highlight(str(item.get("completion", "")))}</pre>'
-                            f'<div class="aha-scores">total {_score(item.get("total"))} · {scores}'
+                            f'<div class="aha-scores">{total} · {scores}'
                             f'{cut}</div></li>')
-            ref = f" · reference answer: <b>{html.escape(str(answer))}</b>" if answer else ""
-            blocks.append(f'<div class="aha-sample"><div class="aha-prompt">Step {event.get("step")}'
+            ref = (" · " + html.escape(t("watch.samples.reference")) +
+                   f" <b>{html.escape(str(answer))}</b>") if answer else ""
+            step = html.escape(t("watch.samples.step", step=event.get("step")))
+            blocks.append(f'<div class="aha-sample"><div class="aha-prompt">{step}'
                           f'{ref}<br>{html.escape(prompt)}</div><ol>{"".join(rows)}</ol></div>')
     return f'<div class="aha-samples">{"".join(blocks)}</div>'
 
@@ -395,20 +458,17 @@ def coach_notes(watch: dict) -> list[tuple[str, str]]:
     clipped = [m.get("completions/clipped_ratio") for m in recent
                if isinstance(m.get("completions/clipped_ratio"), (int, float))]
     if clipped and sum(clipped) / len(clipped) > 0.5:
-        notes.append(("cut_off", "Most answers stop at the length limit (max completion length): "
-                      "raise it, or reward shorter answers."))
+        notes.append(("cut_off", t("coach.cut_off")))
     if not any(isinstance(m.get("kl"), (int, float)) for m in metrics):
-        notes.append(("no_kl", "The KL chart stays empty because beta is 0: nothing pulls the "
-                      "model back towards the base model, and no time is spent measuring it."))
+        notes.append(("no_kl", t("coach.no_kl")))
     if len(metrics) >= 2 * COACH_WINDOW:
         rewards = [m.get("reward") for m in metrics if isinstance(m.get("reward"), (int, float))]
         early = rewards[-2 * COACH_WINDOW:-COACH_WINDOW]
         late = rewards[-COACH_WINDOW:]
         if early and late and abs(sum(late) / len(late) - sum(early) / len(early)) < 0.02 and \
                 max(late) - min(late) < 0.05:
-            notes.append(("flat", f"The reward has not moved for {COACH_WINDOW} steps: the run "
-                          "may have learned all it can from these rewards."))
-    notes.append(("loss", "A loss near 0 is normal in GRPO: watch the reward, not the loss."))
+            notes.append(("flat", t("coach.flat", steps=COACH_WINDOW)))
+    notes.append(("loss", t("coach.loss")))
     return notes
 
 
@@ -423,24 +483,28 @@ def health_html(watch: dict) -> str:
     if warnings:
         items = []
         for e in reversed(warnings[-SHOWN_WARNINGS:]):
-            when = f"Step {e.get('step')}" if e.get("step") else "Before training"
-            items.append(f'<li data-code="{html.escape(str(e.get("code")))}"><b>{when}:</b> '
+            when = t("watch.health.step", step=e.get("step")) if e.get("step") \
+                else t("watch.health.before")
+            items.append(f'<li data-code="{html.escape(str(e.get("code")))}"><b>'
+                         f'{html.escape(when)}:</b> '
                          f'{html.escape(str(e.get("message", "")))}<br><span class="aha-fix">'
-                         f'Try: {html.escape(str(e.get("fix", "")))}</span></li>')
+                         f'{html.escape(t("watch.health.try", fix=str(e.get("fix", ""))))}'
+                         f'</span></li>')
         more = len(warnings) - SHOWN_WARNINGS
-        tail = f'<div class="aha-fix">{more} earlier warning(s) in the run\'s events.</div>' \
+        tail = f'<div class="aha-fix">{html.escape(t("watch.health.more", n=more))}</div>' \
             if more > 0 else ""
         parts.append(f'<div class="aha-health" role="status"><div class="aha-health-title">'
-                     f'⚠️ Learning check</div><ul>{"".join(items)}</ul>{tail}</div>')
+                     f'⚠️ {html.escape(t("watch.health.title"))}</div><ul>{"".join(items)}</ul>'
+                     f'{tail}</div>')
     if notes:
         items = "".join(f'<li data-code="{code}">{html.escape(text)}</li>' for code, text in notes)
-        parts.append(f'<div class="aha-coach"><div class="aha-health-title">💡 Reading the '
-                     f'charts</div><ul>{items}</ul></div>')
+        parts.append(f'<div class="aha-coach"><div class="aha-health-title">💡 '
+                     f'{html.escape(t("coach.title"))}</div><ul>{items}</ul></div>')
     return "".join(parts)
 
 
 def status_line(watch: dict) -> str:
     if watch.get("state") == "failed":
         return f"❌ {watch.get('error') or watch.get('message')}"
-    return STATE_WORDS.get(watch.get("state"), watch.get("message") or "")
+    return state_words(watch.get("state"), watch.get("message") or "")
 

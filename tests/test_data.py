@@ -568,6 +568,21 @@ def test_columns_are_found_in_german_french_and_spanish(tmp_path, header, questi
     assert (report.mapping.question, report.mapping.answer) == (question, answer)
 
 
+@pytest.mark.parametrize("header, question, answer", [
+    ("Frage,Begründung,Antwort", "Frage", "Antwort"),        # the plain answer wins
+    ("Aufgabenstellung,Begründung,Quelle", "Aufgabenstellung", "Begründung"),
+    ("Fragen,Lösungsweg,Quelle", "Fragen", "Lösungsweg"),
+    ("Aufgabe,Musterlösung,Begründung", "Aufgabe", "Musterlösung"),
+])
+def test_german_worked_solutions_are_answers_when_nothing_better_is_there(tmp_path, header,
+                                                                         question, answer):
+    path = write(tmp_path / "d.csv", f"{header}\nWie viel ist 2 + 3?,Weil 2 + 3 = 5 ist: 5,Buch\n"
+                 "Wie viel ist 4 + 4?,Weil 4 + 4 = 8 ist: 8,Heft\n")
+    report = check_data(path)
+    assert report.ok, report.errors
+    assert (report.mapping.question, report.mapping.answer) == (question, answer)
+
+
 def test_columns_are_found_by_their_contents(tmp_path):
     path = write(tmp_path / "d.csv", "Text,Zahl,Quelle\nWie viel ist 2 + 3?,5,Buch\n"
                  "Wie viel ist 4 + 4?,8,Heft\nUnd 10 - 7?,3,Buch\n")

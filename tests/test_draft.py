@@ -70,8 +70,22 @@ def test_a_preset_lists_what_it_would_change():
     demo = [{"template": "numeric_match", "weight": 1.0, "params": {}}]
     lines = describe_changes(paths, old, new, ours, demo)
     assert lines[0] == "Rewards: numeric_match ×1, spelling ×0.5 → numeric_match ×1"
-    assert "Name (`name`): my-run → classroom-demo" in lines
+    assert "Run name (`name`): my-run → classroom-demo" in lines
     assert any(line.startswith("Learning rate") and "0.0003 → 0.0002" in line for line in lines)
     assert any("(empty) → Answer briefly." in line for line in lines)
-    assert not any("Num generations" in line for line in lines)  # 8 and 8.0 are the same
+    assert not any("Answers per question" in line for line in lines)  # 8 and 8.0: the same
     assert describe_changes(paths, new, new, demo, demo) == []
+
+
+def test_preset_changes_speak_the_page_language_and_name_choices_in_words():
+    from studio.i18n import speaking
+    paths = ["model.precision", "model.gradient_checkpointing", "data.system_prompt"]
+    old, new = ["16bit", True, ""], ["4bit", False, "Kurz antworten."]
+    lines = describe_changes(paths, old, new, [], [{"template": "numeric_match", "weight": 1}])
+    assert lines[0] == "Rewards: none → numeric_match ×1"
+    assert "16-bit → 4-bit (least memory)" in lines[1] and lines[2].endswith(": on → off")
+    with speaking("de"):
+        lines = describe_changes(paths, old, new, [], [{"template": "numeric_match", "weight": 1}])
+    assert lines[0] == "Belohnungen: keine → numeric_match ×1"
+    assert lines[1].startswith("Genauigkeit des Basismodells (`model.precision`): 16-Bit → 4-Bit")
+    assert lines[2].endswith(": an → aus") and lines[3].endswith("(leer) → Kurz antworten.")

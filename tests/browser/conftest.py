@@ -91,10 +91,16 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, request):
+def locale():
+    """The browser's language (the page takes its own from it); a test may override it."""
+    return "en-US"
+
+
+@pytest.fixture
+def page(browser, request, locale):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                  accept_downloads=True)
+                                  accept_downloads=True, locale=locale)
     page = context.new_page()
     page.set_default_timeout(60_000)
     outside = []  # the studio works offline: no request may leave localhost

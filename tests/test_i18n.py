@@ -1,0 +1,136 @@
+"""English and German: every text the page shows has both (studio/i18n.py, studio/locales/).
+
+The page is built for each mode and every text in its configuration must be a translation
+marker whose key has an English and a German text; every key the code asks for by name exists
+in both languages, with the same placeholders. (The browser test in tests/browser/ walks the
+wizard in German and checks what the browser really shows.)"""
+from __future__ import annotations
+
+import ast
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from studio import i18n
+from studio.access import Policy
+from studio.app import build_app
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r'^__i18n__\{"__type__": "translation_metadata", "key": "([^"]+)"\}$')
+TEXT_PROPS = ("label", "info", "placeholder")
+VALUE_TYPES = {"markdown", "html", "button", "uploadbutton", "loginbutton"}
+# texts that are the same in every language
+SAME_EVERYWHERE = {("radio", "language")}  # the language names, each in its own language
+
+
+def words(text) -> bool:
+    """Whether a text has something to translate (letters, not only symbols or numbers)."""
+    if not isinstance(text, str):
+        return False
+    visible = re.sub(r"<[^>]*>", " ", text)  # markup only (hidden markers) is not a text
+    return re.search(r"[^\W\d_]{2,}", visible) is not None
+
+
+def placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def page_texts(demo):
+    """(component type, elem_id, prop, text) for every text in the page's configuration."""
+    for comp in demo.get_config_file()["components"]:
+        kind, props = comp["type"], comp["props"]
+        where = props.get("elem_id") or comp["id"]
+        for prop in TEXT_PROPS:
+            if props.get(prop) and (props.get("show_label", True) or prop != "label"):
+                yield kind, where, prop, props[prop]
+        if kind in VALUE_TYPES:
+            yield kind, where, "value", props.get("value")
+        for choice in props.get("choices") or []:
+            label = choice[0] if isinstance(choice, (list, tuple)) else choice
+            yield kind, where, "choice", label
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("i18n")
+    policies = [Policy("local", root / "local"),
+                Policy("classroom", root / "class", {}),
+                Policy("space", root / "space", admins=("owner",))]
+    with pytest.MonkeyPatch.context() as mp:
+        # off a Space, Gradio's stand-in login asks the Hub who this machine is: not here
+        import gradio.oauth
+        mp.setattr(gradio.oauth, "_get_mocked_oauth_info", lambda: {})
+        return {p.mode: build_app(p) for p in policies}
+
+
+def test_both_languages_have_the_same_keys_and_placeholders():
+    en, de = i18n.catalog("en"), i18n.catalog("de")
+    assert sorted(set(en) - set(de)) == [], "keys with no German text"
+    assert sorted(set(de) - set(en)) == [], "German texts of keys nobody uses in English"
+    for key in en:
+        assert en[key].strip() and de[key].strip(), f"empty text for {key}"
+        assert placeholders(en[key]) == placeholders(de[key]), key
+
+
+@pytest.mark.parametrize("mode", ["local", "classroom", "space"])
+def test_every_text_on_the_page_is_translated(pages, mode):
+    untranslated, unknown = [], []
+    for kind, where, prop, text in page_texts(pages[mode]):
+        if not words(text) or (kind, where) in SAME_EVERYWHERE:
+            continue
+        m = MARKER.match(str(text))
+        if not m:
+            untranslated.append(f"{kind} #{where} {prop}: {str(text)[:70]!r}")
+        elif not (i18n.catalog("en").get(m.group(1)) and i18n.catalog("de").get(m.group(1))):
+            unknown.append(m.group(1))
+    assert untranslated == [], "texts on the page with no translation key:\n" + \
+        "\n".join(untranslated)
+    assert unknown == [], f"keys with no English or German text: {unknown}"
+
+
+def keys_named_in_code() -> list[tuple[str, str]]:
+    """Every literal key passed to t(...) or L(...) in the studio's code."""
+    found = []
+    for path in sorted((ROOT / "studio").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("t", "L") \
+                    and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str):
+                found.append((path.name, node.args[0].value))
+    return found
+
+
+def test_every_key_the_code_names_exists():
+    named = keys_named_in_code()
+    assert len(named) > 20
+    missing = [f"{file}: {key}" for file, key in named if key not in i18n.catalog("en")]
+    assert missing == []
+
+
+def test_server_side_texts_follow_the_page_language():
+    assert i18n.t("app.tab.model", "de") != i18n.t("app.tab.model", "en")
+    with i18n.speaking("de"):
+        assert i18n.t("app.signed_in", name="Ada", role="x") == "Angemeldet als **Ada** (x)"
+    assert i18n.t("app.signed_in", name="Ada", role="x").startswith("Signed in as")
+
+
+@pytest.mark.parametrize("cookie, header, lang", [
+    ("de", "en-US,en;q=0.9", "de"),          # the page's choice wins over the browser's
+    (None, "de-AT,de;q=0.9,en;q=0.5", "de"),
+    (None, "fr-FR,fr;q=0.9,en;q=0.8", "en"),  # first of ours by weight
+    (None, "en;q=0.3,de;q=0.7", "de"),
+    ("xx", None, "en"),                       # a cookie we do not know, no header
+])
+def test_the_language_of_a_request(cookie, header, lang):
+    class Request:
+        cookies = {i18n.COOKIE: cookie} if cookie else {}
+        headers = {"accept-language": header} if header else {}
+    assert i18n.lang_of(Request()) == lang
+
+
+def test_the_browser_gets_every_language():
+    texts = i18n.gradio_i18n().translations_dict
+    assert set(texts) == set(i18n.LANGUAGES)
+    assert texts["de"]["app.tab.model"] == "1 · Modell"
