@@ -35,6 +35,11 @@ CSS = """
              padding: 6px 12px; margin: 6px 0; font-size: 0.92em; }
 .aha-coach ul { margin: 4px 0 0 0; }
 .aha-hidden { display: none !important; }
+.reward-item { border: 1px solid #fed7aa; border-radius: 8px; padding: 4px 8px;
+               margin-bottom: 8px; }
+.reward-item-title { font-weight: 600; }
+.aha-score-table th { white-space: nowrap; min-width: 5.5em; }
+.aha-score-table td { min-width: 4.5em; }
 #banner-run { border: 1px solid #fdba74; background: #fff7ed; border-radius: 6px;
               padding: 4px 12px; }
 """
@@ -86,7 +91,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                 data_ui = step_data.build(form)
                 steps_nav(tabs, ("model", "app.nav.back_model"), ("rewards", "app.nav.next_rewards"))
             with gr.Tab(L("app.tab.rewards"), id="rewards", elem_id="tab-rewards"):
-                rewards_ui = step_rewards.build()
+                rewards_ui = step_rewards.build(studio, rewards)
                 steps_nav(tabs, ("data", "app.nav.back_data"), ("train", "app.nav.next_train"))
             with gr.Tab(L("app.tab.train"), id="train", elem_id="tab-train"):
                 train_ui = step_train.build(form)

@@ -58,7 +58,7 @@ def template_details(name: str) -> tuple[str, str]:
         return "", "{}"
     spec = get_template(name)
     key = f"reward.{spec.name}"
-    lines = [f"**{t(key + '.title')}** — {t(key + '.description')}"]
+    lines = [f"**{t(key + '.title')}** ({code(spec.name)}) — {t(key + '.description')}"]
     if spec.needs_answer:
         lines.append(f"\n*{t('rewards.details.needs_answer')}*")
     lines.append("\n" + t("rewards.details.settings" if spec.params else
@@ -120,17 +120,6 @@ def remove_reward(rewards: list[dict], index) -> list[dict]:
     return [r for i, r in enumerate(rewards) if i != int(index)]
 
 
-def rewards_table(rewards: list[dict]) -> dict:
-    rows = [[i + 1, r["template"], r.get("weight", 1.0),
-             json.dumps(r.get("params") or {}, ensure_ascii=False)] for i, r in enumerate(rewards)]
-    return {"headers": ["#", t("rewards.table.col.template"), t("rewards.table.col.weight"),
-                        t("rewards.table.col.settings")], "data": rows}
-
-
-def remove_choices(rewards: list[dict]) -> list[tuple[str, int]]:
-    return [(f"{i + 1}. {r['template']}", i) for i, r in enumerate(rewards)]
-
-
 def propose(sample: list[dict]) -> tuple[list[dict], str]:
     rs = default_reward_set(sample or [])
     described = t(f"reward.set.{rs.preset}") if rs.preset in DEFAULT_SET_DESCRIPTIONS else ""
@@ -156,8 +145,80 @@ def _fmt(v):
     return t("rewards.na") if v is None else round(float(v), 3)
 
 
-def build() -> dict:
+def set_weight(rewards: list[dict], index: int, value) -> list[dict]:
+    """The list with reward `index` weighing `value`; RewardError (in the page's language)
+    when that is not a number."""
+    if value is None or isinstance(value, bool):
+        raise RewardError(t("rewards.item.bad_weight"))
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise RewardError(t("rewards.item.bad_weight")) from None
+    new = [dict(r) for r in rewards]
+    new[index]["weight"] = weight
+    RewardSet.from_config(new)
+    return new
+
+
+def set_param(rewards: list[dict], index: int, name: str, value) -> list[dict]:
+    """The list with setting `name` of reward `index` set to `value` (as its type wants it);
+    RewardError with a one-line message in the page's language when it does not fit."""
+    spec = get_template(rewards[index]["template"])
+    param = next(p for p in spec.params if p.name == name)
+    try:
+        value = param.coerce(value, spec.name)
+    except RewardError:
+        label = t(f"reward.{spec.name}.param.{name}.label")
+        if param.type in ("int", "float"):
+            kind = t("rewards.item.whole_number" if param.type == "int" else "rewards.item.number")
+            limits = _range_text(param)
+            raise RewardError(t("rewards.item.bad_number", setting=label, kind=kind) +
+                              (f" ({limits})" if limits else "")) from None
+        raise
+    new = [dict(r, params=dict(r.get("params") or {})) for r in rewards]
+    new[index]["params"][name] = value
+    RewardSet.from_config(new)  # the template's own checks (a regex that does not compile...)
+    return new
+
+
+def _range_text(p) -> str:
+    if p.min is not None and p.max is not None:
+        return t("rewards.details.range", min=_num(p.min), max=_num(p.max))
+    if p.min is not None:
+        return t("rewards.details.at_least", min=_num(p.min))
+    if p.max is not None:
+        return t("rewards.details.at_most", max=_num(p.max))
+    return ""
+
+
+def param_widget(spec, p, value, elem_id: str):
+    """A form field for one setting of a template, labelled in the page's language."""
+    key = f"reward.{spec.name}.param.{p.name}"
+    common = dict(label=L(key + ".label"), info=L(key + ".help"), elem_id=elem_id,
+                  elem_classes=["reward-setting"], interactive=True)
+    if value is None:
+        value = p.default
+    if p.type == "bool":
+        return gr.Checkbox(bool(value), **common)
+    if p.type == "choice":
+        return gr.Dropdown([(L(f"{key}.choice.{c}"), c) for c in p.choices], value=value,
+                           **common)
+    if p.type in ("int", "float"):
+        # no bounds on the box: an out-of-range number gets our one-line message, with the range
+        return gr.Number(value, precision=0 if p.type == "int" else None, **common)
+    if p.type == "list":
+        return gr.Textbox(", ".join(map(str, value or [])), placeholder=L("rewards.item.list_hint"),
+                          **common)
+    long = p.name in ("code", "tests") or "\n" in str(p.default)
+    return gr.Textbox(str(value), lines=6 if long else 1, max_lines=30 if long else 1, **common)
+
+
+def build(studio, rewards: gr.State) -> dict:
+    """The step: templates to add on the left, the rewards in use as a form on the right (each
+    with its weight, its settings and a button to remove it), and a try-out below."""
     gr.Markdown(L("rewards.intro"))
+    layout = gr.State([])  # the rewards as the form below last drew them
+    shown = gr.State([])   # the rewards as the form shows them now (edits included)
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Accordion(L("rewards.gallery.title"), open=False):
@@ -165,79 +226,108 @@ def build() -> dict:
             pick = gr.Dropdown(template_choices(), label=L("rewards.pick.label"),
                                info=L("rewards.pick.info"), elem_id="reward-pick")
             details = gr.Markdown(elem_id="reward-details")
-            with gr.Row():
-                weight = gr.Number(1.0, label=L("rewards.weight.label"), elem_id="reward-weight",
-                                   info=L("rewards.weight.info"))
-                params = gr.Textbox("{}", label=L("rewards.params.label"),
-                                    info=L("rewards.params.info"), elem_id="reward-params")
             add = gr.Button(L("rewards.add.button"), elem_id="reward-add", variant="primary")
         with gr.Column(scale=4):
-            table = gr.Dataframe(rewards_table([]), label=L("rewards.table.label"),
-                                 interactive=False, elem_id="reward-table")
-            with gr.Row():
-                which = gr.Dropdown([], label=L("rewards.remove.label"), elem_id="reward-which",
-                                    scale=2)
-                remove = gr.Button(L("rewards.remove.button"), elem_id="reward-remove", scale=1)
-                proposed = gr.Button(L("rewards.propose.button"), elem_id="reward-propose",
-                                     scale=2)
+            gr.Markdown(L("rewards.table.heading"))
             message = gr.Markdown(elem_id="reward-message")
+            with gr.Column(elem_id="reward-list"):
+                @gr.render(inputs=layout)
+                def the_form(rs):
+                    if not rs:
+                        gr.Markdown(L("rewards.item.none"), elem_id="reward-none")
+                    for i, r in enumerate(rs or []):
+                        reward_item(studio, rewards, shown, message, i, r)
+            proposed = gr.Button(L("rewards.propose.button"), elem_id="reward-propose",
+                                 size="sm")
     with gr.Accordion(L("rewards.try.title"), open=True):
         with gr.Row():
             n_q = gr.Slider(1, 4, 2, step=1, label=L("rewards.try.questions"))
             n_c = gr.Slider(1, 4, 2, step=1, label=L("rewards.try.answers"))
             try_btn = gr.Button(L("rewards.try.button"), elem_id="reward-try")
         try_status = gr.Markdown(elem_id="reward-try-status")
-        try_table = gr.Dataframe(interactive=False, wrap=True, elem_id="reward-try-table")
-    return {"pick": pick, "details": details, "weight": weight, "params": params, "add": add,
-            "table": table, "which": which, "remove": remove, "propose": proposed,
-            "message": message, "n_q": n_q, "n_c": n_c, "try": try_btn,
+        try_table = gr.Dataframe(interactive=False, wrap=True, elem_id="reward-try-table",
+                                 elem_classes=["aha-score-table"])
+    return {"pick": pick, "details": details, "add": add, "layout": layout, "shown": shown,
+            "propose": proposed, "message": message, "n_q": n_q, "n_c": n_c, "try": try_btn,
             "try_status": try_status, "try_table": try_table, "gallery": gallery}
+
+
+def reward_item(studio, rewards: gr.State, shown: gr.State, message, i: int, r: dict) -> None:
+    """One reward of the form: its title, weight, settings and a remove button; each change is
+    checked and kept at once (an invalid one is named in the message and not kept)."""
+    spec = get_template(r["template"])
+    params = r.get("params") or {}
+    with gr.Group(elem_id=f"reward-{i}", elem_classes=["reward-item"]):
+        with gr.Row(equal_height=True):
+            gr.Markdown(L(f"reward.{spec.name}.choice"), elem_classes=["reward-item-title"])
+            remove = gr.Button(L("rewards.item.remove"), size="sm", scale=0, min_width=120,
+                               elem_id=f"reward-{i}-remove")
+        with gr.Row():
+            weight = gr.Number(r.get("weight", 1.0), label=L("rewards.weight.label"),
+                               info=L("rewards.weight.info"), elem_id=f"reward-{i}-weight",
+                               min_width=140, interactive=True)
+            fields = [(p.name, param_widget(spec, p, params.get(p.name),
+                                             f"reward-{i}-{p.name}")) for p in spec.params]
+
+    def keep(change):
+        def on_edit(user, rs, value):
+            if i >= len(rs or []) or rs[i]["template"] != spec.name:
+                return gr.skip(), gr.skip(), gr.skip()  # the form is being redrawn
+            try:
+                new = change(rs, value)
+            except RewardError as exc:
+                return gr.skip(), gr.skip(), f"❌ {exc}"
+            return new, new, ""
+        return studio.handler(on_edit)
+
+    opts = dict(show_progress="hidden", trigger_mode="always_last")
+    weight.input(keep(lambda rs, v: set_weight(rs, i, v)), [rewards, weight],
+                 [rewards, shown, message], **opts)
+    for name, widget in fields:
+        widget.input(keep(lambda rs, v, name=name: set_param(rs, i, name, v)),
+                     [rewards, widget], [rewards, shown, message], **opts)
+
+    def on_remove(user, rs):
+        if i >= len(rs or []):
+            return gr.skip(), gr.skip()
+        return remove_reward(rs, i), t("rewards.msg.removed", template=spec.name)
+
+    remove.click(studio.handler(on_remove), rewards, [rewards, message])
 
 
 def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> None:
     # every handler below runs in the page's language (Studio.handler)
-    def show(rs, note=""):
-        return rs, rewards_table(rs), gr.update(choices=remove_choices(rs), value=None), note
-
-    outs = [rewards, ui["table"], ui["which"], ui["message"]]
-
     def on_load(user):  # the texts the server writes, in the page's language
-        # the empty table's headers; a restored draft's rewards come a round trip later, with
-        # `rewards.change` below
-        return gallery_markdown(), rewards_table([])
+        return gallery_markdown()
 
-    gr.on(None, studio.handler(on_load), None, [ui["gallery"], ui["table"]])
+    gr.on(None, studio.handler(on_load), None, ui["gallery"])
 
     def on_pick(user, name):
-        return template_details(name)
+        return template_details(name)[0]
 
-    ui["pick"].change(studio.handler(on_pick), ui["pick"], [ui["details"], ui["params"]])
+    ui["pick"].change(studio.handler(on_pick), ui["pick"], ui["details"])
 
-    def on_add(user, rs, template, weight, params_text):
+    def on_add(user, rs, template):
         try:
-            return show(add_reward(rs, template, weight, params_text),
-                        t("rewards.msg.added", template=template))
+            return add_reward(rs, template, 1.0, "{}"), t("rewards.msg.added", template=template)
         except RewardError as exc:
-            return rs, gr.skip(), gr.skip(), f"❌ {exc}"
-
-    def on_remove(user, rs, index):
-        try:
-            return show(remove_reward(rs, index), t("rewards.msg.removed"))
-        except RewardError as exc:
-            return rs, gr.skip(), gr.skip(), f"❌ {exc}"
+            return gr.skip(), f"❌ {exc}"
 
     def on_propose(user, smp):
-        new, note = propose(smp)
-        return show(new, note)
+        return propose(smp)
 
-    def on_rewards(user, rs):
-        return rewards_table(rs), gr.update(choices=remove_choices(rs))
+    ui["add"].click(studio.handler(on_add), [rewards, ui["pick"]], [rewards, ui["message"]])
+    ui["propose"].click(studio.handler(on_propose), sample, [rewards, ui["message"]])
 
-    ui["add"].click(studio.handler(on_add), [rewards, ui["pick"], ui["weight"], ui["params"]],
-                    outs)
-    ui["remove"].click(studio.handler(on_remove), [rewards, ui["which"]], outs)
-    ui["propose"].click(studio.handler(on_propose), sample, outs)
-    rewards.change(studio.handler(on_rewards), rewards, [ui["table"], ui["which"]])
+    def redraw(rs, seen):
+        """A change that did not come from the form itself (added, removed, proposed, a preset,
+        a restored draft) draws the form again."""
+        if rs == seen:
+            return gr.skip(), gr.skip()
+        return rs, rs
+
+    rewards.change(redraw, [rewards, ui["shown"]], [ui["layout"], ui["shown"]],
+                   show_progress="hidden")
 
     model_inputs = [form[p] for p in ("model.source", "model.precision", "model.chat_template",
                                       "data.system_prompt", "grpo.max_completion_length",

@@ -1,6 +1,6 @@
 """Every reward template speaks English and German: its title, description, category, the
 label and help of each setting, and the ready-made sets' descriptions (studio/locales/parts/
-rewards.*.json). The English texts are the templates' own, so the two never drift apart."""
+studio/locales/*.json). The English texts are the templates' own, so the two never drift apart."""
 from __future__ import annotations
 
 import re
@@ -34,6 +34,8 @@ def test_every_template_has_its_texts(spec, lang):
     for p in spec.params:
         text(f"{key}.param.{p.name}.label", lang)
         text(f"{key}.param.{p.name}.help", lang)
+        for c in p.choices or []:  # the form's dropdown shows each choice in words
+            text(f"{key}.param.{p.name}.choice.{c}", lang)
     text(f"reward.category.{spec.category}", lang)
 
 
@@ -91,3 +93,20 @@ def test_gallery_and_details_in_the_page_language(lang):
     assert text("reward.numeric_match.param.tolerance.help", lang) in details
     assert '"tolerance"' in defaults
     assert text("reward.set.math", lang) in note
+
+
+def test_the_form_checks_each_change_in_the_page_language():
+    from reward_templates import RewardError
+    from studio.step_rewards import add_reward, set_param, set_weight
+
+    rs = add_reward([], "length_target", 1.0, "{}")
+    assert set_weight(rs, 0, 0.5)[0]["weight"] == 0.5
+    assert set_param(rs, 0, "target", 30)[0]["params"]["target"] == 30
+    assert set_param(rs, 0, "unit", "characters")[0]["params"]["unit"] == "characters"
+    assert rs[0]["params"] == {}  # the list given is left as it was
+    with speaking("de"), pytest.raises(RewardError, match="ganze Zahl.*0 bis 100000"):
+        set_param(rs, 0, "target", 2.5)
+    with speaking("en"), pytest.raises(RewardError, match="must be a number"):
+        set_weight(rs, 0, None)
+    with pytest.raises(RewardError):
+        set_param(rs, 0, "unit", "lines")  # not one of its choices

@@ -195,6 +195,22 @@ def tiny_run(page, name: str, steps: int) -> None:
         fill(page, elem, value)
     fill(page, "knob-train-max_steps", steps)
 
+def reward_form(page) -> list[tuple[str, list[str]]]:
+    """The rewards step's form as shown: each reward's title and the values of its fields."""
+    return page.eval_on_selector_all("#reward-list [id^=reward-]", """all => all.filter(
+        e => /^reward-[0-9]+$/.test(e.id) && !e.parentElement.closest(`[id="${e.id}"]`)
+    ).map(item => [
+        item.querySelector('.reward-item-title').innerText.trim(),
+        Array.from(item.querySelectorAll('input, textarea')).map(
+            i => i.type === 'checkbox' ? String(i.checked) : i.value)])""")
+
+
+def reward_index(page, template: str) -> int:
+    """The position of a template's reward in the form."""
+    titles = [title for title, _ in reward_form(page)]
+    return next(i for i, title in enumerate(titles) if f"({template})" in title)
+
+
 def wait_loaded(page) -> str:
     """Wait until the page has asked for the user's draft; 'restored' or 'none'."""
     page.wait_for_selector("#machine-info")

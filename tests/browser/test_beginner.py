@@ -3,12 +3,10 @@ nothing typed is lost on a reload or a server restart, a banner names the run in
 quick demo asks before it changes anything, Next/Back move between the steps, and a step in
 progress says what it is doing and how long is left. Screenshots go to test-artifacts/browser/.
 """
-import re
-
 import pytest
 
-from .conftest import (fill, open_studio, open_with_sample_data, pick, run_state, run_step,
-                       shot, start_server, stop_server, tab, wait_loaded, wait_text,
+from .conftest import (fill, open_studio, open_with_sample_data, pick, reward_form,
+                       reward_index, run_state, run_step, shot, start_server, stop_server, tab, wait_loaded, wait_text,
                        wait_until, wait_value)
 
 pytestmark = pytest.mark.model
@@ -19,12 +17,6 @@ PHASES = ("generating answers", "scoring the answers", "updating the model")
 def value_of(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
 
-
-def reward_rows(page) -> list[str]:
-    """The reward table's text, line by line, without a progress timer's '0.1s'."""
-    text = page.inner_text("#reward-table")
-    return [line for line in text.splitlines()
-            if line.strip() and not re.fullmatch(r"[\d.]+s", line.strip())]
 
 
 def selected_tab(page) -> str:
@@ -65,7 +57,7 @@ def test_quick_demo_asks_before_changing_anything(studio, page):
     wait_value(page, "#knob-name input, #knob-name textarea", "classroom-demo")
     wait_text(page, "#train-message", "Loaded the quick demo")
     tab(page, "3 · Rewards")
-    wait_text(page, "#reward-table", "numeric_match")
+    wait_text(page, "#reward-list", "numeric_match")
     tab(page, "4 · Train")
     page.click("#train-demo")  # nothing left to change: it says so instead of asking
     wait_text(page, "#train-message", "already loaded")
@@ -81,13 +73,25 @@ def test_reload_and_restart_keep_the_form_and_a_banner_names_the_run(studio, pag
     page.click("#data-sample")
     wait_text(page, "#data-messages", "rows")
     tab(page, "3 · Rewards")
-    wait_text(page, "#reward-table", "numeric_match")
+    wait_text(page, "#reward-list", "numeric_match")
     pick(page, "reward-pick", "(length_target)")
-    wait_value(page, "#reward-params textarea, #reward-params input", "{")
+    wait_text(page, "#reward-details", "length_target")
     page.click("#reward-add")
-    wait_text(page, "#reward-table", "length_target")
-    rewards_before = reward_rows(page)
-    assert "length_target" in rewards_before and "numeric_match" in rewards_before
+    wait_text(page, "#reward-list", "length_target")
+    # the reward's weight and settings are edited in place, each change kept at once
+    n = reward_index(page, "length_target")
+    fill(page, f"reward-{n}-weight", 0.5)
+    fill(page, f"reward-{n}-target", 20)
+    fill(page, f"reward-{n}-target", 200000)  # too long: said, with the range, and not kept
+    wait_text(page, "#reward-message", "from 0 to 100000")
+    fill(page, f"reward-{n}-target", 20)
+    wait_until(lambda: page.inner_text("#reward-message").strip() == "", 10,
+               "the message to clear once the value is right")
+    rewards_before = reward_form(page)
+    titles = " ".join(title for title, _ in rewards_before)
+    assert "length_target" in titles and "numeric_match" in titles
+    weight, unit, target, tolerance = rewards_before[n][1]
+    assert (weight, unit, target) == ("0.5", "words", "20")
 
     tab(page, "4 · Train")
     assert "No estimate of the time yet" in page.inner_text("#train-time")
@@ -120,8 +124,8 @@ def test_reload_and_restart_keep_the_form_and_a_banner_names_the_run(studio, pag
     tab(page, "2 · Data")
     wait_value(page, "#knob-data-source input, #knob-data-source textarea", "builtin:")
     tab(page, "3 · Rewards")
-    wait_text(page, "#reward-table", "length_target")
-    assert reward_rows(page) == rewards_before
+    wait_text(page, "#reward-list", "length_target")
+    assert reward_form(page) == rewards_before
     shot(page, "reload-kept-form")
     page.click("#banner-watch")
     wait_until(lambda: "Train" in selected_tab(page), 10, "the train step")

@@ -42,8 +42,8 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     fill(page, "knob-grpo-max_completion_length", 8)
 
     tab(page, "3 · Rewards")
-    wait_text(page, "#reward-table", "numeric_match")
-    table = _text(page, "#reward-table")
+    wait_text(page, "#reward-list", "numeric_match")
+    table = _text(page, "#reward-list")
     templates = [t for t in ("numeric_match", "tag_partial_credit", "length_target") if t in table]
     page.click("#reward-try")
     wait_until(lambda: "Scored" in _text(page, "#reward-try-status") or

@@ -85,6 +85,7 @@ def test_the_whole_wizard_in_german_then_english(studio, page, tmp_path):
     # 3. rewards: a set is proposed for answers that are numbers
     visit(page, "rewards")
     wait_text(page, "#tab-rewards", "numeric_match", timeout=60)
+    wait_text(page, "#reward-list", de["rewards.item.remove"])  # the form speaks German
     no_text_of(page, "en", "de")
     shot(page, "de-3-rewards")
 

@@ -42,20 +42,21 @@ def test_whole_wizard(studio, page, tmp_path):
 
     # 3. rewards: a proposed set arrives; replace it with two templates of our choice
     tab(page, "3 · Rewards")
-    wait_text(page, "#reward-table", "numeric_match")
+    wait_text(page, "#reward-list", "numeric_match")
     # numbers in the answers: the math set (right number + think/answer layout) is proposed
-    wait_text(page, "#reward-table", "tag_partial_credit")
+    wait_text(page, "#reward-list", "tag_partial_credit")
     for _ in range(2):  # empty it
-        before = page.inner_text("#reward-table")
-        pick(page, "reward-which", "1.")
-        page.click("#reward-remove")
-        wait_until(lambda: page.inner_text("#reward-table") != before, 20, "a reward to go")
+        before = page.inner_text("#reward-list")
+        page.click("#reward-0-remove")
+        wait_until(lambda: page.inner_text("#reward-list") != before, 20, "a reward to go")
+    wait_text(page, "#reward-list", "No rewards yet")
     for template in ("numeric_match", "length_target"):
         pick(page, "reward-pick", f"({template})")
-        wait_value(page, "#reward-params textarea, #reward-params input", "{")
+        wait_text(page, "#reward-details", template)
         page.click("#reward-add")
         wait_text(page, "#reward-message", template)
-    table = page.inner_text("#reward-table")
+        wait_text(page, "#reward-list", template)
+    table = page.inner_text("#reward-list")
     assert "numeric_match" in table and "length_target" in table
     assert "tag_partial_credit" not in table
     shot(page, "3-rewards")
