@@ -27,9 +27,24 @@ def vllm_python() -> str | None:
 VLLM_MIN_TOKENS_PER_STEP = 4096  # below this, vLLM's start-up (~20 s here) is not repaid soon
 
 
-def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
-    """(engine, why) for a run's config: generation.engine, or for 'auto' the rule. Needs no
-    torch (the studio's page asks it too); `gpu`: whether the run trains on a CUDA GPU.
+# Why an engine was chosen, by code: the English words here; the studio shows each code in the
+# page's language (studio/locales, engine.why.<code>).
+REASONS = {
+    "settings": "chosen in the settings",
+    "no_vllm": "vLLM is not installed (bash scripts/setup.sh --vllm)",
+    "cpu": ("on a CPU, vLLM with a LoRA adapter generated no faster than transformers "
+            "(bench/results/vllm_engine_cpu.json)"),
+    "few_tokens": ("a step generates at most {tokens:,} tokens, under the {limit:,} where vLLM "
+                   "repays its start-up"),
+    "many_tokens": "vLLM is installed and a step generates up to {tokens:,} tokens",
+    "failed": "vLLM failed during the run",
+}
+
+
+def pick_engine(cfg, gpu: bool) -> tuple[str, str, dict]:
+    """(engine, code of why, its values) for a run's config: generation.engine, or for 'auto'
+    the rule. Needs no torch (the studio's page asks it too); `gpu`: whether the run trains on
+    a CUDA GPU.
 
     On a CPU, auto keeps transformers: vLLM serving the LoRA adapter was slower there (0.34x the
     tokens/s of transformers on the classroom demo, 0.95x on 8 answers of up to 200 tokens;
@@ -37,17 +52,18 @@ def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
     """
     g = cfg.grpo
     tokens = g.prompts_per_step * g.num_generations * g.max_completion_length
-    if cfg.generation.engine == "transformers":
-        return "transformers", "chosen in the settings"
-    if cfg.generation.engine == "vllm":
-        return "vllm", "chosen in the settings"
+    if cfg.generation.engine in ("transformers", "vllm"):
+        return cfg.generation.engine, "settings", {}
     if vllm_python() is None:
-        return "transformers", "vLLM is not installed (bash scripts/setup.sh --vllm)"
+        return "transformers", "no_vllm", {}
     if not gpu and os.environ.get("AHA_VLLM_AUTO_ON_CPU") != "1":
-        return "transformers", ("on a CPU, vLLM with a LoRA adapter generated no faster than "
-                                "transformers (bench/results/vllm_engine_cpu.json)")
+        return "transformers", "cpu", {}
     if tokens < VLLM_MIN_TOKENS_PER_STEP:
-        return "transformers", (f"a step generates at most {tokens:,} tokens, under the "
-                                f"{VLLM_MIN_TOKENS_PER_STEP:,} where vLLM repays its start-up")
-    return "vllm", f"vLLM is installed and a step generates up to {tokens:,} tokens"
+        return "transformers", "few_tokens", {"tokens": tokens, "limit": VLLM_MIN_TOKENS_PER_STEP}
+    return "vllm", "many_tokens", {"tokens": tokens}
 
+
+def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
+    """(engine, why in English) for a run's config (pick_engine)."""
+    engine, code, values = pick_engine(cfg, gpu)
+    return engine, REASONS[code].format(**values)

@@ -162,7 +162,8 @@ class CollapseDetector:
             f"'{name}' keeps rising while {target} falls ({before:.0%} to {after:.0%} of its "
             f"best): the model is learning the easy reward instead of the right answer.",
             f"Lower the weight of '{name}' or its partial credit, or lower the learning rate.",
-            {"reward": name, "correctness_before": before, "correctness_after": after})
+            {"reward": name, "targets": list(self.best), "correctness_before": before,
+             "correctness_after": after})
 
     def _correctness_falling(self) -> HealthWarning | None:
         if self.peak_window is None or len(self.correctness) < 2 * WINDOW:
@@ -189,24 +190,25 @@ MIN_GENERATIONS = 4
 
 
 def settings_advice(cfg) -> list[dict]:
-    """Settings outside the region where runs kept learning: [{setting, message, fix}], one
-    plain line each. Advice, not errors: a run may still start."""
+    """Settings outside the region where runs kept learning: [{setting, value, message, fix}],
+    one plain line each (`value`: the setting's, for the studio to say it in the page's
+    language). Advice, not errors: a run may still start."""
     out = []
     lr, temperature, group = cfg.train.learning_rate, cfg.grpo.temperature, \
         cfg.grpo.num_generations
     if lr > STABLE_LR_MAX:
         strength = "far above" if lr >= 10 * STABLE_LR_MAX else "above"
-        out.append({"setting": "train.learning_rate", "message": (
+        out.append({"setting": "train.learning_rate", "value": lr, "message": (
             f"Learning rate {lr:g} is {strength} what kept runs learning (up to "
             f"{STABLE_LR_MAX:g}): the reward may rise, then collapse."),
             "fix": "A learning rate of 2e-4."})
     if temperature < MIN_TEMPERATURE:
-        out.append({"setting": "grpo.temperature", "message": (
+        out.append({"setting": "grpo.temperature", "value": temperature, "message": (
             f"Temperature {temperature:g} makes the answers of a group alike, and GRPO learns "
             f"only from their differences."),
             "fix": f"A temperature from {MIN_TEMPERATURE:g} to 1.0."})
     if group < MIN_GENERATIONS:
-        out.append({"setting": "grpo.num_generations", "message": (
+        out.append({"setting": "grpo.num_generations", "value": group, "message": (
             f"With {group} answers per question a group often scores all the same, which "
             f"teaches nothing."),
             "fix": f"{MIN_GENERATIONS} or more answers per question."})

@@ -27,7 +27,7 @@ from .evaluate import build_reward_set, prompt_ids, score_questions
 from .events import EventLog, Progress, read_events
 from .health import CollapseDetector, settings_advice
 from .generation import make_engine
-from .engine_choice import choose_engine
+from .engine_choice import REASONS, pick_engine
 from .vllm_engine import VLLMError
 from .grpo import (STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advantages,
                    policy_loss, sampler_ratio)
@@ -160,7 +160,9 @@ class Trainer:
                                                    self.loaded.device)
         self.kernel_report = kernels.patch_model(self.model) if cfg.train.kernels else {}
         self.model.train()
-        engine, self.engine_reason = choose_engine(cfg, torch.cuda.is_available())
+        engine, code, values = pick_engine(cfg, torch.cuda.is_available())
+        self.engine_reason = REASONS[code].format(**values)
+        self.engine_why = {"code": code, **values}  # the same, for the studio to translate
         if engine == "vllm":
             self._status("loading_model", "Starting vLLM")
         try:
@@ -185,8 +187,8 @@ class Trainer:
         trainable, total = count_parameters(self.model)
         trim_heap()  # loading's temporaries
         self._status("ready", "Model and data ready", engine=self.engine.name,
-                     engine_reason=self.engine_reason, threads=torch.get_num_threads(),
-                     cpus=usable_cpus(),
+                     engine_reason=self.engine_reason, engine_why=self.engine_why,
+                     threads=torch.get_num_threads(), cpus=usable_cpus(),
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,
@@ -471,7 +473,7 @@ class Trainer:
         self.engine = make_engine("transformers", self.model, self.tokenizer, self.device,
                                   self.cfg.generation.max_batch_size,
                                   weights=self.loaded.generation_context)
-        self.engine_reason = "vLLM failed during the run"
+        self.engine_reason, self.engine_why = REASONS["failed"], {"code": "failed"}
 
     def close(self) -> None:
         """End what the run started beside this process (a vLLM process)."""

@@ -42,6 +42,8 @@ CSS = """
 .aha-score-table td { min-width: 4.5em; }
 #banner-run { border: 1px solid #fdba74; background: #fff7ed; border-radius: 6px;
               padding: 4px 12px; }
+/* Back / Next at the foot of a step: one line each, as wide as their words (German is long) */
+button[id^="nav-"] { white-space: nowrap; min-width: max-content; }
 """
 
 # System fonts only: the page must render with no network at all.
@@ -146,6 +148,16 @@ class LoginButton(gr.LoginButton):
 
     def __init__(self, **kwargs):
         super().__init__(value=L("app.login"), **kwargs)
+
+    # Gradio reads a component's kind and its props from its class: the name of its base class
+    # (for this subclass 'loginbutton', which has no frontend: the page would wait for a custom
+    # component forever) and the parameters of its __init__ (here only `value`: elem_id, icon
+    # and variant would be lost). Both are taken from gr.LoginButton.
+    def get_block_name(self) -> str:
+        return "button"
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.LoginButton)
 
     def activate(self):
         signed_out = [t("app.login", lang) for lang in LANGUAGES] + [str(self.value)]

@@ -202,6 +202,15 @@ class JobPool:
         raise JobError(t("jobs.no_result"))
 
 
+def model_threads(training: bool) -> int:
+    """Threads for a model job: every core this server may use when nothing trains, half of
+    them while a run trains next to it."""
+    from core.runs import usable_cpus
+
+    cores = len(usable_cpus())
+    return cores if not training else max(1, cores // 2)
+
+
 def default_job_slots(available_bytes: float, gpu: bool) -> int:
     """Model jobs at once: about one per 3 GB of free memory, between 1 and 4 (1 on a GPU)."""
     if gpu:

@@ -13,7 +13,7 @@ from .access import AccessError
 from .errors import friendly
 from .form import cli_command
 from .i18n import L, current as page_lang, has, lang_of, speaking, t
-from .jobs import JobError, scratch_dir
+from .jobs import JobError, model_threads, scratch_dir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
                  "aha_config.yaml")
@@ -205,7 +205,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                "adapter": str(adapter), "compare_base": True,
                "questions": [question.strip()[:4000]], "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
-               "temperature": cfg.grpo.temperature, "lang": page_lang()}
+               "temperature": cfg.grpo.temperature, "lang": page_lang(),
+               "threads": model_threads(training=bool(studio.manager.running()))}
         try:
             for kind, value in studio.jobs.run(req):
                 if kind == "progress":

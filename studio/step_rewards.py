@@ -11,7 +11,7 @@ from reward_templates import (DEFAULT_SET_DESCRIPTIONS, RewardError, RewardSet,
 
 from .access import AccessError
 from .i18n import L, t
-from .jobs import JobError
+from .jobs import JobError, model_threads
 
 # shown in the error messages as they are (no braces in the catalog's texts)
 JSON_EXAMPLE = '{"name": value}'
@@ -350,7 +350,8 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
         req = {"job": "generate", "source": source, "precision": precision,
                "chat_template": template, "system": system, "num": int(n_c),
                "questions": [r["question"] for r in rows],
-               "max_new_tokens": int(max_new or 64), "temperature": float(temperature or 0.7)}
+               "max_new_tokens": int(max_new or 64), "temperature": float(temperature or 0.7),
+               "threads": model_threads(training=bool(studio.manager.running()))}
         yield "⏳ " + t("rewards.try.starting"), gr.skip()
         try:
             for kind, value in studio.jobs.run(req):

@@ -36,7 +36,7 @@ ADVICE_PATHS = ("train.learning_rate", "grpo.temperature", "grpo.num_generations
 def advice_markdown(values: dict, gpu: bool = False) -> str:
     """Advice on the settings that decide whether a run keeps learning, and which generation
     engine will run and why, as the fields change."""
-    from core.engine_choice import choose_engine
+    from core.engine_choice import pick_engine
 
     data: dict = {}
     for path in ADVICE_PATHS:
@@ -46,10 +46,10 @@ def advice_markdown(values: dict, gpu: bool = False) -> str:
         cfg = RunConfig.from_dict(data)
     except (ConfigError, TypeError, ValueError):
         return ""  # the field's own check says what is wrong
-    lines = ["⚠️ " + t("train.advice.line", message=a["message"], fix=a["fix"])
-             for a in settings_advice(cfg)]
-    engine, why = choose_engine(cfg, gpu)
-    lines.append(t("train.advice.engine", engine=engine, why=why))
+    lines = ["⚠️ " + w.advice_line(a) for a in settings_advice(cfg)]
+    engine, code, why = pick_engine(cfg, gpu)
+    lines.append(t("train.advice.engine", engine=engine,
+                   why=w.engine_why_text({"code": code, **why})))
     return "\n\n".join(lines)
 
 
@@ -427,7 +427,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             text = t("train.start.started", run=run_dir.name)
         risky = settings_advice(cfg)
         if risky:
-            notes += [t("train.advice.line", message=a["message"], fix=a["fix"]) for a in risky]
+            notes += [w.advice_line(a) for a in risky]
         if notes:
             text += " " + t("train.start.note", notes=" ".join(notes))
         new, _, _ = catch_up(new, manager)

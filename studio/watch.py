@@ -15,7 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from .i18n import t
+from core.engine_choice import REASONS
+from core.health import MIN_GENERATIONS, MIN_TEMPERATURE, STABLE_LR_MAX
+
+from .i18n import current, t
 
 MAX_SAMPLE_STEPS = 3   # the samples panel shows the latest few steps
 MAX_WARNINGS = 20      # collapse warnings kept per run (the panel shows the newest few)
@@ -40,6 +43,7 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             w["max_steps"] = e.get("max_steps", w["max_steps"])
             w["engine"] = e.get("engine", w["engine"])
             w["engine_reason"] = e.get("engine_reason", w.get("engine_reason"))
+            w["engine_why"] = e.get("engine_why", w.get("engine_why"))
             w["device"] = e.get("device", w["device"])
             if w["state"] == "training":
                 w["started"] = {"time": e.get("time"), "step": e.get("step", w["step"])}
@@ -195,11 +199,16 @@ def figure(title: str, lines: dict[str, tuple[list, list]], note: str | None = N
     for name, (xs, ys) in lines.items():
         shown = t(LINE_KEYS[name]) if name in LINE_KEYS else name
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=shown))
-    fig.update_layout(title=t(f"{key}.title") if key else title, height=260,
-                      margin=dict(l=50, r=10, t=40, b=30),
+    # the legend sits at the foot of the chart, under the axis title, with room for its rows
+    # (about two names a row in a chart a third of the page wide); placed in the plot's own
+    # coordinates it would cover the axis title
+    legend_rows = (len(lines) + 1) // 2 if len(lines) > 1 else 0
+    fig.update_layout(title=t(f"{key}.title") if key else title, height=290,
+                      margin=dict(l=50, r=10, t=40, b=45 + 20 * legend_rows),
                       xaxis_title=t("chart.axis.step"),
                       yaxis_title=t(f"{key}.axis") if key else None,
-                      showlegend=len(lines) > 1, legend=dict(orientation="h", y=-0.25))
+                      showlegend=legend_rows > 0,
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0))
     if note:
         fig.add_annotation(text="<br>".join(textwrap.wrap(html.escape(note), 42)),
                            xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
@@ -295,8 +304,9 @@ def progress_html(watch: dict, text: bool = True) -> str:
     words = state_words(state, state)
     engine = " · " + t("watch.progress.engine", engine=html.escape(watch["engine"])) \
         if watch.get("engine") else ""
-    if engine and watch.get("engine_reason"):
-        engine += f" ({html.escape(watch['engine_reason'])})"
+    why = engine_why_text(watch.get("engine_why"), watch.get("engine_reason"))
+    if engine and why:
+        engine += f" ({html.escape(why)})"
     device = " " + t("watch.progress.device", device=html.escape(watch["device"])) \
         if watch.get("device") else ""
     phase = phase_text(watch)
@@ -472,6 +482,79 @@ def coach_notes(watch: dict) -> list[tuple[str, str]]:
     return notes
 
 
+# ---- what the worker says, in the page's language ------------------------------------------
+# core writes its advice, warnings and engine choice in English, each with a code and the values
+# in it; here they are said again from those. Events without them (runs from before, a tracker
+# or vLLM failing with an error of its own) keep core's English words.
+
+def _share(x) -> str:
+    return f"{x:.0%}"
+
+
+ADVICE = {  # setting -> (key of its advice, values of the fix)
+    "train.learning_rate": ("advice.learning_rate", lambda: {}),
+    "grpo.temperature": ("advice.temperature", lambda: {"low": f"{MIN_TEMPERATURE:g}"}),
+    "grpo.num_generations": ("advice.num_generations", lambda: {"n": MIN_GENERATIONS}),
+}
+
+
+def advice_texts(a: dict) -> tuple[str, str]:
+    """(message, fix) of one settings advice (core.health.settings_advice or its event)."""
+    setting, value = a.get("setting"), a.get("value")
+    if setting not in ADVICE or not isinstance(value, (int, float)):
+        return str(a.get("message", "")), str(a.get("fix", ""))
+    key, fix_values = ADVICE[setting]
+    if setting == "train.learning_rate":
+        how = "far_above" if value >= 10 * STABLE_LR_MAX else "above"
+        message = t(f"{key}.{how}", value=f"{value:g}", limit=f"{STABLE_LR_MAX:g}")
+    else:
+        message = t(f"{key}.message", value=f"{value:g}")
+    return message, t(f"{key}.fix", **fix_values())
+
+
+def advice_line(a: dict) -> str:
+    message, fix = advice_texts(a)
+    return t("train.advice.line", message=message, fix=fix)
+
+
+WARNING_VALUES = {  # code -> the values its texts need, from its event
+    "entropy_collapse": lambda e: {"entropy": f"{e['entropy']:.2f}",
+                                   "correctness": _share(e["correctness"])},
+    "no_signal": lambda e: {"streak": e["streak"]},
+    "reward_hacking": lambda e: {"reward": e["reward"],
+                                 "targets": ", ".join(f"'{n}'" for n in e["targets"]),
+                                 "before": _share(e["correctness_before"]),
+                                 "after": _share(e["correctness_after"])},
+    "correctness_falling": lambda e: {"peak": _share(e["peak"]),
+                                      "correctness": _share(e["correctness"])},
+}
+
+
+def warning_texts(e: dict) -> tuple[str, str]:
+    """(message, fix) of a warning event in the page's language."""
+    code = e.get("code")
+    if code == "risky_setting":
+        return advice_texts(e)
+    try:
+        values = WARNING_VALUES[code](e)
+    except (KeyError, TypeError, ValueError):
+        return str(e.get("message", "")), str(e.get("fix", ""))
+    return t(f"health.{code}.message", **values), t(f"health.{code}.fix", **values)
+
+
+def engine_why_text(why: dict | None, english: str | None = None) -> str:
+    """Why the engine was chosen (core.engine_choice.pick_engine's code and values)."""
+    if not isinstance(why, dict) or why.get("code") not in REASONS:
+        return english or ""
+    sep = "." if current() == "de" else ","
+    values = {k: f"{v:,}".replace(",", sep) if isinstance(v, int) else v
+              for k, v in why.items() if k != "code"}
+    try:
+        return t(f"engine.why.{why['code']}", **values)
+    except (KeyError, IndexError):
+        return english or ""
+
+
 def health_html(watch: dict) -> str:
     """The newest collapse warnings of the run, each with what to try, and the coach's notes;
     empty before the first step."""
@@ -485,10 +568,11 @@ def health_html(watch: dict) -> str:
         for e in reversed(warnings[-SHOWN_WARNINGS:]):
             when = t("watch.health.step", step=e.get("step")) if e.get("step") \
                 else t("watch.health.before")
+            message, fix = warning_texts(e)
             items.append(f'<li data-code="{html.escape(str(e.get("code")))}"><b>'
                          f'{html.escape(when)}:</b> '
-                         f'{html.escape(str(e.get("message", "")))}<br><span class="aha-fix">'
-                         f'{html.escape(t("watch.health.try", fix=str(e.get("fix", ""))))}'
+                         f'{html.escape(message)}<br><span class="aha-fix">'
+                         f'{html.escape(t("watch.health.try", fix=fix))}'
                          f'</span></li>')
         more = len(warnings) - SHOWN_WARNINGS
         tail = f'<div class="aha-fix">{html.escape(t("watch.health.more", n=more))}</div>' \

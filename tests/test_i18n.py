@@ -134,3 +134,59 @@ def test_the_browser_gets_every_language():
     texts = i18n.gradio_i18n().translations_dict
     assert set(texts) == set(i18n.LANGUAGES)
     assert texts["de"]["app.tab.model"] == "1 · Modell"
+
+
+# ---- what the worker says in English, said again in the page's language -----------------------
+
+def _core_warnings():
+    """One warning of each code core.health raises, as the events the trainer writes."""
+    from core.health import CollapseDetector
+
+    d = CollapseDetector({"numeric_match": 1.0}, ["numeric_match", "length_target"])
+    d.correctness = [0.3]
+    yield d._entropy_collapse({"entropy": 0.05}, 0.3)
+    d.zero_streak = 4
+    yield d._no_signal(None)
+    d.correctness = [0.8] * 5 + [0.4] * 5
+    d.history.extend([{"rewards/length_target/mean": 0.2}] * 5 +
+                     [{"rewards/length_target/mean": 0.6}] * 5)
+    yield d._reward_hacking()
+    d.peak_window = 0.9
+    yield d._correctness_falling()
+
+
+def test_core_advice_warnings_and_engine_reasons_have_both_languages():
+    """The studio says core's English advice, collapse warnings and engine reasons from their
+    codes and values: in English word for word as core does, in German differently (so that
+    tests/browser/test_languages.py catches any left in English on the German page)."""
+    from core.config import RunConfig
+    from core.engine_choice import REASONS
+    from core.health import settings_advice
+    from studio.watch import WARNING_VALUES, advice_texts, engine_why_text, warning_texts
+
+    cfg = RunConfig.from_dict({"rewards": [{"template": "numeric_match"}],
+                               "train": {"learning_rate": 5e-3},
+                               "grpo": {"temperature": 0.5, "num_generations": 2}})
+    advice = settings_advice(cfg) + settings_advice(
+        RunConfig.from_dict({"train": {"learning_rate": 7e-4}}))
+    assert len(advice) == 4
+    events = [dict(a, code="risky_setting") for a in advice] + \
+        [w.to_event() for w in _core_warnings()]
+    assert {e["code"] for e in events} == {"risky_setting"} | set(WARNING_VALUES)
+    for e in events:
+        english = (e["message"], e["fix"])
+        assert warning_texts(e) == english
+        with i18n.speaking("de"):
+            german = warning_texts(e)
+        assert german[0] != english[0] and german[1] != english[1], e["code"]
+    assert advice_texts(advice[0]) == (advice[0]["message"], advice[0]["fix"])
+    # an event from before the codes had values keeps core's words
+    assert warning_texts({"code": "no_signal", "message": "m", "fix": "f"}) == ("m", "f")
+
+    for code, english in REASONS.items():
+        values = {k: v for k, v in {"tokens": 1234, "limit": 4096}.items()
+                  if "{" + k in english}
+        assert engine_why_text({"code": code, **values}) == english.format(**values)
+        with i18n.speaking("de"):
+            assert engine_why_text({"code": code, **values}) != english.format(**values)
+    assert engine_why_text(None, "as core said") == "as core said"
