@@ -30,7 +30,7 @@ class Machine:
         return t("machine.cpu", cores=self.cores, **sizes)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -61,4 +61,4 @@ def detect_machine() -> Machine:
     if gpu:
         return Machine(True, gpu[0], gpu[1], gpu[2], cores)
     mem = psutil.virtual_memory()
-    return Machine(False, _cpu_name(), float(mem.total), float(mem.available), cores)
+    return Machine(False, cpu_name(), float(mem.total), float(mem.available), cores)

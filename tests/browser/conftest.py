@@ -173,6 +173,20 @@ def download(page, button: str, files: str, path):
     return path
 
 
+def ask_run(page, run_name: str, question: str) -> None:
+    """In step 5, pick the run named `run_name` and ask it `question` (the answers come later)."""
+    page.click("#export-refresh")
+    wait_value(page, "#export-run input", run_name)
+    fill(page, "chat-question", question)
+    page.click("#chat-ask")
+
+
+def answered(page, elem: str, question: str) -> bool:
+    """Whether the chat `elem` shows `question` with an answer after it."""
+    text = page.inner_text(f"#{elem}")
+    return question in text and len(text.split(question, 1)[1].strip()) > 0
+
+
 def wait_text(page, selector: str, text: str, timeout: float = 30) -> None:
     """Wait until the element's text contains `text`; the element may not exist yet."""
     page.wait_for_function(

@@ -9,8 +9,8 @@ import pytest
 from core.runs import RunManager
 from studio.presets import quick_demo_config
 
-from .conftest import (download, fill, open_with_sample_data, pick, run_state, run_step, shot,
-                       tab, tiny_run, wait_text, wait_until, wait_value)
+from .conftest import (answered, ask_run, download, fill, open_with_sample_data, pick,
+                       run_state, run_step, shot, tab, tiny_run, wait_text, wait_until)
 
 pytestmark = pytest.mark.model
 
@@ -60,17 +60,10 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
 
     assert manager.wait(run_dir, timeout=240) == 0, (run_dir / "worker.log").read_text()[-2000:]
     tab(page, "5 · Try and export")
-    page.click("#export-refresh")
-    wait_value(page, "#export-run input", "chat-run")
     question = "What is 2 + 3?"
-    fill(page, "chat-question", question)
-    page.click("#chat-ask")
-
-    def answered(elem):
-        text = _text(page, f"#{elem}")
-        return question in text and len(text.split(question, 1)[1].strip()) > 0
-
-    wait_until(lambda: (answered("chat-trained") and answered("chat-base"))
+    ask_run(page, "chat-run", question)
+    wait_until(lambda: (answered(page, "chat-trained", question) and
+                        answered(page, "chat-base", question))
           or "❌" in _text(page, "#chat-status"), 240, "both answers")
     assert "❌" not in _text(page, "#chat-status"), _text(page, "#chat-status")
     wait_text(page, "#chat-status", "Answered by the final adapter")
@@ -133,7 +126,9 @@ def test_a_start_too_big_to_fit_asks_first(studio, page):
     wait_text(page, "#train-estimate", "not fit")
     before = sorted(p.name for p in runs_dir.iterdir())
     page.click("#train-start")
-    page.wait_for_function("(t => t.includes('will not fit') && !t.includes('processing'))"
+    # (and Gradio's own progress timer, '0.4s', gone from the box)
+    page.wait_for_function("(t => t.includes('will not fit') && !t.includes('processing')"
+                           " && !/^[0-9.]+s$/m.test(t))"
                            "(document.querySelector('#train-message')?.innerText ?? '')")
     message = _text(page, "#train-message").strip()
     assert "\n" not in message and "Traceback" not in message

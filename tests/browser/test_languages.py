@@ -8,8 +8,8 @@ import pytest
 
 from studio.i18n import catalog
 
-from .conftest import (TINY, fill, open_studio, run_state, run_step, shot, wait_loaded,
-                       wait_text, wait_until, wait_value)
+from .conftest import (TINY, answered, ask_run, fill, open_studio, run_state, run_step, shot,
+                       wait_loaded, wait_text, wait_until, wait_value)
 
 pytestmark = pytest.mark.model
 
@@ -107,17 +107,9 @@ def test_the_whole_wizard_in_german_then_english(studio, page, tmp_path):
 
     # 5. try it: the trained adapter answers a German question
     visit(page, "export")
-    page.click("#export-refresh")
-    wait_value(page, "#export-run input", "deutscher-lauf")
     question = "Was ist 2 + 3?"
-    fill(page, "chat-question", question)
-    page.click("#chat-ask")
-
-    def answered() -> bool:
-        text = page.inner_text("#chat-trained")
-        return question in text and len(text.split(question, 1)[1].strip()) > 0
-
-    wait_until(answered, 300, "the trained model's answer")
+    ask_run(page, "deutscher-lauf", question)
+    wait_until(lambda: answered(page, "chat-trained", question), 300, "the trained model's answer")
     no_text_of(page, "en", "de")
     shot(page, "de-5-export")
     assert page.outside_requests == []
