@@ -120,6 +120,16 @@ def remove_reward(rewards: list[dict], index) -> list[dict]:
     return [r for i, r in enumerate(rewards) if i != int(index)]
 
 
+def summary(rewards: list[dict]) -> str:
+    """The whole set in one plain line, in the page's language: "An answer's score: 1 × Right
+    number + 0.25 × Tag checklist." """
+    if not rewards:
+        return ""
+    terms = " + ".join(f"{_num(float(r.get('weight', 1.0)))} × "
+                       f"{t('reward.' + r['template'] + '.title')}" for r in rewards)
+    return t("rewards.summary", terms=terms.replace("+ -", "− "))
+
+
 def propose(sample: list[dict]) -> tuple[list[dict], str]:
     rs = default_reward_set(sample or [])
     described = t(f"reward.set.{rs.preset}") if rs.preset in DEFAULT_SET_DESCRIPTIONS else ""
@@ -229,6 +239,7 @@ def build(studio, rewards: gr.State) -> dict:
             add = gr.Button(L("rewards.add.button"), elem_id="reward-add", variant="primary")
         with gr.Column(scale=4):
             gr.Markdown(L("rewards.table.heading"))
+            total = gr.Markdown(elem_id="reward-summary")
             message = gr.Markdown(elem_id="reward-message")
             with gr.Column(elem_id="reward-list"):
                 @gr.render(inputs=layout)
@@ -248,6 +259,7 @@ def build(studio, rewards: gr.State) -> dict:
         try_table = gr.Dataframe(interactive=False, wrap=True, elem_id="reward-try-table",
                                  elem_classes=["aha-score-table"])
     return {"pick": pick, "details": details, "add": add, "layout": layout, "shown": shown,
+            "summary": total,
             "propose": proposed, "message": message, "n_q": n_q, "n_c": n_c, "try": try_btn,
             "try_status": try_status, "try_table": try_table, "gallery": gallery}
 
@@ -328,6 +340,11 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
 
     rewards.change(redraw, [rewards, ui["shown"]], [ui["layout"], ui["shown"]],
                    show_progress="hidden")
+
+    def on_rewards(user, rs):
+        return summary(rs)
+
+    rewards.change(studio.handler(on_rewards), rewards, ui["summary"], show_progress="hidden")
 
     model_inputs = [form[p] for p in ("model.source", "model.precision", "model.chat_template",
                                       "data.system_prompt", "grpo.max_completion_length",

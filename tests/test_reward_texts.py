@@ -110,3 +110,17 @@ def test_the_form_checks_each_change_in_the_page_language():
         set_weight(rs, 0, None)
     with pytest.raises(RewardError):
         set_param(rs, 0, "unit", "lines")  # not one of its choices
+
+
+def test_the_set_in_one_line():
+    from studio.step_rewards import summary
+
+    rs = [{"template": "numeric_match", "weight": 1.0},
+          {"template": "tag_partial_credit", "weight": 0.25},
+          {"template": "repetition_penalty", "weight": -0.5}]
+    with speaking("en"):
+        line = summary(rs)
+    assert "1 × Right number + 0.25 × Tag checklist − 0.5 × " in line
+    with speaking("de"):
+        assert summary(rs).startswith("**Punktzahl einer Antwort:** 1 × Richtige Zahl")
+    assert summary([]) == ""

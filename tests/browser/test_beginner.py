@@ -81,6 +81,7 @@ def test_reload_and_restart_keep_the_form_and_a_banner_names_the_run(studio, pag
     # the reward's weight and settings are edited in place, each change kept at once
     n = reward_index(page, "length_target")
     fill(page, f"reward-{n}-weight", 0.5)
+    wait_text(page, "#reward-summary", "0.5 × Length near a target")  # the set in one line
     fill(page, f"reward-{n}-target", 20)
     fill(page, f"reward-{n}-target", 200000)  # too long: said, with the range, and not kept
     wait_text(page, "#reward-message", "from 0 to 100000")
