@@ -227,6 +227,43 @@ def grpo_diagram() -> str:
     return "".join(parts)
 
 
+def healthy_curves() -> str:
+    """An inline SVG of what healthy curves look like: the reward rising in a zigzag, the loss
+    jumping around 0, KL small and growing slowly (a sketch, not data)."""
+    import html
+    import math
+
+    steps = range(41)
+    shapes = {  # (key, values, lowest, highest)
+        "reward": [0.3 + 0.9 * (1 - math.exp(-k / 14)) + 0.08 * math.sin(k * 1.7) for k in steps],
+        "loss": [0.05 * math.sin(k * 2.3) + 0.03 * math.cos(k * 5.1) for k in steps],
+        "kl": [0.004 * k ** 1.2 + 0.01 * abs(math.sin(k)) for k in steps],
+    }
+    lows = {"reward": 0.0, "loss": -0.3, "kl": 0.0}
+    highs = {"reward": 1.5, "loss": 0.3, "kl": 1.5}
+    width, height, gap = 250, 110, 20
+    parts = [f'<svg viewBox="0 0 {3 * width + 2 * gap} {height + 34}" width="100%" '
+             f'style="max-width:{3 * width + 2 * gap}px" role="img" '
+             f'aria-label="{html.escape(t("train.grpo.curves.label"))}" '
+             'xmlns="http://www.w3.org/2000/svg">']
+    for n, (key, values) in enumerate(shapes.items()):
+        x0 = n * (width + gap)
+        lo, hi = lows[key], highs[key]
+        points = " ".join(f"{x0 + 8 + (width - 16) * k / 40:.1f},"
+                          f"{22 + (height - 30) * (1 - (v - lo) / (hi - lo)):.1f}"
+                          for k, v in zip(steps, values))
+        parts += [f'<rect x="{x0}" y="0" width="{width}" height="{height + 30}" rx="6" '
+                  'fill="#ffffff" stroke="#d1d5db"/>',
+                  f'<text x="{x0 + 10}" y="16" font-size="12" font-weight="600">'
+                  f'{html.escape(t("train.grpo.curves." + key))}</text>',
+                  f'<polyline points="{points}" fill="none" stroke="#f97316" stroke-width="2"/>',
+                  f'<text x="{x0 + width / 2}" y="{height + 24}" text-anchor="middle" '
+                  f'font-size="11" fill="#6b7280">'
+                  f'{html.escape(t("train.grpo.curves." + key + ".note"))}</text>']
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def build(form: dict) -> dict:
     gr.Markdown(L("train.heading"), elem_id="train-heading")
     with gr.Accordion(L("train.grpo.title"), open=False, elem_id="train-what-is-grpo"):
@@ -558,7 +595,8 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     demo_block.load(studio.handler(on_load), remembered, view + runs_out + banner_outs)
 
     def on_grpo_picture(user):
-        return grpo_diagram()
+        return grpo_diagram() + f'<p class="aha-curves-title">{t("train.grpo.curves.title")}</p>' \
+            + healthy_curves()
 
     demo_block.load(studio.handler(on_grpo_picture), None, ui["grpo_picture"],
                     show_progress="hidden", queue=False)

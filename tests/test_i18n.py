@@ -190,3 +190,17 @@ def test_core_advice_warnings_and_engine_reasons_have_both_languages():
         with i18n.speaking("de"):
             assert engine_why_text({"code": code, **values}) != english.format(**values)
     assert engine_why_text(None, "as core said") == "as core said"
+
+
+@pytest.mark.parametrize("lang", list(i18n.LANGUAGES))
+def test_the_grpo_pictures_are_drawn_in_the_page_language(lang):
+    import xml.dom.minidom
+
+    from studio.step_train import grpo_diagram, healthy_curves
+
+    with i18n.speaking(lang):
+        for svg in (grpo_diagram(), healthy_curves()):
+            xml.dom.minidom.parseString(svg)  # well-formed, whatever the language's characters
+        curves = healthy_curves()
+    for key in ("reward", "loss.note", "kl"):
+        assert i18n.t(f"train.grpo.curves.{key}", lang) in curves
