@@ -188,21 +188,22 @@ def settings_info(texts: dict[str, str]) -> dict[str, str]:
             continue
         lo, hi = meta.get("min"), meta.get("max")
         if lo is not None and hi is not None:
-            bounds = texts["settings.range.between"].format(lo=_num(lo), hi=_num(hi))
+            bounds = texts["settings.range.between"].format(lo=number_words(lo), hi=number_words(hi))
         elif lo is not None:
-            bounds = texts["settings.range.at_least"].format(lo=_num(lo))
+            bounds = texts["settings.range.at_least"].format(lo=number_words(lo))
         elif hi is not None:
-            bounds = texts["settings.range.at_most"].format(hi=_num(hi))
+            bounds = texts["settings.range.at_most"].format(hi=number_words(hi))
         else:
             bounds = ""
         out[f"settings.{path}.info"] = f"{help_text} ({bounds})" if bounds else help_text
     return out
 
 
-def _num(x) -> str:
+def number_words(x) -> str:
     """A bound as a person writes it: 1000000 rather than 1e+06, 0.001 rather than 1e-03."""
     if isinstance(x, float):
-        return str(int(x)) if x.is_integer() else f"{x:f}".rstrip("0")
+        # 12 places: 1e-07 is 0.0000001, not "0." (6 places round it away)
+        return str(int(x)) if x.is_integer() else f"{x:.12f}".rstrip("0").rstrip(".")
     return str(x)
 
 

@@ -50,10 +50,6 @@ def t(key: str, lang: str | None = None, **params) -> str:
     return text.format(**params) if params else text
 
 
-def has(key: str) -> bool:
-    return key in catalog(DEFAULT)
-
-
 def L(key: str):
     """A text fixed when the page is built: a marker the browser replaces by its translation."""
     import gradio as gr

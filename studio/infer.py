@@ -12,16 +12,11 @@ import os
 import sys
 import traceback
 
-from studio.i18n import pick, t
+from studio.i18n import DEFAULT, pick, speaking, t
 
 
 def _say(**fields) -> None:
     print(json.dumps(fields, ensure_ascii=False), flush=True)
-
-
-def _lang(req: dict) -> str | None:
-    """The language of the page that asked, for `t` (studio/i18n.py; no Gradio here)."""
-    return pick(req.get("lang")) if isinstance(req.get("lang"), str) else None
 
 
 def _model_config(req: dict):
@@ -60,7 +55,7 @@ class WarmModels:
         if entry is None:
             while len(self.bases) >= self.keep:  # least recently used goes first
                 self.bases.pop(next(iter(self.bases)))
-            _say(progress=t("chat.progress.loading_model", _lang(req)))
+            _say(progress=t("chat.progress.loading_model"))
             entry = {"loaded": load_model(_model_config(req), lora=False), "adapters": {}}
         self.bases[key] = entry
         adapter = req.get("adapter")
@@ -73,7 +68,7 @@ class WarmModels:
         if name is None:
             from peft import PeftModel
 
-            _say(progress=t("chat.progress.loading_adapter", _lang(req)))
+            _say(progress=t("chat.progress.loading_adapter"))
             name = f"a{abs(hash(akey)) % 10**8}"
             if not hasattr(loaded.model, "peft_config"):
                 loaded.model = PeftModel.from_pretrained(loaded.model, adapter, adapter_name=name)
@@ -99,7 +94,7 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     torch.set_num_threads(int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2)))
     warm = warm or WarmModels()
     if not warm.bases:
-        _say(progress=t("chat.progress.preparing", _lang(req)))
+        _say(progress=t("chat.progress.preparing"))
         resolve_source(req.get("source") or "default")
     loaded, adapter = warm.get(req)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -115,11 +110,11 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
         return [gen.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     torch.manual_seed(int(req.get("seed") or 0))
-    _say(progress=t("chat.progress.generating", _lang(req)))
+    _say(progress=t("chat.progress.generating"))
     if adapter:
         out = {"adapter": sample()}
         if req.get("compare_base"):
-            _say(progress=t("chat.progress.generating_base", _lang(req)))
+            _say(progress=t("chat.progress.generating_base"))
             torch.manual_seed(int(req.get("seed") or 0))
             with model.disable_adapter():
                 out["base"] = sample()
@@ -137,17 +132,17 @@ def prepare(req: dict) -> dict:
     from core.models import resolve_source
     from studio.estimate import shape_from_config
 
-    _say(progress=t("chat.progress.finding", _lang(req)))
+    _say(progress=t("chat.progress.finding"))
     path = resolve_source(req.get("source") or "default")
     if "/" in path and not path.startswith("/"):
         from huggingface_hub import snapshot_download
         from core.models import ModelError
-        _say(progress=t("chat.progress.downloading", _lang(req), model=path))
+        _say(progress=t("chat.progress.downloading", model=path))
         try:
             path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model",
                                                            "*.txt", "*.jinja"])
         except Exception as exc:
-            raise ModelError(t("chat.error.download", _lang(req), model=path)) from exc
+            raise ModelError(t("chat.error.download", model=path)) from exc
     config = AutoConfig.from_pretrained(path).to_dict()
     return {"path": path, "params": shape_from_config(config).params,
             "model_type": config.get("model_type", "?")}
@@ -161,12 +156,12 @@ def merge(req: dict) -> dict:
 
     from core.models import load_tokenizer, resolve_source
 
-    _say(progress=t("chat.progress.merge_loading", _lang(req)))
+    _say(progress=t("chat.progress.merge_loading"))
     path = resolve_source(req.get("source") or "default")
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    _say(progress=t("chat.progress.merging", _lang(req)))
+    _say(progress=t("chat.progress.merging"))
     merged = PeftModel.from_pretrained(base, req["adapter"]).merge_and_unload()
-    _say(progress=t("chat.progress.saving", _lang(req)))
+    _say(progress=t("chat.progress.saving"))
     merged.save_pretrained(req["out"])
     load_tokenizer(path).save_pretrained(req["out"])
     return {"path": req["out"]}
@@ -176,15 +171,17 @@ JOBS = {"generate": generate, "prepare": prepare, "merge": merge}
 
 
 def _answer(req: dict, warm: WarmModels | None = None) -> int:
-    try:
-        job = req.get("job", "generate")
-        result = generate(req, warm) if job == "generate" else JOBS[job](req)
-        _say(result=result)
-        return 0
-    except BaseException as exc:  # the parent shows the line; the traceback goes behind a toggle
-        from core.cli import friendly_error
-        _say(error=friendly_error(exc), traceback=traceback.format_exc())
-        return 1
+    lang = req.get("lang")  # the page's: every progress line of this request in its language
+    with speaking((pick(lang) if isinstance(lang, str) else None) or DEFAULT):
+        try:
+            job = req.get("job", "generate")
+            result = generate(req, warm) if job == "generate" else JOBS[job](req)
+            _say(result=result)
+            return 0
+        except BaseException as exc:  # the parent shows the line; the traceback behind a toggle
+            from core.cli import friendly_error
+            _say(error=friendly_error(exc), traceback=traceback.format_exc())
+            return 1
 
 
 def serve() -> int:

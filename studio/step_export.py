@@ -12,8 +12,9 @@ from core.config import ConfigError, RunConfig
 from .access import AccessError
 from .errors import friendly
 from .form import cli_command
-from .i18n import L, current as page_lang, has, lang_of, speaking, t
+from .i18n import L, lang_of, speaking, t
 from .jobs import JobError, model_threads, scratch_dir
+from .watch import run_state_words
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
                  "aha_config.yaml")
@@ -96,19 +97,9 @@ def chosen_adapter(run_dir: Path, choice: str | None) -> tuple[Path, int | None]
     return found, int(found.name[5:])
 
 
-# every state a run can be in (core.runs.RunStatus.state), each with a short word
-STATES = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training",
-          "stopped", "finished", "failed", "interrupted")
-
-
-def state_word(state: str) -> str:
-    key = f"export.state.{state}"
-    return t(key) if has(key) else state
-
-
 def run_choices(studio, user) -> list[tuple[str, str]]:
     """(label, run ref) of the runs with an adapter this user may see."""
-    return [(f"{user.run_ref(st.run_dir)} · {state_word(st.state)}", user.run_ref(st.run_dir))
+    return [(f"{user.run_ref(st.run_dir)} · {run_state_words(st)}", user.run_ref(st.run_dir))
             for st in studio.runs_of(user) if adapter_dir(st.run_dir) is not None]
 
 
@@ -205,7 +196,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                "adapter": str(adapter), "compare_base": True,
                "questions": [question.strip()[:4000]], "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
-               "temperature": cfg.grpo.temperature, "lang": page_lang(),
+               "temperature": cfg.grpo.temperature,
                "threads": model_threads(training=bool(studio.manager.running()))}
         try:
             for kind, value in studio.jobs.run(req):
@@ -267,7 +258,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             return
         out = run_dir / "merged-16bit"
         req = {"job": "merge", "source": cfg.model.source, "adapter": str(adapter_dir(run_dir)),
-               "out": str(out), "lang": page_lang()}
+               "out": str(out)}
         try:
             for kind, value in studio.jobs.run(req):
                 if kind == "progress":
@@ -295,11 +286,13 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             return f"❌ {exc}"
         return "✅ " + t("export.push.done", url=url)
 
-    @friendly
+    safe_push = friendly(push)
+
     def on_push(ref, repo, token, request: gr.Request, profile: gr.OAuthProfile | None,
                 oauth: gr.OAuthToken | None):
-        # not a Studio.handler (it also needs the OAuth token): the page's language set here
+        # not a Studio.handler (it also needs the OAuth token): the page's language set here,
+        # around `friendly` so that a failure's one line is in that language too
         with speaking(lang_of(request)):
-            return push(ref, repo, token, request, profile, oauth)
+            return safe_push(ref, repo, token, request, profile, oauth)
 
     ui["push"].click(on_push, [ui["run"], ui["repo"], ui["token"]], ui["push_status"])

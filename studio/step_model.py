@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .access import AccessError
-from .estimate import GB, estimate_memory, fit_verdict, shape_for_source
+from .estimate import GB, estimate_memory, fit_verdict, part_label, shape_for_source
 from .form import make_widget
 from .i18n import L, t
 from .jobs import JobError
@@ -20,14 +20,6 @@ PRESETS = [  # (label, source): the embedded default first, then popular small i
     (L("model.preset.choice.hub"), "__hub__"),
     (L("model.preset.choice.local"), "__local__"),
 ]
-
-# The estimate's parts (studio.estimate names them in English) by their text's key.
-PART_KEYS = {"base weights": "model.estimate.part.base_weights",
-             "adapter + optimizer": "model.estimate.part.adapter_optimizer",
-             "generation cache": "model.estimate.part.generation_cache",
-             "activations": "model.estimate.part.activations",
-             "log-prob chunk": "model.estimate.part.logprob_chunk",
-             "runtime": "model.estimate.part.runtime"}
 
 # The settings the estimate reads, in the order estimate_markdown takes them.
 ESTIMATE_PATHS = ["model.source", "model.precision", "model.lora_r", "grpo.max_prompt_length",
@@ -77,7 +69,7 @@ def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion
         return "unknown", t("model.estimate.fill_in")
     verdict, line = fit_verdict(parts["total"], machine.available_bytes)
     icon = {"ok": "✅", "tight": "⚠️", "too_big": "⛔"}[verdict]
-    detail = ", ".join(f"{t(PART_KEYS[k]) if k in PART_KEYS else k} {v / GB:.2f} GB"
+    detail = ", ".join(f"{part_label(k)} {v / GB:.2f} GB"
                        for k, v in parts.items() if k != "total")
     total = t("model.estimate.total", gb=f"{parts['total'] / GB:.1f}")
     params = t("model.estimate.params", millions=f"{shape.params / 1e6:.0f}")

@@ -10,6 +10,7 @@ from reward_templates import (DEFAULT_SET_DESCRIPTIONS, RewardError, RewardSet,
                               default_reward_set, get_template, list_templates, preview)
 
 from .access import AccessError
+from .form import number_words
 from .i18n import L, t
 from .jobs import JobError, model_threads
 
@@ -47,10 +48,6 @@ def code(text) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _num(x) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def template_details(name: str) -> tuple[str, str]:
     """(markdown about the template's settings, its default params as JSON), in the page's
     language."""
@@ -64,13 +61,7 @@ def template_details(name: str) -> tuple[str, str]:
     lines.append("\n" + t("rewards.details.settings" if spec.params else
                           "rewards.details.no_settings") + "\n")
     for p in spec.params:
-        extra = []
-        if p.min is not None and p.max is not None:
-            extra.append(t("rewards.details.range", min=_num(p.min), max=_num(p.max)))
-        elif p.min is not None:
-            extra.append(t("rewards.details.at_least", min=_num(p.min)))
-        elif p.max is not None:
-            extra.append(t("rewards.details.at_most", max=_num(p.max)))
+        extra = [_range_text(p)] if p.min is not None or p.max is not None else []
         if p.choices:
             extra.append(t("rewards.details.one_of",
                            choices=", ".join(code(c) for c in p.choices)))
@@ -81,7 +72,7 @@ def template_details(name: str) -> tuple[str, str]:
                      f"{t(f'{key}.param.{p.name}.help')}")
     if spec.examples:
         e = spec.examples[0]
-        score = t("rewards.na") if e.score is None else _num(float(e.score))
+        score = t("rewards.na") if e.score is None else number_words(float(e.score))
         completion = code(e.completion[:120])
         if e.answer is None:
             lines.append("\n" + t("rewards.details.example", completion=completion, score=score))
@@ -125,7 +116,7 @@ def summary(rewards: list[dict]) -> str:
     number + 0.25 × Tag checklist." """
     if not rewards:
         return ""
-    terms = " + ".join(f"{_num(float(r.get('weight', 1.0)))} × "
+    terms = " + ".join(f"{number_words(float(r.get('weight', 1.0)))} × "
                        f"{t('reward.' + r['template'] + '.title')}" for r in rewards)
     return t("rewards.summary", terms=terms.replace("+ -", "− "))
 
@@ -193,11 +184,11 @@ def set_param(rewards: list[dict], index: int, name: str, value) -> list[dict]:
 
 def _range_text(p) -> str:
     if p.min is not None and p.max is not None:
-        return t("rewards.details.range", min=_num(p.min), max=_num(p.max))
+        return t("rewards.details.range", min=number_words(p.min), max=number_words(p.max))
     if p.min is not None:
-        return t("rewards.details.at_least", min=_num(p.min))
+        return t("rewards.details.at_least", min=number_words(p.min))
     if p.max is not None:
-        return t("rewards.details.at_most", max=_num(p.max))
+        return t("rewards.details.at_most", max=number_words(p.max))
     return ""
 
 

@@ -61,13 +61,6 @@ CHART_TITLES = list(w.CHARTS)  # the charts' ids; their texts: w.CHART_KEYS
 STOPPING = "train.stop.stopping"  # the message while a run stops; replaced once it has stopped
 
 
-def run_state_words(st) -> str:
-    """The short words of a run's state in the runs table."""
-    if st.state == "queued":
-        return t("runs.state.queued_at", position=st.position)
-    return t(f"runs.state.{st.state}") if st.state in w.STATES else st.state
-
-
 def runs_table(studio: Studio, user: User, statuses=None) -> tuple[dict, list]:
     """The runs this user may see (`statuses`, when already listed), as a table and as
     (label, run ref) choices."""
@@ -75,7 +68,7 @@ def runs_table(studio: Studio, user: User, statuses=None) -> tuple[dict, list]:
     shared_view = user.sees_all and studio.policy.shared
     for st in studio.runs_of(user) if statuses is None else statuses:
         ref = user.run_ref(st.run_dir)
-        state = run_state_words(st)
+        state = w.run_state_words(st)
         row = [st.run_dir.name, st.name, state, f"{st.step}/{st.max_steps or '?'}",
                (st.error or "")[:120]]
         if shared_view:

@@ -161,8 +161,6 @@ class ChartCache:
         self._lock = threading.Lock()
 
     def figures(self, watch: dict) -> list:
-        from .i18n import current
-
         metrics, evals = watch["metrics"], watch.get("evals", [])
         key = (watch.get("run_dir"), len(metrics), metrics[-1].get("time") if metrics else None,
                len(evals), current())  # the titles are in the page's language
@@ -285,6 +283,14 @@ def format_duration(seconds: float | None) -> str:
 # short form for the runs table, `runs.state.<state>`
 STATES = ("created", "queued", "loading_data", "loading_model", "ready", "resumed", "training",
           "stopped", "finished", "failed", "interrupted")
+
+
+def run_state_words(st) -> str:
+    """The short words of a run's state (a core.runs.RunStatus), for the runs table and the
+    run choices of step 5."""
+    if st.state == "queued" and st.position:
+        return t("runs.state.queued_at", position=st.position)
+    return t(f"runs.state.{st.state}") if st.state in STATES else st.state
 
 
 def state_words(state: str | None, default: str = "") -> str:
@@ -546,9 +552,7 @@ def engine_why_text(why: dict | None, english: str | None = None) -> str:
     """Why the engine was chosen (core.engine_choice.pick_engine's code and values)."""
     if not isinstance(why, dict) or why.get("code") not in REASONS:
         return english or ""
-    sep = "." if current() == "de" else ","
-    values = {k: f"{v:,}".replace(",", sep) if isinstance(v, int) else v
-              for k, v in why.items() if k != "code"}
+    values = {k: number(v) if isinstance(v, int) else v for k, v in why.items() if k != "code"}
     try:
         return t(f"engine.why.{why['code']}", **values)
     except (KeyError, IndexError):

@@ -204,3 +204,17 @@ def test_the_grpo_pictures_are_drawn_in_the_page_language(lang):
         curves = healthy_curves()
     for key in ("reward", "loss.note", "kl"):
         assert i18n.t(f"train.grpo.curves.{key}", lang) in curves
+
+
+@pytest.mark.parametrize("lang", list(i18n.LANGUAGES))
+def test_the_model_process_speaks_the_language_of_the_request(lang):
+    import json
+    import subprocess
+    import sys
+
+    request = {"job": "prepare", "source": "/no-such-model-folder", "lang": lang}
+    out = subprocess.run([sys.executable, "-m", "studio.infer"], cwd=ROOT, text=True,
+                         input=json.dumps(request), capture_output=True, timeout=120).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert lines[0] == {"progress": i18n.t("chat.progress.finding", lang)}
+    assert "error" in lines[-1]  # no such folder: one line, in the end
