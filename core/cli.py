@@ -1,4 +1,4 @@
-"""Command line: `python -m core train ...`, `python -m core data check ...`."""
+"""Command line: `python -m core train ...`, `eval ...`, `export ...`, `data check ...`."""
 from __future__ import annotations
 
 import argparse
@@ -13,10 +13,11 @@ def friendly_error(exc: BaseException) -> str:
     """One line a beginner can act on."""
     from .config import ConfigError
     from .data import DataError
+    from .export import ExportError
     from .models import ModelError
     from .vllm_engine import VLLMError
 
-    known = (ConfigError, DataError, ModelError, VLLMError)
+    known = (ConfigError, DataError, ExportError, ModelError, VLLMError)
     try:
         from reward_templates import RewardError
         known += (RewardError,)
@@ -109,6 +110,42 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def cmd_export(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .export import STEPS, export_run
+
+    hf_logging.disable_progress_bar()
+
+    def progress(code: str, **values) -> None:
+        print(STEPS[code].format(**values) + " ...", flush=True)
+
+    try:
+        result = export_run(args.run_dir, args.format, quant=args.quant,
+                            checkpoint=args.checkpoint, out=args.out, progress=progress,
+                            check=not args.no_check, threads=args.threads)
+    except BaseException as exc:
+        print(f"error: {friendly_error(exc)}", file=sys.stderr)
+        if os.environ.get("AHA_DEBUG"):
+            traceback.print_exc()
+        return 1
+    if "check" in result:
+        print(f"llama.cpp answered {result['check']['question']!r}: "
+              f"{result['check']['answer'][:200]!r}")
+    print(f"wrote {result['folder']} ({result['checkpoint']} adapter):")
+    for path in result["files"]:
+        print(f"  {Path(path).name}  {_size(Path(path).stat().st_size)}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def cmd_data_check(args) -> int:
     from .data import check_data
 
@@ -147,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Score at most this many questions (default: train.eval_max_questions).")
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores).")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="Take a run's adapter home: as it is (peft), merged into "
+                       "the base (16-bit safetensors) or as GGUF (llama.cpp, Ollama, LM Studio).")
+    x.add_argument("run_dir", help="The run's folder.")
+    x.add_argument("--format", default="gguf", choices=("adapter", "merged", "gguf"),
+                   help="adapter, merged or gguf (default).")
+    x.add_argument("--quant", default="q4_k_m", choices=("f16", "q8_0", "q4_k_m"),
+                   help="GGUF type: f16 (exact), q8_0, q4_k_m (smallest, the default).")
+    x.add_argument("--checkpoint", help="A checkpoint such as step-20 (default: the final adapter).")
+    x.add_argument("--out", help="Folder to write (default: RUN_DIR/export/<run>-<format>).")
+    x.add_argument("--no-check", action="store_true",
+                   help="Do not ask the GGUF file a test question in llama.cpp.")
+    x.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="Data tools.")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -55,9 +55,21 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+# What the card is for: the adapter itself, the base with it merged in, or a GGUF file.
+KINDS = {
+    "adapter": ("peft", "a LoRA adapter for {base}", "Load it with peft on top of `{base}`."),
+    "merged": ("transformers", "{base} with a GRPO-trained LoRA adapter merged in",
+               "Load this folder with transformers' `AutoModelForCausalLM`; it needs no peft."),
+    "gguf": ("gguf", "{base} with a GRPO-trained LoRA adapter merged in, as GGUF",
+             "Run `{file}` in llama.cpp or LM Studio, or in Ollama with "
+             "`ollama create NAME -f Modelfile`."),
+}
+
+
 def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfig,
-                     note: str = "") -> Path:
-    """README.md (and reward.svg) for the adapter in `adapter_dir`, from the run's events."""
+                     note: str = "", kind: str = "adapter", file: str = "") -> Path:
+    """README.md (and reward.svg) for the adapter in `adapter_dir` (or, by `kind`, the merged
+    model or GGUF file there), from the run's events."""
     adapter_dir, run_dir = Path(adapter_dir), Path(run_dir)
     events, _ = read_events(run_dir)
     metrics = [e for e in events if e["type"] == "metrics"]
@@ -72,15 +84,19 @@ def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfi
     names = [r.name or r.template for r in cfg.rewards]
     window = metrics[-min(8, len(metrics)):] if metrics else []
     first = metrics[:min(8, len(metrics))]
-    front = {"base_model": base, "library_name": "peft",
+    library, title, how = KINDS[kind]
+    front = {"base_model": base, "library_name": library,
              "tags": ["grpo", "lora", "aha-studio", "reinforcement-learning"]}
+    if kind != "adapter":
+        front["base_model_relation"] = "finetune"  # an adapter merged in is a fine-tune
+        front["tags"].append(kind)
     data = cfg.data.source
     data_text = "the built-in arithmetic set" if data.startswith("builtin:") else \
         f"`{Path(data).name if Path(data).is_absolute() else data}`"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-             f"# {html.escape(cfg.name)}: a LoRA adapter for {base}", "",
+             f"# {html.escape(cfg.name)}: {title.format(base=base)}", "",
              f"Trained with GRPO in Aha Studio for {len(metrics)} steps on {data_text}. "
-             f"Load it with peft on top of `{base}`.", ""]
+             f"{how.format(base=base, file=file)}", ""]
     if note:
         lines += [note, ""]
     lines += ["## Rewards", ""]

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv and install the CPU requirements (idempotent: skips work already done).
-# Usage: scripts/setup.sh [--vllm] [extra requirements files...]
-#   --vllm also builds .venv-vllm, the vLLM generation engine's own environment
+# Usage: scripts/setup.sh [--vllm] [--export] [extra requirements files...]
+#   --vllm   also builds .venv-vllm, the vLLM generation engine's own environment
+#   --export also installs llama.cpp's converter and quantizer for GGUF export
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_vllm=0
-if [ "${1:-}" = "--vllm" ]; then with_vllm=1; shift; fi
+with_export=0
+while [ "${1:-}" = "--vllm" ] || [ "${1:-}" = "--export" ]; do
+  if [ "$1" = "--vllm" ]; then with_vllm=1; else with_export=1; fi
+  shift
+done
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -27,4 +32,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 if [ "$with_vllm" = 1 ]; then
   bash scripts/setup_vllm.sh
+fi
+if [ "$with_export" = 1 ]; then
+  bash scripts/setup_export.sh
 fi

@@ -148,26 +148,21 @@ def prepare(req: dict) -> dict:
             "model_type": config.get("model_type", "?")}
 
 
-def merge(req: dict) -> dict:
-    """{"source", "adapter", "out"} -> {"path"}: the base in 16-bit with the adapter merged in."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+def export(req: dict) -> dict:
+    """{"run_dir", "format", "quant", "checkpoint", "out", "threads"} -> core.export's result:
+    the adapter merged into the base (16-bit) or made into GGUF, with each step said in the
+    page's language."""
+    from core.export import export_run
 
-    from core.models import load_tokenizer, resolve_source
+    def progress(code: str, **values) -> None:
+        _say(progress=t(f"export.step.{code}", **values))
 
-    _say(progress=t("chat.progress.merge_loading"))
-    path = resolve_source(req.get("source") or "default")
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    _say(progress=t("chat.progress.merging"))
-    merged = PeftModel.from_pretrained(base, req["adapter"]).merge_and_unload()
-    _say(progress=t("chat.progress.saving"))
-    merged.save_pretrained(req["out"])
-    load_tokenizer(path).save_pretrained(req["out"])
-    return {"path": req["out"]}
+    return export_run(req["run_dir"], req["format"], quant=req.get("quant") or "q4_k_m",
+                      checkpoint=req.get("checkpoint"), out=req.get("out"), progress=progress,
+                      threads=req.get("threads"))
 
 
-JOBS = {"generate": generate, "prepare": prepare, "merge": merge}
+JOBS = {"generate": generate, "prepare": prepare, "export": export}
 
 
 def _answer(req: dict, warm: WarmModels | None = None) -> int:
@@ -180,7 +175,11 @@ def _answer(req: dict, warm: WarmModels | None = None) -> int:
             return 0
         except BaseException as exc:  # the parent shows the line; the traceback behind a toggle
             from core.cli import friendly_error
-            _say(error=friendly_error(exc), traceback=traceback.format_exc())
+            from core.export import ExportError
+
+            line = (t(f"export.fail.{exc.code}", **exc.values) if isinstance(exc, ExportError)
+                    else friendly_error(exc))
+            _say(error=line, traceback=traceback.format_exc())
             return 1
 
 

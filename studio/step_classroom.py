@@ -8,10 +8,12 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.export import copy_adapter
+
 from .access import AccessError, Limits, Policy
 from .i18n import L, t
 from .jobs import scratch_dir
-from .step_export import ADAPTER_FILES, adapter_dir
+from .step_export import adapter_dir
 from .step_train import runs_table
 
 # each limit's label, and whether it has a line of help (classroom.limit.<name>.label|info)
@@ -32,11 +34,7 @@ def all_adapters_zip(policy: Policy, runs) -> Path:
         if src is None:
             continue
         owner = st.run_dir.parent.parent.name if policy.mode != "local" else "local"
-        target = folder / owner / st.run_dir.name
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ADAPTER_FILES:
-            if (src / name).exists():
-                shutil.copy2(src / name, target / name)
+        copy_adapter(src, folder / owner / st.run_dir.name)
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError, RunConfig
+from core.export import copy_adapter
 
 from .access import AccessError
 from .errors import friendly
@@ -16,8 +17,7 @@ from .i18n import L, lang_of, speaking, t
 from .jobs import JobError, model_threads, scratch_dir
 from .watch import run_state_words
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
-                 "aha_config.yaml")
+GGUF_TYPES = ("q4_k_m", "q8_0", "f16")  # core.export.QUANTS, smallest first
 
 
 def adapter_dir(run_dir: str | Path) -> Path | None:
@@ -31,22 +31,32 @@ def adapter_dir(run_dir: str | Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name[5:]), default=None)
 
 
-def adapter_files(run_dir: str | Path) -> Path:
-    """A fresh folder with just the adapter's files (no optimizer state), named after the run."""
-    src = adapter_dir(run_dir)
-    if src is None:
-        raise FileNotFoundError(t("export.error.no_adapter_train_more"))
-    folder = scratch_dir("aha-export-") / f"{Path(run_dir).name}-adapter"
-    folder.mkdir()
-    for name in ADAPTER_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, folder / name)
+def adapter_files(run_dir: str | Path, choice: str | None = None) -> Path:
+    """A fresh folder with just the adapter's files (no optimizer state), named after the run:
+    the chosen checkpoint's, else the final adapter's, else the newest checkpoint's."""
+    run_dir = Path(run_dir)
+    if choice:
+        src, step = chosen_adapter(run_dir, choice)
+    else:
+        src, step = adapter_dir(run_dir), None
+        if src is None:
+            raise FileNotFoundError(t("export.error.no_adapter_train_more"))
+    folder = scratch_dir("aha-export-") / export_name(run_dir, step, "adapter")
+    copy_adapter(src, folder)
     return folder
 
 
-def zip_adapter(run_dir: str | Path) -> Path:
-    folder = adapter_files(run_dir)
+def export_name(run_dir: Path, step: int | None, kind: str) -> str:
+    return f"{run_dir.name}{'' if step is None else f'-step-{step}'}-{kind}"
+
+
+def zip_adapter(run_dir: str | Path, choice: str | None = None) -> Path:
+    folder = adapter_files(run_dir, choice)
     return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+
+
+def size_words(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{max(1, n // 1024)} KB"
 
 
 def push_to_hub(folder: Path, repo_id: str, token: str) -> str:
@@ -123,6 +133,11 @@ def build() -> dict:
         zip_btn = gr.Button(L("export.zip.button"), elem_id="export-zip")
         merge_btn = gr.Button(L("export.merge.button"), elem_id="export-merge")
         yaml_btn = gr.Button(L("export.yaml.button"), elem_id="export-yaml")
+    with gr.Row(equal_height=True):
+        quant = gr.Dropdown([(L(f"export.gguf.type.{q}"), q) for q in GGUF_TYPES],
+                            value=GGUF_TYPES[0], label=L("export.gguf.type.label"),
+                            info=L("export.gguf.type.info"), elem_id="export-quant", scale=2)
+        gguf_btn = gr.Button(L("export.gguf.button"), elem_id="export-gguf", scale=1)
     files = gr.File(label=L("export.files.label"), file_count="multiple", interactive=False,
                     elem_id="export-files")
     export_status = gr.Markdown(elem_id="export-status")
@@ -139,7 +154,8 @@ def build() -> dict:
     return {"run": run, "refresh": refresh, "checkpoint": checkpoint, "question": question,
             "ask": ask,
             "chat_status": chat_status, "trained": trained, "base": base, "zip": zip_btn,
-            "merge": merge_btn, "yaml": yaml_btn, "files": files, "status": export_status,
+            "merge": merge_btn, "yaml": yaml_btn, "quant": quant, "gguf": gguf_btn,
+            "files": files, "status": export_status,
             "command": command, "repo": repo, "token": token, "push": push,
             "push_status": push_status}
 
@@ -222,16 +238,17 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             raise AccessError(t("export.error.not_owner"))
         return run_dir
 
-    def on_zip(user, ref):
+    def on_zip(user, ref, choice):
         if not ref:
             return gr.skip(), t("export.need_run")
         try:
-            path = zip_adapter(owned(user, ref))
+            path = zip_adapter(owned(user, ref), choice)
         except FileNotFoundError as exc:
             return gr.skip(), f"❌ {exc}"
         return [str(path)], t("export.zip.done", file=path.name)
 
-    ui["zip"].click(studio.handler(on_zip), ui["run"], [ui["files"], ui["status"]])
+    ui["zip"].click(studio.handler(on_zip), [ui["run"], ui["checkpoint"]],
+                    [ui["files"], ui["status"]])
 
     def on_yaml(user, ref):
         if not ref:
@@ -245,34 +262,58 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
 
     ui["yaml"].click(studio.handler(on_yaml), ui["run"], [ui["files"], ui["status"]])
 
-    def on_merge(user, ref):
-        if not ref:
-            yield gr.skip(), t("export.need_run")
-            return
-        try:
-            run_dir = owned(user, ref)
-            user.check_quota()
-            cfg = RunConfig.load(run_dir / "config.yaml")
-        except (ConfigError, AccessError) as exc:
-            yield gr.skip(), f"❌ {exc}"
-            return
-        out = run_dir / "merged-16bit"
-        req = {"job": "merge", "source": cfg.model.source, "adapter": str(adapter_dir(run_dir)),
-               "out": str(out)}
-        try:
-            for kind, value in studio.jobs.run(req):
-                if kind == "progress":
-                    yield gr.skip(), f"⏳ {value}…"
-                else:
-                    folder = f"{run_dir.name}/merged-16bit"
-                    yield gr.skip(), "✅ " + t("export.merge.done", folder=folder)
-        except JobError as exc:
-            yield gr.skip(), f"❌ {exc}"
+    def exporter(fmt: str):
+        """The merged model (as a zip) or a GGUF file with its Modelfile, made in a model
+        process from the checkpoint chosen above, each step shown as it goes."""
+        def on_export(user, ref, choice, quant):
+            if not ref:
+                yield gr.skip(), t("export.need_run")
+                return
+            try:
+                run_dir = owned(user, ref)
+                _, step = chosen_adapter(run_dir, choice)
+            except AccessError as exc:
+                yield gr.skip(), f"❌ {exc}"
+                return
+            quant = quant if quant in GGUF_TYPES else GGUF_TYPES[0]
+            kind = "merged-16bit" if fmt == "merged" else f"gguf-{quant}"
+            out = scratch_dir(f"aha-{fmt}-") / export_name(run_dir, step, kind)
+            req = {"job": "export", "run_dir": str(run_dir), "format": fmt, "quant": quant,
+                   "checkpoint": None if step is None else f"step-{step}", "out": str(out),
+                   "threads": model_threads(training=bool(studio.manager.running()))}
+            which = (t("export.which.final") if step is None
+                     else t("export.which.step", step=step))
+            result = None
+            try:
+                for kind_, value in studio.jobs.run(req, timeout=3600):
+                    if kind_ == "progress":
+                        yield gr.skip(), f"⏳ {value}…"
+                    else:
+                        result = value
+            except JobError as exc:
+                yield gr.skip(), f"❌ {exc}"
+                return
+            if fmt == "merged":
+                yield gr.skip(), f"⏳ {t('export.step.zipping')}…"
+                path = Path(shutil.make_archive(str(out), "zip", root_dir=out))
+                shutil.rmtree(out, ignore_errors=True)
+                yield [str(path)], "✅ " + t("export.merge.done", file=path.name, which=which,
+                                            size=size_words(path.stat().st_size))
+                return
+            gguf = Path(result["files"][0])
+            check = result.get("check") or {}
+            yield result["files"], "✅ " + t(
+                "export.gguf.done", file=gguf.name, which=which,
+                size=size_words(gguf.stat().st_size), question=check.get("question", ""),
+                answer=(check.get("answer") or "…")[:200])
+        return on_export
 
-    ui["merge"].click(studio.handler(on_merge), ui["run"], [ui["files"], ui["status"]],
-                      concurrency_limit=1)
+    for fmt in ("merged", "gguf"):
+        ui[fmt if fmt == "gguf" else "merge"].click(
+            studio.handler(exporter(fmt)), [ui["run"], ui["checkpoint"], ui["quant"]],
+            [ui["files"], ui["status"]], concurrency_limit=1, concurrency_id="export")
 
-    def push(ref, repo, token, request, profile, oauth):
+    def push(ref, choice, repo, token, request, profile, oauth):
         user = policy.user(request, profile)
         if not ref:
             return "❌ " + t("export.push.need_run")
@@ -281,18 +322,19 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                 return "❌ " + t("export.push.need_sign_in")
             token = oauth.token
         try:
-            url = push_to_hub(adapter_files(owned(user, ref)), repo, token)
+            url = push_to_hub(adapter_files(owned(user, ref), choice), repo, token)
         except (ValueError, FileNotFoundError) as exc:
             return f"❌ {exc}"
         return "✅ " + t("export.push.done", url=url)
 
     safe_push = friendly(push)
 
-    def on_push(ref, repo, token, request: gr.Request, profile: gr.OAuthProfile | None,
+    def on_push(ref, choice, repo, token, request: gr.Request, profile: gr.OAuthProfile | None,
                 oauth: gr.OAuthToken | None):
         # not a Studio.handler (it also needs the OAuth token): the page's language set here,
         # around `friendly` so that a failure's one line is in that language too
         with speaking(lang_of(request)):
-            return safe_push(ref, repo, token, request, profile, oauth)
+            return safe_push(ref, choice, repo, token, request, profile, oauth)
 
-    ui["push"].click(on_push, [ui["run"], ui["repo"], ui["token"]], ui["push_status"])
+    ui["push"].click(on_push, [ui["run"], ui["checkpoint"], ui["repo"], ui["token"]],
+                     ui["push_status"])

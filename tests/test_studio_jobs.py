@@ -28,28 +28,46 @@ def test_a_bad_model_source_is_one_line_not_a_crash(tmp_path):
     assert "Traceback" in exc.value.traceback
 
 
-def test_merge_writes_a_16bit_model_that_answers_like_base_plus_adapter(tiny_model_dir, tmp_path):
+def _tiny_run(tiny_model_dir, tmp_path):
+    """A run folder on the tiny model whose adapter moves the answers (B is zero at the start)."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    from core.config import RunConfig
+
+    run_dir = tmp_path / "tiny-run"
+    run_dir.mkdir()
+    RunConfig.from_dict({"model": {"source": str(tiny_model_dir)}}).save(run_dir / "config.yaml")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+    with torch.no_grad():
         for name, p in adapted.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-    adapted.save_pretrained(tmp_path / "adapter")
+    adapted.save_pretrained(run_dir / "adapter")
+    return run_dir
+
+
+def test_the_export_job_merges_a_16bit_model_that_answers_like_base_plus_adapter(tiny_model_dir,
+                                                                                 tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir = _tiny_run(tiny_model_dir, tmp_path)
     out = tmp_path / "merged"
-    result = run_job_quietly({"job": "merge", "source": str(tiny_model_dir),
-                              "adapter": str(tmp_path / "adapter"), "out": str(out)})
-    assert result["path"] == str(out)
+    seen = list(run_job({"job": "export", "run_dir": str(run_dir), "format": "merged",
+                         "out": str(out), "threads": 1, "lang": "de"}))
+    assert ("progress", "Adapter wird in das Ausgangsmodell eingebaut") in seen  # page language
+    result = seen[-1][1]
+    assert result["folder"] == str(out) and result["checkpoint"] == "final"
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert merged.dtype == torch.bfloat16
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    assert (out / "tokenizer_config.json").exists()
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-    reference = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert (out / "tokenizer_config.json").exists() and (out / "README.md").exists()
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(fresh, run_dir / "adapter")
     ids = torch.tensor([[1, 20, 300, 4000, 50]])
     with torch.no_grad():
         want, got = reference(input_ids=ids).logits, merged(input_ids=ids).logits
@@ -57,6 +75,17 @@ def test_merge_writes_a_16bit_model_that_answers_like_base_plus_adapter(tiny_mod
     with reference.disable_adapter(), torch.no_grad():
         plain = reference(input_ids=ids).logits
     assert not torch.allclose(got.float(), plain.float(), atol=1e-3)  # the adapter is in it
+
+
+def test_an_export_that_cannot_run_says_why_in_the_page_language(tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+    run_dir = _tiny_run(tiny_model_dir, tmp_path)
+    monkeypatch.setenv("AHA_LLAMA_CPP", str(tmp_path))  # no llama.cpp converter there
+    with pytest.raises(JobError) as exc:
+        run_job_quietly({"job": "export", "run_dir": str(run_dir), "format": "gguf",
+                         "out": str(tmp_path / "gguf"), "lang": "de"})
+    assert str(exc.value).startswith("Für den GGUF-Export braucht es den Konverter")
+    assert not (tmp_path / "gguf").exists()
 
 
 def test_push_to_hub_gives_one_line_reasons(tmp_path):

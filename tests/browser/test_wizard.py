@@ -102,6 +102,24 @@ def test_whole_wizard(studio, page, tmp_path):
     names = set(zipfile.ZipFile(path).namelist())
     assert {"adapter_config.json", "adapter_model.safetensors"} <= names
     assert not any(n.endswith(".pt") for n in names)  # no optimizer or RNG state
+    # a GGUF file for llama.cpp, Ollama and LM Studio, made and checked by llama.cpp itself
+    assert page.input_value("#export-quant input").startswith("q4_k_m")
+    page.click("#export-gguf")
+    wait_text(page, "#export-status", "Converting to GGUF with llama.cpp", timeout=120)
+    wait_text(page, "#export-status", "GGUF ready", timeout=300)
+    assert "Asked in llama.cpp" in page.inner_text("#export-status")
+    rows = page.locator("#export-files tr")
+    wait_until(lambda: rows.count() == 3, 30, "the GGUF's three downloads")
+    names = [rows.nth(i).inner_text().replace("\n", "") for i in range(3)]
+    gguf = next((i for i, n in enumerate(names) if "-gguf-q4_k_m.gguf" in n), None)
+    assert gguf is not None, names
+    assert "Modelfile" in " ".join(names) and "README.md" in " ".join(names)
+    with page.expect_download() as dl:
+        rows.nth(gguf).locator("a").click()
+    dl.value.save_as(tmp_path / "model.gguf")
+    with open(tmp_path / "model.gguf", "rb") as f:
+        assert f.read(4) == b"GGUF"
+    assert 30e6 < (tmp_path / "model.gguf").stat().st_size < 140e6  # 4-bit, not 16
     shot(page, "5-export")
     assert page.outside_requests == []
 
