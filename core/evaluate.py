@@ -20,6 +20,14 @@ from .events import EventLog
 
 EVAL_FILE = "eval.json"
 
+# What an evaluation is doing, by code: the English words here; the studio says each in the
+# page's language (studio/locales, eval.step.<code>).
+EVAL_STEPS = {
+    "loading": "Loading the model and the held-out questions",
+    "trained": "The trained model answers {n} questions",
+    "base": "The base model answers the same {n} questions",
+}
+
 
 def build_reward_set(cfg: RunConfig, dataset):
     """The run's reward set: the configured terms, or the default proposed from the data."""
@@ -126,9 +134,10 @@ def find_adapter(run_dir: Path, checkpoint: str | None) -> tuple[Path, str]:
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str = "heldout",
                  samples: int = 0, max_questions: int | None = None,
-                 threads: int | None = None) -> dict:
+                 threads: int | None = None, progress=lambda code, **values: None) -> dict:
     """Score base and trained on the run's held-out questions (or its training questions) and
-    write eval.json. Returns what it wrote."""
+    write eval.json. Returns what it wrote. `progress(code, **values)` hears each step
+    (EVAL_STEPS)."""
     from .generation import TransformersEngine
     from .models import load_model
 
@@ -137,6 +146,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
     adapter, label = find_adapter(run_dir, checkpoint)  # before any slow work: fail fast
     if threads:
         torch.set_num_threads(threads)
+    progress("loading")
     train, heldout = data_lib.prepare_run_data(cfg.data)
     if split == "heldout":
         if heldout is None:
@@ -159,8 +169,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
                                 cfg.generation.max_batch_size,
                                 weights=loaded.generation_context)
     torch.manual_seed(cfg.train.seed)
+    progress("trained", n=len(rows))
     trained = score_questions(engine, loaded.tokenizer, rows, rewards, cfg, samples)
     torch.manual_seed(cfg.train.seed)
+    progress("base", n=len(rows))
     with model.disable_adapter():
         base = score_questions(engine, loaded.tokenizer, rows, rewards, cfg, samples)
 

@@ -98,6 +98,7 @@ def export_run(run_dir: str | Path, fmt: str, *, quant: str = "q4_k_m",
     named). Returns {"format", "folder", "files": [paths], "checkpoint"} and, for a GGUF checked
     in llama.cpp, "check": {"question", "answer"}."""
     from .evaluate import find_adapter
+    from .modelcard import collapse_note
 
     if fmt not in FORMATS:
         raise ExportError("bad_format", value=fmt)
@@ -117,12 +118,15 @@ def export_run(run_dir: str | Path, fmt: str, *, quant: str = "q4_k_m",
     _check_space(cfg, fmt, folder.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        card = {"note": collapse_note(run_dir) if label == "final" else "",
+                "checkpoint": label}
         if fmt == "adapter":
-            files = _adapter(adapter, run_dir, cfg, work)
+            files = _adapter(adapter, run_dir, cfg, work, card)
         elif fmt == "merged":
-            files = _merged(adapter, run_dir, cfg, work, progress)
+            files = _merged(adapter, run_dir, cfg, work, progress, card)
         else:
-            files = _gguf(adapter, run_dir, cfg, work, folder.name, quant, progress, threads)
+            files = _gguf(adapter, run_dir, cfg, work, folder.name, quant, progress, threads,
+                          card)
         if folder.exists():
             shutil.rmtree(folder)
         work.rename(folder)
@@ -171,11 +175,12 @@ def copy_adapter(adapter: Path, out: Path) -> list[Path]:
     return [out / n for n in ADAPTER_FILES if (out / n).exists()]
 
 
-def _adapter(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path) -> list[Path]:
-    if not (adapter / "README.md").exists():  # checkpoints of older runs had no card
-        from .modelcard import write_model_card
-        write_model_card(work, run_dir, cfg)
-    return copy_adapter(adapter, work)
+def _adapter(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path, card: dict) -> list[Path]:
+    from .modelcard import write_model_card
+
+    copy_adapter(adapter, work)
+    write_model_card(work, run_dir, cfg, **card)  # fresh: with any evaluation since training
+    return [work / n for n in ADAPTER_FILES if (work / n).exists()]
 
 
 def merge_adapter(adapter: Path, cfg: RunConfig, out: Path, dtype: str,
@@ -205,16 +210,16 @@ def merge_adapter(adapter: Path, cfg: RunConfig, out: Path, dtype: str,
 
 
 def _merged(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path,
-            progress: Progress) -> list[Path]:
+            progress: Progress, card: dict) -> list[Path]:
     from .modelcard import write_model_card
 
     merge_adapter(adapter, cfg, work, "bfloat16", progress)
-    write_model_card(work, run_dir, cfg, kind="merged")
+    write_model_card(work, run_dir, cfg, kind="merged", **card)
     return sorted(work.iterdir())
 
 
 def _gguf(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path, stem: str, quant: str,
-          progress: Progress, threads: int | None) -> list[Path]:
+          progress: Progress, threads: int | None, card: dict) -> list[Path]:
     from .modelcard import write_model_card
 
     with tempfile.TemporaryDirectory(prefix=".merged-", dir=work.parent) as tmp:
@@ -231,7 +236,7 @@ def _gguf(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path, stem: str, q
         f16.unlink()
     modelfile = work / "Modelfile"
     modelfile.write_text(ollama_modelfile(target.name, cfg), encoding="utf-8")
-    write_model_card(work, run_dir, cfg, kind="gguf", file=target.name)
+    write_model_card(work, run_dir, cfg, kind="gguf", file=target.name, **card)
     return [target, modelfile, work / "README.md"]
 
 

@@ -12,7 +12,6 @@ import yaml
 
 from .config import RunConfig
 from .events import read_events
-from .models import public_base_id
 
 CHART_FILE = "reward.svg"
 
@@ -66,10 +65,36 @@ KINDS = {
 }
 
 
+def collapse_note(run_dir: str | Path) -> str:
+    """Why the final adapter is an earlier one, when a collapse stopped the run (its status
+    line), else ''."""
+    events, _ = read_events(Path(run_dir))
+    stops = [e for e in events if e["type"] == "status" and e.get("collapsed_at") is not None]
+    return str(stops[-1].get("message", "")) if stops else ""
+
+
+def saved_evaluation(run_dir: str | Path, checkpoint: str = "final") -> dict | None:
+    """The run's eval.json (`python -m core eval`, or the studio's "Did it learn?") when it
+    scored `checkpoint`; None otherwise or when it cannot be read."""
+    path = Path(run_dir) / "eval.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("checkpoint") != checkpoint \
+            or not isinstance(result.get("greedy"), dict):
+        return None
+    return result
+
+
 def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfig,
-                     note: str = "", kind: str = "adapter", file: str = "") -> Path:
+                     note: str = "", kind: str = "adapter", file: str = "",
+                     checkpoint: str = "final") -> Path:
     """README.md (and reward.svg) for the adapter in `adapter_dir` (or, by `kind`, the merged
-    model or GGUF file there), from the run's events."""
+    model or GGUF file there), from the run's events and, when it scored this adapter
+    (`checkpoint`: final or step-N), the run's eval.json."""
+    from .models import public_base_id  # torch: only when a card is written
+
     adapter_dir, run_dir = Path(adapter_dir), Path(run_dir)
     events, _ = read_events(run_dir)
     metrics = [e for e in events if e["type"] == "metrics"]
@@ -123,6 +148,22 @@ def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfi
         if "accuracy" in after:
             lines.append(f"| accuracy | {_fmt(before.get('accuracy'))} | "
                          f"{_fmt(after.get('accuracy'))} |")
+    scored = saved_evaluation(run_dir, checkpoint)
+    if scored:
+        base, trained = scored["greedy"].get("base", {}), scored["greedy"].get("trained", {})
+        which = ("held-out questions never trained on" if scored.get("split") == "heldout"
+                 else "training questions")
+        lines += ["", f"The base model and this adapter on {scored.get('questions')} {which} "
+                  "(greedy answers, `python -m core eval`):", "",
+                  "| | base model | trained |", "|---|---|---|"]
+        if "accuracy" in trained:
+            lines.append(f"| accuracy | {_fmt(base.get('accuracy'))} | "
+                         f"{_fmt(trained.get('accuracy'))} |")
+        lines.append(f"| total reward | {_fmt(base.get('total'))} | "
+                     f"{_fmt(trained.get('total'))} |")
+        for name, value in (trained.get("rewards") or {}).items():
+            lines.append(f"| {name} | {_fmt((base.get('rewards') or {}).get(name))} | "
+                         f"{_fmt(value)} |")
     g, t, m = cfg.grpo, cfg.train, cfg.model
     lines += ["", "## Settings", "",
               f"- LoRA r={m.lora_r}, alpha={m.lora_alpha} on a {m.precision} base",

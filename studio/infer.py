@@ -162,7 +162,20 @@ def export(req: dict) -> dict:
                       threads=req.get("threads"))
 
 
-JOBS = {"generate": generate, "prepare": prepare, "export": export}
+def evaluate(req: dict) -> dict:
+    """{"run_dir", "checkpoint", "threads"} -> core.evaluate's result (also written to the run's
+    eval.json): base and trained scored on the held-out questions, each step said in the page's
+    language."""
+    from core.evaluate import evaluate_run
+
+    def progress(code: str, **values) -> None:
+        _say(progress=t(f"eval.step.{code}", **values))
+
+    return evaluate_run(req["run_dir"], checkpoint=req.get("checkpoint"),
+                        threads=req.get("threads"), progress=progress)
+
+
+JOBS = {"generate": generate, "prepare": prepare, "export": export, "evaluate": evaluate}
 
 
 def _answer(req: dict, warm: WarmModels | None = None) -> int:

@@ -9,9 +9,12 @@ import gradio as gr
 
 from core.config import ConfigError, RunConfig
 from core.export import copy_adapter
+from core.modelcard import saved_evaluation
 
 from .access import AccessError
 from .errors import friendly
+from .evaluation import changed_table, summary
+from .evaluation import figure as evaluation_figure
 from .form import cli_command
 from .i18n import L, lang_of, speaking, t
 from .jobs import JobError, model_threads, scratch_dir
@@ -128,6 +131,13 @@ def build() -> dict:
         trained = gr.Chatbot(label=L("chat.trained.label"), elem_id="chat-trained",
                              height=260)
         base = gr.Chatbot(label=L("chat.base.label"), elem_id="chat-base", height=260)
+    gr.Markdown(L("eval.section"), elem_id="eval-section")
+    eval_btn = gr.Button(L("eval.button"), elem_id="eval-run")
+    eval_status = gr.Markdown(elem_id="eval-status")
+    eval_chart = gr.Plot(elem_id="eval-chart", show_label=False, visible=False)
+    eval_table = gr.Dataframe(interactive=False, wrap=True, max_height=420,
+                              label=L("eval.table.label"), elem_id="eval-changed",
+                              visible=False)
     gr.Markdown(L("export.section"), elem_id="export-section")
     with gr.Row():
         zip_btn = gr.Button(L("export.zip.button"), elem_id="export-zip")
@@ -155,6 +165,8 @@ def build() -> dict:
             "ask": ask,
             "chat_status": chat_status, "trained": trained, "base": base, "zip": zip_btn,
             "merge": merge_btn, "yaml": yaml_btn, "quant": quant, "gguf": gguf_btn,
+            "eval": eval_btn, "eval_status": eval_status, "eval_chart": eval_chart,
+            "eval_table": eval_table,
             "files": files, "status": export_status,
             "command": command, "repo": repo, "token": token, "push": push,
             "push_status": push_status}
@@ -262,6 +274,63 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
 
     ui["yaml"].click(studio.handler(on_yaml), ui["run"], [ui["files"], ui["status"]])
 
+    eval_outputs = [ui["eval_status"], ui["eval_chart"], ui["eval_table"]]
+
+    def shown_evaluation(result: dict, which: str):
+        return (summary(result, which), gr.update(value=evaluation_figure(result), visible=True),
+                gr.update(value=changed_table(result), visible=True))
+
+    def which_words(step: int | None) -> str:
+        return t("export.which.final") if step is None else t("export.which.step", step=step)
+
+    def on_pick_for_eval(user, ref, choice):
+        """The saved result of the chosen run and adapter, if it was scored before."""
+        hidden = ("", gr.update(visible=False), gr.update(visible=False))
+        if not ref:
+            return hidden
+        try:
+            run_dir = user.run_dir(ref)
+            _, step = chosen_adapter(run_dir, choice)
+        except AccessError:
+            return hidden
+        saved = saved_evaluation(run_dir, "final" if step is None else f"step-{step}")
+        return shown_evaluation(saved, which_words(step)) if saved else hidden
+
+    ui["checkpoint"].change(studio.handler(on_pick_for_eval), [ui["run"], ui["checkpoint"]],
+                            eval_outputs)
+
+    def on_eval(user, ref, choice):
+        if not ref:
+            yield t("export.need_run"), gr.skip(), gr.skip()
+            return
+        try:
+            run_dir = owned(user, ref)
+            _, step = chosen_adapter(run_dir, choice)
+            cfg = RunConfig.load(run_dir / "config.yaml")
+        except (AccessError, ConfigError) as exc:
+            yield f"❌ {exc}", gr.skip(), gr.skip()
+            return
+        if studio.manager.is_alive(run_dir):
+            yield "❌ " + t("eval.error.training"), gr.skip(), gr.skip()
+            return
+        if not cfg.data.eval_source and not cfg.data.eval_share:
+            yield "❌ " + t("eval.error.no_heldout"), gr.skip(), gr.skip()
+            return
+        req = {"job": "evaluate", "run_dir": str(run_dir),
+               "checkpoint": None if step is None else f"step-{step}",
+               "threads": model_threads(training=bool(studio.manager.running()))}
+        try:
+            for kind, value in studio.jobs.run(req, timeout=3600):
+                if kind == "progress":
+                    yield f"⏳ {value}…", gr.skip(), gr.skip()
+                else:
+                    yield shown_evaluation(value, which_words(step))
+        except JobError as exc:
+            yield f"❌ {exc}", gr.skip(), gr.skip()
+
+    ui["eval"].click(studio.handler(on_eval), [ui["run"], ui["checkpoint"]], eval_outputs,
+                     concurrency_limit=1, concurrency_id="export")
+
     def exporter(fmt: str):
         """The merged model (as a zip) or a GGUF file with its Modelfile, made in a model
         process from the checkpoint chosen above, each step shown as it goes."""
@@ -281,8 +350,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             req = {"job": "export", "run_dir": str(run_dir), "format": fmt, "quant": quant,
                    "checkpoint": None if step is None else f"step-{step}", "out": str(out),
                    "threads": model_threads(training=bool(studio.manager.running()))}
-            which = (t("export.which.final") if step is None
-                     else t("export.which.step", step=step))
+            which = which_words(step)
             result = None
             try:
                 for kind_, value in studio.jobs.run(req, timeout=3600):

@@ -192,17 +192,20 @@ def test_core_advice_warnings_and_engine_reasons_have_both_languages():
     assert engine_why_text(None, "as core said") == "as core said"
 
 
-def test_every_export_step_and_failure_has_both_languages():
-    """core.export says its steps and failures as codes; the model process shows each in the
-    page's language (export.step.<code>, export.fail.<code>) with core's values."""
+def test_every_export_and_evaluation_step_and_failure_has_both_languages():
+    """core.export and core.evaluate say their steps and failures as codes; the model process
+    shows each in the page's language (export.step.<code>, export.fail.<code>, eval.step.<code>)
+    with core's values."""
     import string
 
+    from core.evaluate import EVAL_STEPS
     from core.export import MESSAGES, STEPS
 
     def fields(text):
         return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
-    for prefix, table in (("export.step", STEPS), ("export.fail", MESSAGES)):
+    for prefix, table in (("export.step", STEPS), ("export.fail", MESSAGES),
+                          ("eval.step", EVAL_STEPS)):
         for code, english in table.items():
             for lang in i18n.LANGUAGES:
                 text = i18n.catalog(lang).get(f"{prefix}.{code}")

@@ -138,3 +138,52 @@ def test_warm_workers_keep_the_model_between_questions(tiny_model_dir, tmp_path)
     assert "Loading the adapter" in [v for k, v in third if k == "progress"]
     time.sleep(1.0)
     assert pool.reap() == 1 and pool.warm() == 0 and not worker.alive
+
+
+def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_card(
+        tiny_model_dir, tmp_path):
+    """Step 5's "Did it learn?": base and trained scored in a model process in the page's
+    language, drawn and listed from the result, and carried into an export's model card."""
+    import json
+    from pathlib import Path
+
+    from core.export import export_run
+    from core.modelcard import saved_evaluation
+    from core.trainer import Trainer
+    from studio import evaluation, i18n
+    from tests.test_trainer import tiny_config
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.data.eval_share, cfg.train.eval_max_questions = 0.2, 4
+    cfg.rewards[0].template = "numeric_match"
+    cfg.rewards[0].params = {"partial_credit_for_number": 0.1}
+    assert Trainer(cfg, tmp_path).setup().train() == "finished"
+    seen = list(run_job({"job": "evaluate", "run_dir": str(tmp_path), "threads": 1,
+                         "lang": "de"}))
+    assert ("progress", "Dein trainiertes Modell beantwortet 4 Fragen") in seen
+    assert ("progress", "Das Ausgangsmodell beantwortet dieselben 4 Fragen") in seen
+    result = seen[-1][1]
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
+    assert saved_evaluation(tmp_path, "final") == result
+    assert saved_evaluation(tmp_path, "step-1") is None  # another adapter was not scored
+
+    base, trained = result["greedy"]["base"], result["greedy"]["trained"]
+    with i18n.speaking("de"):
+        line = evaluation.summary(result, "endgültiger Adapter")
+        fig = evaluation.figure(result)
+        table = evaluation.changed_table(result)
+    assert line.startswith(f"Bei 4 zurückgehaltenen Fragen (endgültiger Adapter, Antworten ohne "
+                           f"Zufall): vor dem Training in {round(100 * base['accuracy'])} % ")
+    assert [trace.name for trace in fig.data] == ["vorher (das Ausgangsmodell)",
+                                                  "nachher (trainiert)"]
+    names = result["rewards"]
+    assert list(fig.data[0].x) == ["richtige Antworten (Anteil)", "Gesamtbelohnung", *names]
+    assert list(fig.data[1].y) == [trained["accuracy"], trained["total"],
+                                   *[trained["rewards"][n] for n in names]]
+    changed = [item for item in result["items"] if item["changed"]]
+    assert table["headers"][0] == "Frage" and len(table["data"]) == len(changed)
+    assert [row[0] for row in table["data"]] == [item["question"] for item in changed]
+
+    card = (Path(export_run(tmp_path, "adapter")["folder"]) / "README.md").read_text()
+    assert "The base model and this adapter on 4 held-out questions never trained on" in card
+    assert f"| accuracy | {base['accuracy']:.3f} | {trained['accuracy']:.3f} |" in card

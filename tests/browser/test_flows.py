@@ -73,6 +73,22 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     page.click("#chat-ask")
     wait_text(page, "#chat-status", "Answered by the checkpoint at step 1", timeout=120)
     shot(page, "flows-5-chat")
+
+    # did it learn? base and trained on the held-out questions: a chart, a line, what changed
+    page.click("#eval-run")
+    wait_text(page, "#eval-status", "answers changed", timeout=300)
+    status = _text(page, "#eval-status")
+    assert "❌" not in status and "checkpoint of step 1" in status, status
+    assert "held-out questions" in status and "% of the time before training" in status
+    page.wait_for_selector("#eval-chart .trace.bars", state="attached")
+    assert page.locator("#eval-chart .trace.bars").count() == 2  # before and after
+    assert "Question" in _text(page, "#eval-changed")
+    shot(page, "flows-5-eval")
+    pick(page, "export-checkpoint", "final adapter")  # not scored: nothing shown for it
+    wait_until(lambda: not page.locator("#eval-chart").is_visible(), 30, "the result to go")
+    pick(page, "export-checkpoint", "step 1")  # scored before: the saved result comes back
+    wait_text(page, "#eval-status", "checkpoint of step 1")
+    page.wait_for_selector("#eval-chart .trace.bars", state="attached")
     assert page.outside_requests == []
 
 
