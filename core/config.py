@@ -98,7 +98,12 @@ class ModelConfig:
     source: str = knob("default", "'default' for the embedded SmolLM2-135M-Instruct, a Hugging Face "
                        "model id, or a local folder.")
     precision: str = knob("4bit", "How the frozen base weights are stored: 4-bit NF4 (least memory), "
-                          "16-bit, or 32-bit.", choices=("4bit", "16bit", "32bit"))
+                          "dynamic 4-bit (NF4 except the layers that lose most in 4-bit, "
+                          "measured on the model), 16-bit, or 32-bit.",
+                          choices=("4bit", "dynamic4bit", "16bit", "32bit"))
+    dynamic_keep_share: float = knob(0.1, "dynamic4bit: the largest share of the linear layers' "
+                                     "weights kept unquantized (those whose 4-bit outputs are "
+                                     "furthest off).", min=0.0, max=1.0)
     lora_r: int = knob(16, "LoRA rank: size of the trainable adapter.", min=1, max=512)
     lora_alpha: int = knob(32, "LoRA alpha: scales the adapter's effect (often 2x the rank).",
                            min=1, max=1024)

@@ -29,6 +29,8 @@ LORA_TARGETS = {
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
 }
 
+FOUR_BIT = ("4bit", "dynamic4bit")  # precisions whose base is (mostly) bitsandbytes NF4
+
 # ChatML, for base models that ship without a chat template.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -183,10 +185,15 @@ def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | 
     path = resolve_source(cfg.source)
     dtype = compute_dtype(device)
     kwargs = {"device_map": {"": device.type if device.type == "cpu" else device.index or 0}}
-    if cfg.precision == "4bit":
+    if cfg.precision in FOUR_BIT:
+        keep = None  # transformers' default: every linear layer but the output head
+        if cfg.precision == "dynamic4bit":
+            from .dynamic4bit import kept_layers
+            head = ["lm_head"]  # the head, as by default, and the layers that lose most
+            keep = head + kept_layers(path, cfg.dynamic_keep_share)
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True)
+            bnb_4bit_use_double_quant=True, llm_int8_skip_modules=keep)
         kwargs["dtype"] = dtype
     elif cfg.precision == "16bit":
         kwargs["dtype"] = torch.bfloat16
@@ -200,7 +207,7 @@ def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | 
     model.config.use_cache = True
     model.requires_grad_(False)
     packed = None
-    if cfg.precision == "4bit":
+    if cfg.precision in FOUR_BIT:
         own_unquantized_tensors(model)
         packed = keep_4bit_layout_trainable(model, packed_copy=fast_cpu_generation)
     if lora:

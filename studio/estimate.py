@@ -92,6 +92,7 @@ def lora_params(shape: ModelShape, rank: int) -> float:
 
 
 def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int = 16,
+                    keep_share: float = 0.1,
                     prompt_tokens: int = 256, completion_tokens: int = 64,
                     prompts_per_step: int = 4, num_generations: int = 4,
                     gradient_accumulation_steps: int = 1, gradient_checkpointing: bool = True,
@@ -101,6 +102,9 @@ def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int =
     body = shape.params - shape.embedding_params
     if precision == "4bit":                       # NF4 + scales; embeddings stay unquantized
         base = body * 0.56 + shape.embedding_params * compute
+    elif precision == "dynamic4bit":              # and up to keep_share of the body as it is
+        kept = body * min(max(keep_share, 0.0), 1.0)
+        base = (body - kept) * 0.56 + kept * compute + shape.embedding_params * compute
     else:
         base = shape.params * (2 if precision == "16bit" else 4)
     adapter = lora_params(shape, lora_r)

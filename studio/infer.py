@@ -23,6 +23,7 @@ def _model_config(req: dict):
     from core.config import ModelConfig
     return ModelConfig(source=req.get("source") or "default",
                        precision=req.get("precision") or "4bit",
+                       dynamic_keep_share=float(req.get("dynamic_keep_share", 0.1)),
                        chat_template=req.get("chat_template") or None)
 
 
@@ -48,9 +49,9 @@ class WarmModels:
         from pathlib import Path
 
         from core.models import load_model
+        from studio.jobs import model_key
 
-        key = (req.get("source") or "default", req.get("precision") or "4bit",
-               req.get("chat_template") or None)
+        key = model_key(req)
         entry = self.bases.pop(key, None)
         if entry is None:
             while len(self.bases) >= self.keep:  # least recently used goes first

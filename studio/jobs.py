@@ -118,7 +118,7 @@ class WarmWorker:
 
 def model_key(request: dict) -> tuple:
     return (request.get("source") or "default", request.get("precision") or "4bit",
-            request.get("chat_template") or None)
+            request.get("dynamic_keep_share", 0.1), request.get("chat_template") or None)
 
 
 class JobPool:

@@ -220,6 +220,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             answered = t("chat.answered.step", step=step, run=run_dir.name)
         cfg = RunConfig.load(run_dir / "config.yaml")
         req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
+               "dynamic_keep_share": cfg.model.dynamic_keep_share,
                "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
                "adapter": str(adapter), "compare_base": True,
                "questions": [question.strip()[:4000]], "num": 1,

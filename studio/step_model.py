@@ -25,7 +25,7 @@ PRESETS = [  # (label, source): the embedded default first, then popular small i
 ESTIMATE_PATHS = ["model.source", "model.precision", "model.lora_r", "grpo.max_prompt_length",
                   "grpo.max_completion_length", "grpo.prompts_per_step", "grpo.num_generations",
                   "grpo.gradient_accumulation_steps", "model.gradient_checkpointing",
-                  "train.optimizer"]
+                  "train.optimizer", "model.dynamic_keep_share"]
 
 
 def source_for_preset(preset: str, current: str) -> tuple[str, bool]:
@@ -38,7 +38,7 @@ def source_for_preset(preset: str, current: str) -> tuple[str, bool]:
 
 def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, completion_len,
                    prompts_per_step, num_generations, accumulation, checkpointing,
-                   optimizer) -> dict | None:
+                   optimizer, keep_share=0.1) -> dict | None:
     """The estimate's parts in bytes (with 'total'), or None when it cannot be made."""
     shape = shape_for_source(str(source or ""))
     if shape is None:
@@ -46,6 +46,7 @@ def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, comp
     try:
         return estimate_memory(
             shape, precision=precision or "4bit", lora_r=int(lora_r or 16),
+            keep_share=float(0.1 if keep_share is None else keep_share),
             prompt_tokens=int(prompt_len or 256), completion_tokens=int(completion_len or 64),
             prompts_per_step=int(prompts_per_step or 1), num_generations=int(num_generations or 2),
             gradient_accumulation_steps=int(accumulation or 1),
@@ -56,7 +57,8 @@ def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, comp
 
 
 def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion_len,
-             prompts_per_step, num_generations, accumulation, checkpointing, optimizer):
+             prompts_per_step, num_generations, accumulation, checkpointing, optimizer,
+             keep_share=0.1):
     """(verdict, markdown) for the chosen settings; verdict is 'ok', 'tight', 'too_big' or
     'unknown'."""
     shape = shape_for_source(str(source or ""))
@@ -64,7 +66,7 @@ def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion
         return "unknown", t("model.estimate.unknown_model")
     parts = estimate_parts(machine, source, precision, lora_r, prompt_len, completion_len,
                            prompts_per_step, num_generations, accumulation, checkpointing,
-                           optimizer)
+                           optimizer, keep_share)
     if parts is None:
         return "unknown", t("model.estimate.fill_in")
     verdict, line = fit_verdict(parts["total"], machine.available_bytes)
@@ -91,10 +93,11 @@ def build(form: dict, machine: Machine) -> dict:
         form["model.lora_r"] = make_widget("model.lora_r", 16)
         form["model.lora_alpha"] = make_widget("model.lora_alpha", 32)
     with gr.Accordion(L("model.more_settings"), open=False):
-        for path in ("model.lora_dropout", "model.target_modules", "model.gradient_checkpointing",
-                     "model.chat_template"):
-            default = {"model.lora_dropout": 0.0, "model.target_modules": "auto",
-                       "model.gradient_checkpointing": True, "model.chat_template": ""}[path]
+        for path in ("model.dynamic_keep_share", "model.lora_dropout", "model.target_modules",
+                     "model.gradient_checkpointing", "model.chat_template"):
+            default = {"model.dynamic_keep_share": 0.1, "model.lora_dropout": 0.0,
+                       "model.target_modules": "auto", "model.gradient_checkpointing": True,
+                       "model.chat_template": ""}[path]
             form[path] = make_widget(path, default)
     estimate_md = gr.Markdown(elem_id="model-estimate")
     with gr.Row():

@@ -1,10 +1,12 @@
 """Model sources and loading through the real loader."""
+import math
 import shutil
 
 import pytest
 import torch
 
 from core.config import ModelConfig
+from core.events import read_events
 from core.models import (DEFAULT_CHAT_TEMPLATE, ModelError, embedded_model_dir, load_model,
                          load_tokenizer, resolve_source)
 
@@ -118,3 +120,48 @@ def test_packed_generation_copy_matches_training_layout(tiny_model_dir):
     assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
     # the packed kernel computes in bf16: close to the fp32 training layout, not bit-equal
     assert (packed - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_dynamic_4bit_keeps_the_layers_that_lose_most_unquantized_and_trains(tiny_model_dir,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """The error of each layer is measured on the model; the worst stay unquantized within the
+    budget, the rest are NF4; the measurement is cached; a GRPO step trains through both kinds."""
+    import bitsandbytes as bnb
+
+    from core.dynamic4bit import _cache_file, kept_layers, layer_errors
+    from core.trainer import Trainer
+    from tests.test_trainer import tiny_config
+
+    monkeypatch.setenv("AHA_STUDIO_HOME", str(tmp_path / "home"))
+    layers = layer_errors(str(tiny_model_dir))
+    assert len(layers) == 2 * 7  # 2 decoder layers x 7 projections; the head is never quantized
+    errors = [layer["error"] for layer in layers]
+    assert errors == sorted(errors, reverse=True) and errors[-1] > 0
+    assert errors[0] > errors[-1]  # measured per layer (random weights differ little)
+    cache = _cache_file(str(tiny_model_dir))
+    stamp = cache.stat().st_mtime_ns
+    assert layer_errors(str(tiny_model_dir)) == layers and cache.stat().st_mtime_ns == stamp
+
+    share = 0.2
+    kept = kept_layers(str(tiny_model_dir), share)
+    total = sum(layer["params"] for layer in layers)
+    assert kept and sum(l["params"] for l in layers if l["name"] in kept) <= share * total
+    assert kept[0] == layers[0]["name"]  # the worst layer first
+    assert kept_layers(str(tiny_model_dir), 0.0) == []
+
+    loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="dynamic4bit",
+                                    dynamic_keep_share=share, lora_r=4))
+    bases = {n.removesuffix(".base_layer"): m for n, m in
+             loaded.model.get_base_model().named_modules() if n.endswith(".base_layer")}
+    plain = {n for n, m in bases.items() if type(m) is torch.nn.Linear}
+    quantized = {n for n, m in bases.items() if isinstance(m, bnb.nn.Linear4bit)}
+    assert plain == set(kept) and quantized == {layer["name"] for layer in layers} - set(kept)
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.model.precision, cfg.model.dynamic_keep_share = "dynamic4bit", share
+    cfg.train.max_steps = 1
+    trainer = Trainer(cfg, tmp_path / "run").setup()
+    assert trainer.train() == "finished"
+    metrics = [e for e in read_events(tmp_path / "run")[0] if e["type"] == "metrics"]
+    assert len(metrics) == 1 and math.isfinite(metrics[0]["loss"])

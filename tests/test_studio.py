@@ -98,6 +98,11 @@ def test_estimate_grows_with_model_precision_rank_and_length():
     base = estimate_memory(s)["total"]
     assert estimate_memory(s, precision="32bit")["total"] > estimate_memory(s, precision="16bit")["total"] > base
     assert estimate_memory(s, lora_r=128)["total"] > base
+    # dynamic 4-bit: between 4-bit and 16-bit, growing with the share kept as it is
+    dyn = [estimate_memory(s, precision="dynamic4bit", keep_share=k)["base weights"]
+           for k in (0.0, 0.1, 0.2)]
+    assert dyn[0] == estimate_memory(s)["base weights"] < dyn[1] < dyn[2]
+    assert dyn[2] < estimate_memory(s, precision="16bit", gpu=True)["base weights"] * 1.2
     assert estimate_memory(s, completion_tokens=1024)["total"] > base
     assert estimate_memory(s, gradient_checkpointing=False)["total"] > base
     assert estimate_memory(KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"])["total"] > base
