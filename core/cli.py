@@ -113,6 +113,7 @@ def _num(x) -> str:
 def cmd_export(args) -> int:
     from transformers.utils import logging as hf_logging
 
+    from .data import size_words
     from .export import STEPS, export_run
 
     hf_logging.disable_progress_bar()
@@ -134,16 +135,8 @@ def cmd_export(args) -> int:
               f"{result['check']['answer'][:200]!r}")
     print(f"wrote {result['folder']} ({result['checkpoint']} adapter):")
     for path in result["files"]:
-        print(f"  {Path(path).name}  {_size(Path(path).stat().st_size)}")
+        print(f"  {Path(path).name}  {size_words(Path(path).stat().st_size)}")
     return 0
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def cmd_data_check(args) -> int:
@@ -160,6 +153,8 @@ def cmd_data_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export import FORMATS, QUANTS  # torch-free
+
     p = argparse.ArgumentParser(prog="python -m core", description="Aha Studio GRPO core.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -188,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="Take a run's adapter home: as it is (peft), merged into "
                        "the base (16-bit safetensors) or as GGUF (llama.cpp, Ollama, LM Studio).")
     x.add_argument("run_dir", help="The run's folder.")
-    x.add_argument("--format", default="gguf", choices=("adapter", "merged", "gguf"),
+    x.add_argument("--format", default="gguf", choices=FORMATS,
                    help="adapter, merged or gguf (default).")
-    x.add_argument("--quant", default="q4_k_m", choices=("f16", "q8_0", "q4_k_m"),
+    x.add_argument("--quant", default=QUANTS[0], choices=QUANTS,
                    help="GGUF type: f16 (exact), q8_0, q4_k_m (smallest, the default).")
     x.add_argument("--checkpoint", help="A checkpoint such as step-20 (default: the final adapter).")
     x.add_argument("--out", help="Folder to write (default: RUN_DIR/export/<run>-<format>).")

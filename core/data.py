@@ -129,7 +129,8 @@ def _rows(rows: list[int], show: int = 5) -> str:
     return f"{'row' if len(rows) == 1 else 'rows'} {head}{more}"
 
 
-def _size(n: float) -> str:
+def size_words(n: float) -> str:
+    """A number of bytes as a beginner reads it: '512 bytes', '1.5 MB'."""
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f}".rstrip("0").rstrip(".") + f" {unit}"
@@ -238,7 +239,7 @@ def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
     if size == 0:
         raise DataError(f"The file {name} is empty.")
     if size > max_bytes:
-        raise DataError(f"The file {name} is {_size(size)}, over the {_size(max_bytes)} limit; "
+        raise DataError(f"The file {name} is {size_words(size)}, over the {size_words(max_bytes)} limit; "
                         "use a smaller file.")
     builder, kwargs = FORMATS[ext], {}
     if builder == "parquet":

@@ -46,20 +46,27 @@ def _cache_file(path: str) -> Path:
 def layer_errors(path: str) -> list[dict]:
     """[{"name", "error", "params"}] for every linear layer bitsandbytes would quantize (all but
     the output head), largest error first. Cached per model."""
+    return _measured(path)["layers"]
+
+
+def _measured(path: str) -> dict:
     cached = _cache_file(path)
     try:
-        return json.loads(cached.read_text())["layers"]
-    except (OSError, ValueError, KeyError):
+        found = json.loads(cached.read_text())
+        if isinstance(found.get("layers"), list) and isinstance(found.get("head"), str):
+            return found
+    except (OSError, ValueError, AttributeError):
         pass
-    layers = _measure(path)
+    head, layers = _measure(path)
+    found = {"model": str(path), "head": head, "layers": layers}
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"model": str(path), "layers": layers}, indent=0))
+    tmp.write_text(json.dumps(found, indent=0))
     tmp.replace(cached)
-    return layers
+    return found
 
 
-def _measure(path: str) -> list[dict]:
+def _measure(path: str) -> tuple[str, list[dict]]:
     import bitsandbytes.functional as bnbf
     import torch
     from transformers import AutoModelForCausalLM
@@ -99,7 +106,13 @@ def _measure(path: str) -> list[dict]:
             error = ((rounded - exact).norm() / exact.norm().clamp_min(1e-12)).item()
             layers.append({"name": name, "error": round(error, 6), "params": weight.numel()})
     layers.sort(key=lambda layer: -layer["error"])
-    return layers
+    return next(n for n, m in model.named_modules() if m is head), layers
+
+
+def unquantized_modules(path: str, share: float) -> list[str]:
+    """What bitsandbytes should leave as it is: the output head (as it does by default) and
+    the layers that lose most (`kept_layers`)."""
+    return [_measured(path)["head"]] + kept_layers(path, share)
 
 
 def kept_layers(path: str, share: float) -> list[str]:

@@ -176,8 +176,11 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
     with model.disable_adapter():
         base = score_questions(engine, loaded.tokenizer, rows, rewards, cfg, samples)
 
+    from .modelcard import adapter_stamp
+
     result = {
-        "checkpoint": label, "split": split, "questions": len(rows),
+        "checkpoint": label, "adapter_stamp": adapter_stamp(adapter), "split": split,
+        "questions": len(rows),
         "rewards": rewards.names, "correctness": sorted(rewards.correctness_best),
         "greedy": {"base": base[0].summary(), "trained": trained[0].summary()},
         "items": _items(rows, base[0], trained[0]),

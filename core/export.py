@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,12 +28,13 @@ from typing import Callable
 from .config import RunConfig
 
 FORMATS = ("adapter", "merged", "gguf")
-QUANTS = ("f16", "q8_0", "q4_k_m")
+QUANTS = ("q4_k_m", "q8_0", "f16")  # smallest first
 LLAMA_CPP_VERSION = "0.3.36"  # llama-cpp-python; the converter comes from the same release
 CONVERTER_DIR = "aha-llama.cpp"  # under the environment's share/ (scripts/setup_export.sh)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
                  "aha_config.yaml")
 EXPORT_DIR = "export"
+CARD_FILES = ("README.md", "reward.svg", "aha_config.yaml")  # a model card and what it links
 
 STEPS = {
     "loading": "Loading the base model",
@@ -48,10 +50,14 @@ MESSAGES = {
                      "bash scripts/setup_export.sh"),
     "converter_failed": "llama.cpp's converter could not convert this model: {reason}",
     "quantize_failed": "llama.cpp's quantizer failed (exit status {status}) for {quant}",
-    "check_failed": "The GGUF file was written but llama.cpp could not answer with it (exit status {status})",
+    "check_failed": ("llama.cpp could not answer with the GGUF file it made (exit status {status}); "
+                     "nothing was kept"),
     "bad_format": "Unknown export format '{value}'; choose one of: adapter, merged, gguf.",
-    "bad_quant": "Unknown GGUF type '{value}'; choose one of: f16, q8_0, q4_k_m.",
+    "bad_quant": "Unknown GGUF type '{value}'; choose one of: q4_k_m, q8_0, f16.",
     "no_space": "Not enough free disk space for this export: about {need} needed, {free} free.",
+    "out_taken": ("The folder '{folder}' already holds other files; choose a new folder for the "
+                  "export (only an earlier export is replaced)."),
+    "timed_out": "llama.cpp took longer than {minutes} minutes and was stopped.",
 }
 
 
@@ -110,10 +116,14 @@ def export_run(run_dir: str | Path, fmt: str, *, quant: str = "q4_k_m",
     cfg = RunConfig.load(run_dir / "config.yaml")
     adapter, label = find_adapter(run_dir, checkpoint)
     folder = Path(out) if out else default_out(run_dir, fmt, quant, label)
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir())
+                                                    and not (folder / "export.json").exists())):
+        raise ExportError("out_taken", folder=folder.name)  # only an earlier export is replaced
     if threads:
         import torch
         torch.set_num_threads(threads)
-    # built beside its place and renamed at the end: a failed export leaves nothing half-written
+    # built beside its place and renamed once complete and checked: a failed export leaves
+    # nothing half-written, and an earlier one in its place stays until then
     folder.parent.mkdir(parents=True, exist_ok=True)
     _check_space(cfg, fmt, folder.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -127,19 +137,19 @@ def export_run(run_dir: str | Path, fmt: str, *, quant: str = "q4_k_m",
         else:
             files = _gguf(adapter, run_dir, cfg, work, folder.name, quant, progress, threads,
                           card)
+        result = {"format": fmt, "folder": str(folder), "checkpoint": label,
+                  "files": [str(folder / f.name) for f in files]}
+        if fmt == "gguf":
+            result["quant"] = quant
+            if check:
+                progress("checking")
+                result["check"] = check_gguf(files[0], cfg, threads)
+        (work / "export.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         work.rename(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"format": fmt, "folder": str(folder), "checkpoint": label,
-              "files": [str(folder / f.name) for f in files]}
-    if fmt == "gguf":
-        result["quant"] = quant
-        if check:
-            progress("checking")
-            result["check"] = check_gguf(folder / files[0].name, cfg, threads)
-    (folder / "export.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
 
@@ -237,7 +247,7 @@ def _gguf(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path, stem: str, q
     modelfile = work / "Modelfile"
     modelfile.write_text(ollama_modelfile(target.name, cfg), encoding="utf-8")
     write_model_card(work, run_dir, cfg, kind="gguf", file=target.name, **card)
-    return [target, modelfile, work / "README.md"]
+    return [target, modelfile] + [work / n for n in CARD_FILES]
 
 
 def convert_to_gguf(model_dir: Path, out_file: Path, name: str) -> None:
@@ -248,13 +258,13 @@ def convert_to_gguf(model_dir: Path, out_file: Path, name: str) -> None:
     script = converter()
     if script is None:
         raise ExportError("no_converter")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(model_dir), "--outtype", "f16", "--outfile",
-         str(out_file), "--model-name", name], capture_output=True, text=True,
-        env=child_env(HF_HUB_OFFLINE="1"), timeout=3600)
+    proc = _child([sys.executable, str(script), str(model_dir), "--outtype", "f16",
+                   "--outfile", str(out_file), "--model-name", name],
+                  child_env(HF_HUB_OFFLINE="1"), 3600)
     if proc.returncode != 0 or not out_file.exists():
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise ExportError("converter_failed", reason=(lines[-1] if lines else "no output")[:300])
+        reason = re.sub(r"(/[^\s/:'\"]+)+/?", "…", lines[-1] if lines else "no output")
+        raise ExportError("converter_failed", reason=reason[:300])  # no paths of this machine
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
@@ -281,8 +291,15 @@ def _quantize_here(src: str, dst: str, quant: str, threads: int) -> int:
 def _llama_cpp_child(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
     from .runs import child_env
 
-    return subprocess.run([sys.executable, "-m", "core.export", *args], capture_output=True,
-                          text=True, env=child_env(), timeout=timeout)
+    return _child([sys.executable, "-m", "core.export", *args], child_env(), timeout)
+
+
+def _child(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """A child that is stopped, with a one-line error, when it runs past `timeout` seconds."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ExportError("timed_out", minutes=timeout // 60) from None
 
 
 _LOG_CALLBACK = None
@@ -384,7 +401,8 @@ def ollama_modelfile(gguf_name: str, cfg: RunConfig) -> str:
     stops = [tok for tok in END_OF_TURN_TOKENS if tok in vocab and tok in template]
     if tokenizer.eos_token and tokenizer.eos_token not in stops:
         stops.append(tokenizer.eos_token)
-    lines = [f"# Ollama: ollama create {cfg.name or 'my-model'} -f Modelfile",
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.name or "").strip("-.").lower() or "my-model"
+    lines = [f"# Ollama: ollama create {name} -f Modelfile",
              f"FROM ./{gguf_name}"]
     if family:
         lines.append(f'TEMPLATE """{OLLAMA_TEMPLATES[family]}"""')

@@ -73,16 +73,36 @@ def collapse_note(run_dir: str | Path) -> str:
     return str(stops[-1].get("message", "")) if stops else ""
 
 
-def saved_evaluation(run_dir: str | Path, checkpoint: str = "final") -> dict | None:
-    """The run's eval.json (`python -m core eval`, or the studio's "Did it learn?") when it
-    scored `checkpoint`; None otherwise or when it cannot be read."""
-    path = Path(run_dir) / "eval.json"
+def _step_of(checkpoint: str) -> float:
+    name = str(checkpoint)
+    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else float("inf")
+
+
+def adapter_stamp(adapter: str | Path) -> int | None:
+    """Which adapter file this is, as it is now (its weights' modification time): an eval.json
+    of an adapter trained again since (a resumed run) is not shown as this one's."""
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
+        return (Path(adapter) / "adapter_model.safetensors").stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def saved_evaluation(run_dir: str | Path, checkpoint: str = "final",
+                     split: str | None = None) -> dict | None:
+    """The run's eval.json (`python -m core eval`, or the studio's "Did it learn?") when it
+    scored `checkpoint` as it is now (and on `split`, when given); None otherwise or when it
+    cannot be read."""
+    run_dir = Path(run_dir)
+    try:
+        result = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(result, dict) or result.get("checkpoint") != checkpoint \
-            or not isinstance(result.get("greedy"), dict):
+            or not isinstance(result.get("greedy"), dict) \
+            or (split is not None and result.get("split") != split):
+        return None
+    adapter = run_dir / ("adapter" if checkpoint == "final" else f"checkpoints/{checkpoint}")
+    if "adapter_stamp" in result and result["adapter_stamp"] != adapter_stamp(adapter):
         return None
     return result
 
@@ -97,8 +117,9 @@ def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfi
 
     adapter_dir, run_dir = Path(adapter_dir), Path(run_dir)
     events, _ = read_events(run_dir)
-    metrics = [e for e in events if e["type"] == "metrics"]
-    evals = [e for e in events if e["type"] == "eval"]
+    upto = _step_of(checkpoint)  # a checkpoint's card tells the run up to its step
+    metrics = [e for e in events if e["type"] == "metrics" and e["step"] <= upto]
+    evals = [e for e in events if e["type"] == "eval" and e["step"] <= upto]
     base = public_base_id(cfg.model.source)
     steps = [m["step"] for m in metrics]
     totals = [m.get("reward") for m in metrics]

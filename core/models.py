@@ -188,9 +188,8 @@ def load_model(cfg, *, lora: bool = True, seed: int = 0, device: torch.device | 
     if cfg.precision in FOUR_BIT:
         keep = None  # transformers' default: every linear layer but the output head
         if cfg.precision == "dynamic4bit":
-            from .dynamic4bit import kept_layers
-            head = ["lm_head"]  # the head, as by default, and the layers that lose most
-            keep = head + kept_layers(path, cfg.dynamic_keep_share)
+            from .dynamic4bit import unquantized_modules
+            keep = unquantized_modules(path, cfg.dynamic_keep_share)
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True, llm_int8_skip_modules=keep)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import gradio as gr
 
 from core.config import ConfigError, RunConfig
-from core.export import copy_adapter
+from core.data import size_words
+from core.export import QUANTS, converter, copy_adapter, default_out
 from core.modelcard import saved_evaluation
 
 from .access import AccessError
@@ -20,7 +22,6 @@ from .i18n import L, lang_of, speaking, t
 from .jobs import JobError, model_threads, scratch_dir
 from .watch import run_state_words
 
-GGUF_TYPES = ("q4_k_m", "q8_0", "f16")  # core.export.QUANTS, smallest first
 
 
 def adapter_dir(run_dir: str | Path) -> Path | None:
@@ -49,17 +50,14 @@ def adapter_files(run_dir: str | Path, choice: str | None = None) -> Path:
     return folder
 
 
-def export_name(run_dir: Path, step: int | None, kind: str) -> str:
-    return f"{run_dir.name}{'' if step is None else f'-step-{step}'}-{kind}"
+def export_name(run_dir: Path, step: int | None, fmt: str, quant: str = QUANTS[0]) -> str:
+    """The name of an export's folder, as `python -m core export` names it."""
+    return default_out(run_dir, fmt, quant, "final" if step is None else f"step-{step}").name
 
 
 def zip_adapter(run_dir: str | Path, choice: str | None = None) -> Path:
     folder = adapter_files(run_dir, choice)
     return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
-
-
-def size_words(n: int) -> str:
-    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{max(1, n // 1024)} KB"
 
 
 def push_to_hub(folder: Path, repo_id: str, token: str) -> str:
@@ -144,10 +142,13 @@ def build() -> dict:
         merge_btn = gr.Button(L("export.merge.button"), elem_id="export-merge")
         yaml_btn = gr.Button(L("export.yaml.button"), elem_id="export-yaml")
     with gr.Row(equal_height=True):
-        quant = gr.Dropdown([(L(f"export.gguf.type.{q}"), q) for q in GGUF_TYPES],
-                            value=GGUF_TYPES[0], label=L("export.gguf.type.label"),
-                            info=L("export.gguf.type.info"), elem_id="export-quant", scale=2)
-        gguf_btn = gr.Button(L("export.gguf.button"), elem_id="export-gguf", scale=1)
+        ready = converter() is not None  # llama.cpp installed on this server
+        quant = gr.Dropdown([(L(f"export.gguf.type.{q}"), q) for q in QUANTS],
+                            value=QUANTS[0], label=L("export.gguf.type.label"),
+                            info=L("export.gguf.type.info" if ready else "export.fail.no_converter"),
+                            elem_id="export-quant", scale=2, interactive=ready)
+        gguf_btn = gr.Button(L("export.gguf.button"), elem_id="export-gguf", scale=1,
+                             interactive=ready)
     files = gr.File(label=L("export.files.label"), file_count="multiple", interactive=False,
                     elem_id="export-files")
     export_status = gr.Markdown(elem_id="export-status")
@@ -243,13 +244,29 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                     [ui["run"], ui["checkpoint"], ui["question"], ui["trained"], ui["base"]],
                     [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4)
 
-    def owned(user, ref) -> Path:
+    def owned(user, ref, refusal: str = "export.error.not_owner") -> Path:
         """A run whose files this user may take: their own, any for a teacher (the published
         example only to look at and chat with)."""
         run_dir = user.run_dir(ref)
         if not user.owns(run_dir) and not (user.sees_all and policy.shared):
-            raise AccessError(t("export.error.not_owner"))
+            raise AccessError(t(refusal))
         return run_dir
+
+    working: set[str] = set()  # users with an export or a scoring under way: one each
+    working_lock = threading.Lock()
+
+    def start_work(user) -> None:
+        """Claim this user's one export or scoring at a time; in a shared mode, within quota."""
+        if policy.shared:
+            user.check_quota()
+        with working_lock:
+            if user.name in working:
+                raise AccessError(t("export.busy"))
+            working.add(user.name)
+
+    def end_work(user) -> None:
+        with working_lock:
+            working.discard(user.name)
 
     def on_zip(user, ref, choice):
         if not ref:
@@ -294,7 +311,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             _, step = chosen_adapter(run_dir, choice)
         except AccessError:
             return hidden
-        saved = saved_evaluation(run_dir, "final" if step is None else f"step-{step}")
+        saved = saved_evaluation(run_dir, "final" if step is None else f"step-{step}",
+                                 split="heldout")
         return shown_evaluation(saved, which_words(step)) if saved else hidden
 
     ui["checkpoint"].change(studio.handler(on_pick_for_eval), [ui["run"], ui["checkpoint"]],
@@ -305,7 +323,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             yield t("export.need_run"), gr.skip(), gr.skip()
             return
         try:
-            run_dir = owned(user, ref)
+            run_dir = owned(user, ref, "eval.error.not_owner")
             _, step = chosen_adapter(run_dir, choice)
             cfg = RunConfig.load(run_dir / "config.yaml")
         except (AccessError, ConfigError) as exc:
@@ -321,6 +339,11 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                "checkpoint": None if step is None else f"step-{step}",
                "threads": model_threads(training=bool(studio.manager.running()))}
         try:
+            start_work(user)
+        except AccessError as exc:
+            yield f"❌ {exc}", gr.skip(), gr.skip()
+            return
+        try:
             for kind, value in studio.jobs.run(req, timeout=3600):
                 if kind == "progress":
                     yield f"⏳ {value}…", gr.skip(), gr.skip()
@@ -328,9 +351,12 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                     yield shown_evaluation(value, which_words(step))
         except JobError as exc:
             yield f"❌ {exc}", gr.skip(), gr.skip()
+        finally:
+            end_work(user)
 
+    # the model jobs' pool bounds how many run at once, for everyone together
     ui["eval"].click(studio.handler(on_eval), [ui["run"], ui["checkpoint"]], eval_outputs,
-                     concurrency_limit=1, concurrency_id="export")
+                     concurrency_limit=4)
 
     def exporter(fmt: str):
         """The merged model (as a zip) or a GGUF file with its Modelfile, made in a model
@@ -342,12 +368,18 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             try:
                 run_dir = owned(user, ref)
                 _, step = chosen_adapter(run_dir, choice)
+                start_work(user)
             except AccessError as exc:
                 yield gr.skip(), f"❌ {exc}"
                 return
-            quant = quant if quant in GGUF_TYPES else GGUF_TYPES[0]
-            kind = "merged-16bit" if fmt == "merged" else f"gguf-{quant}"
-            out = scratch_dir(f"aha-{fmt}-") / export_name(run_dir, step, kind)
+            try:
+                yield from export_steps(run_dir, step, quant)
+            finally:
+                end_work(user)
+
+        def export_steps(run_dir: Path, step: int | None, quant: str):
+            quant = quant if quant in QUANTS else QUANTS[0]
+            out = scratch_dir(f"aha-{fmt}-") / export_name(run_dir, step, fmt, quant)
             req = {"job": "export", "run_dir": str(run_dir), "format": fmt, "quant": quant,
                    "checkpoint": None if step is None else f"step-{step}", "out": str(out),
                    "threads": model_threads(training=bool(studio.manager.running()))}
@@ -380,7 +412,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
     for fmt in ("merged", "gguf"):
         ui[fmt if fmt == "gguf" else "merge"].click(
             studio.handler(exporter(fmt)), [ui["run"], ui["checkpoint"], ui["quant"]],
-            [ui["files"], ui["status"]], concurrency_limit=1, concurrency_id="export")
+            [ui["files"], ui["status"]], concurrency_limit=4)
 
     def push(ref, choice, repo, token, request, profile, oauth):
         user = policy.user(request, profile)

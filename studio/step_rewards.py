@@ -339,10 +339,10 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
 
     model_inputs = [form[p] for p in ("model.source", "model.precision", "model.chat_template",
                                       "data.system_prompt", "grpo.max_completion_length",
-                                      "grpo.temperature")]
+                                      "grpo.temperature", "model.dynamic_keep_share")]
 
     def on_try(user, rs, smp, n_q, n_c, source, precision, template, system, max_new,
-               temperature):
+               temperature, keep_share):
         if not rs:
             yield "❌ " + t("rewards.try.no_rewards"), gr.skip()
             return
@@ -356,6 +356,7 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
             yield f"❌ {exc}", gr.skip()
             return
         req = {"job": "generate", "source": source, "precision": precision,
+               "dynamic_keep_share": float(0.1 if keep_share is None else keep_share),
                "chat_template": template, "system": system, "num": int(n_c),
                "questions": [r["question"] for r in rows],
                "max_new_tokens": int(max_new or 64), "temperature": float(temperature or 0.7),

@@ -211,6 +211,22 @@ def test_export_mistakes_are_one_line_and_leave_nothing_behind(run, tmp_path):
     with pytest.raises(ExportError) as exc:
         export_run(run, "gguf", quant="q2")
     assert exc.value.code == "bad_quant"
+    # a folder that holds anything but an earlier export is never replaced
+    with pytest.raises(ExportError) as exc:
+        export_run(run, "adapter", out=run)
+    assert exc.value.code == "out_taken" and (run / "config.yaml").exists()
+    again = export_run(run, "adapter", out=run / "export" / "adder-adapter")  # an export: replaced
+    assert Path(again["folder"], "export.json").exists()
+
+
+def test_the_modelfile_carries_no_line_from_a_run_name(run):
+    from core.export import ollama_modelfile
+
+    cfg = RunConfig.load(run / "config.yaml")
+    cfg.name = 'evil\nFROM /etc/passwd\nSYSTEM "x"'
+    lines = ollama_modelfile("m.gguf", cfg).splitlines()
+    assert lines[0] == "# Ollama: ollama create evil-from-etc-passwd-system-x -f Modelfile"
+    assert [ln for ln in lines if ln.startswith("FROM")] == ["FROM ./m.gguf"]
 
 
 @pytest.mark.parametrize("template,family", [

@@ -145,6 +145,7 @@ def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_c
     """Step 5's "Did it learn?": base and trained scored in a model process in the page's
     language, drawn and listed from the result, and carried into an export's model card."""
     import json
+    import os
     from pathlib import Path
 
     from core.export import export_run
@@ -166,6 +167,7 @@ def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_c
     assert json.loads((tmp_path / "eval.json").read_text()) == result
     assert saved_evaluation(tmp_path, "final") == result
     assert saved_evaluation(tmp_path, "step-1") is None  # another adapter was not scored
+    assert saved_evaluation(tmp_path, "final", split="train") is None
 
     base, trained = result["greedy"]["base"], result["greedy"]["trained"]
     with i18n.speaking("de"):
@@ -187,3 +189,7 @@ def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_c
     card = (Path(export_run(tmp_path, "adapter")["folder"]) / "README.md").read_text()
     assert "The base model and this adapter on 4 held-out questions never trained on" in card
     assert f"| accuracy | {base['accuracy']:.3f} | {trained['accuracy']:.3f} |" in card
+    # the adapter trained again since (a resumed run): its old score is not shown as its own
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert saved_evaluation(tmp_path, "final") is None

@@ -109,11 +109,12 @@ def test_whole_wizard(studio, page, tmp_path):
     wait_text(page, "#export-status", "GGUF ready", timeout=300)
     assert "Asked in llama.cpp" in page.inner_text("#export-status")
     rows = page.locator("#export-files tr")
-    wait_until(lambda: rows.count() == 3, 30, "the GGUF's three downloads")
-    names = [rows.nth(i).inner_text().replace("\n", "") for i in range(3)]
+    wait_until(lambda: rows.count() == 5, 30, "the GGUF's downloads")
+    names = [rows.nth(i).inner_text().replace("\n", "") for i in range(5)]
     gguf = next((i for i, n in enumerate(names) if "-gguf-q4_k_m.gguf" in n), None)
     assert gguf is not None, names
-    assert "Modelfile" in " ".join(names) and "README.md" in " ".join(names)
+    assert all(n in " ".join(names) for n in ("Modelfile", "README.md", "reward.svg",
+                                              "aha_config.yaml"))
     with page.expect_download() as dl:
         rows.nth(gguf).locator("a").click()
     dl.value.save_as(tmp_path / "model.gguf")
