@@ -176,7 +176,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
     with model.disable_adapter():
         base = score_questions(engine, loaded.tokenizer, rows, rewards, cfg, samples)
 
-    from .modelcard import adapter_stamp
+    from .modelcard import adapter_stamp, collapse_note, write_model_card
 
     result = {
         "checkpoint": label, "adapter_stamp": adapter_stamp(adapter), "split": split,
@@ -196,6 +196,9 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, split: str 
                     base=result["greedy"]["base"], trained=result["greedy"]["trained"])
     finally:
         events.close()
+    # the adapter's own card gets the figures, so every copy of it (zip, Hub) carries them
+    write_model_card(adapter, run_dir, cfg, checkpoint=label,
+                     note=collapse_note(run_dir) if label == "final" else "")
     return result
 
 

@@ -186,9 +186,12 @@ def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_c
     assert table["headers"][0] == "Frage" and len(table["data"]) == len(changed)
     assert [row[0] for row in table["data"]] == [item["question"] for item in changed]
 
+    line = f"| accuracy | {base['accuracy']:.3f} | {trained['accuracy']:.3f} |"
+    own = (tmp_path / "adapter" / "README.md").read_text()  # the adapter's own card, too
+    assert "The base model and this adapter on 4 held-out questions never trained on" in own
+    assert line in own
     card = (Path(export_run(tmp_path, "adapter")["folder"]) / "README.md").read_text()
-    assert "The base model and this adapter on 4 held-out questions never trained on" in card
-    assert f"| accuracy | {base['accuracy']:.3f} | {trained['accuracy']:.3f} |" in card
+    assert line in card
     # the adapter trained again since (a resumed run): its old score is not shown as its own
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
