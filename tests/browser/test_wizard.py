@@ -122,6 +122,14 @@ def test_whole_wizard(studio, page, tmp_path):
         assert f.read(4) == b"GGUF"
     assert 30e6 < (tmp_path / "model.gguf").stat().st_size < 140e6  # 4-bit, not 16
     shot(page, "5-export")
+    # the merged 16-bit model, packed as one zip to download
+    page.click("#export-merge")
+    wait_text(page, "#export-status", "Merging the adapter into the base model", timeout=120)
+    wait_text(page, "#export-status", "Merged model packed", timeout=300)
+    rows = page.locator("#export-files tr")
+    wait_until(lambda: rows.count() == 1 and "-merged-16bit.zip" in rows.first.inner_text()
+               .replace("\n", ""), 30, "the merged model's zip")
+    assert "MB" in rows.first.inner_text()
     assert page.outside_requests == []
 
 
