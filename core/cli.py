@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -36,25 +37,50 @@ def friendly_error(exc: BaseException) -> str:
 
 def cmd_train(args) -> int:
     from .config import RunConfig, apply_overrides
+    from .distributed import World, launched_rank, lost_message, peer_failure
     from .events import EventLog
     from .trainer import Trainer
 
     run_dir = Path(args.run_dir)
-    events = EventLog(run_dir)
+    started = time.time()
+    try:
+        world = World()  # one process, or one of those `accelerate launch` started
+    except BaseException as exc:  # the processes could not meet, or a launch not supported
+        message = friendly_error(exc)
+        if launched_rank() == 0:
+            write_failure(EventLog(run_dir), message, close=True)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    # only the main process writes events; another one does when the main one is gone
+    events = EventLog(run_dir) if world.is_main else None
+
+    def lost(gone: list[int]) -> None:  # the watchdog: a peer died and a collective hangs
+        message = lost_message(world, gone)
+        if world.writes_failure(True, run_dir, started):
+            write_failure(events or EventLog(run_dir), message, close=events is None)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    world.watch_peers(lost)
     trainer = None
     try:
         cfg = RunConfig.load(args.config)
         if args.set:
             cfg = apply_overrides(cfg, args.set)
-        trainer = Trainer(cfg, run_dir, events)
+        trainer = Trainer(cfg, run_dir, events, world=world)
         trainer.setup()
         state = trainer.train(max_steps=args.max_steps, resume=args.resume)
-        print(f"{state}: {run_dir}")
+        world.barrier()  # every process is done before any of them closes the group
+        world.stop_watching()
+        if world.is_main:
+            print(f"{state}: {run_dir}")
         return 0
     except BaseException as exc:  # every failure leaves a reason in the run directory
-        message = friendly_error(exc)
-        events.emit("error", message=message, traceback=traceback.format_exc())
-        events.emit("status", state="failed", message=message)
+        world.stop_watching()
+        gone = peer_failure(exc, world)
+        message = gone or friendly_error(exc)
+        if world.writes_failure(gone is not None, run_dir, started):
+            write_failure(events or EventLog(run_dir), message, close=events is None)
         print(f"error: {message}", file=sys.stderr)
         if os.environ.get("AHA_DEBUG"):
             traceback.print_exc()
@@ -62,6 +88,16 @@ def cmd_train(args) -> int:
     finally:
         if trainer is not None:
             trainer.close()
+        if events is not None:
+            events.close()
+        world.close()
+
+
+def write_failure(events, message: str, close: bool = False) -> None:
+    """The run's one-line failure (and the traceback of where this process was)."""
+    events.emit("error", message=message, traceback=traceback.format_exc())
+    events.emit("status", state="failed", message=message)
+    if close:
         events.close()
 
 

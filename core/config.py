@@ -218,6 +218,9 @@ class TrainConfig:
     sample_every: int = knob(1, "Log example completions every N steps.", min=1, max=1_000_000)
     threads: int | None = knob(None, "CPU threads for torch (empty: all cores).", min=1,
                                max=4096)
+    processes: int = knob(1, "Processes that train the run together, one per GPU, started "
+                          "through accelerate launch by the studio (python -m core train "
+                          "trains on one; see docs/SCALING.md).", min=1, max=1024)
     eval_steps: int = knob(0, "Score the held-out questions (greedy) before training and every N "
                            "steps (0: off; `python -m core eval` does it after training).", min=0,
                            max=1_000_000)
@@ -292,7 +295,9 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        """Written whole or not at all (another process may be reading the file)."""
+        from .events import write_atomic
+        write_atomic(path, self.to_yaml())
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "RunConfig":
@@ -350,12 +355,19 @@ class RunConfig:
         if self.grpo.loss_type == "cispo" and self.grpo.epsilon_high is None:
             raise ConfigError("grpo.loss_type cispo caps the importance weight at "
                               "grpo.epsilon_high: set it (5.0 is the usual value).")
+        if self.grpo.prompts_per_step % self.train.processes:
+            raise ConfigError(
+                f"grpo.prompts_per_step ({self.grpo.prompts_per_step}) must be a multiple of "
+                f"train.processes ({self.train.processes}): each process takes whole prompts.")
         completions = self.grpo.prompts_per_step * self.grpo.num_generations
-        if completions % self.grpo.gradient_accumulation_steps:
+        if completions // self.train.processes % self.grpo.gradient_accumulation_steps:
             raise ConfigError(
                 f"grpo.gradient_accumulation_steps ({self.grpo.gradient_accumulation_steps}) must "
-                f"divide the completions per step ({completions} = prompts_per_step x "
-                f"num_generations).")
+                f"divide the completions per step" + (
+                    f" of each of the {self.train.processes} processes "
+                    f"({completions // self.train.processes} = prompts_per_step x "
+                    f"num_generations / train.processes)." if self.train.processes > 1 else
+                    f" ({completions} = prompts_per_step x num_generations)."))
 
 
 def _build(cls, data: Any, path: str):

@@ -38,13 +38,14 @@ REASONS = {
                    "repays its start-up"),
     "many_tokens": "vLLM is installed and a step generates up to {tokens:,} tokens",
     "failed": "vLLM failed during the run",
+    "processes": "the run trains on {processes} processes, and vLLM generates for one only",
 }
 
 
-def pick_engine(cfg, gpu: bool) -> tuple[str, str, dict]:
+def pick_engine(cfg, gpu: bool, processes: int = 1) -> tuple[str, str, dict]:
     """(engine, code of why, its values) for a run's config: generation.engine, or for 'auto'
     the rule. Needs no torch (the studio's page asks it too); `gpu`: whether the run trains on
-    a CUDA GPU.
+    a CUDA GPU; `processes`: how many processes train it (vLLM serves a run of one only).
 
     On a CPU, auto keeps transformers: vLLM serving the LoRA adapter was slower there (0.34x the
     tokens/s of transformers on the classroom demo, 0.95x on 8 answers of up to 200 tokens;
@@ -54,6 +55,8 @@ def pick_engine(cfg, gpu: bool) -> tuple[str, str, dict]:
     tokens = g.prompts_per_step * g.num_generations * g.max_completion_length
     if cfg.generation.engine in ("transformers", "vllm"):
         return cfg.generation.engine, "settings", {}
+    if processes > 1:
+        return "transformers", "processes", {"processes": processes}
     if vllm_python() is None:
         return "transformers", "no_vllm", {}
     if not gpu and os.environ.get("AHA_VLLM_AUTO_ON_CPU") != "1":

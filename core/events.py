@@ -46,6 +46,9 @@ class EventLog:
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
+        if _ends_torn(self.path):  # a writer was killed mid-line: never glue onto its half
+            self._file.write("\n")
+            self._file.flush()
         self.listeners: list = []  # called with each event once it is written (trackers)
 
     def emit(self, type: str, **fields) -> dict:
@@ -58,6 +61,18 @@ class EventLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict], int]:

@@ -36,14 +36,17 @@ class GenerationEngine(Protocol):
                  min_new_tokens: int = 0) -> Generation: ...
 
 
-def sample_inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
+def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """probs [B, V] (rows summing to about 1, zeros allowed) -> one token id per row [B].
 
-    The same draw as torch.multinomial(probs, 1): one uniform number per row, found in the
-    cumulative sum by binary search. A zero-probability token is never returned.
+    The same draw as torch.multinomial(probs, 1): one uniform number per row (from torch's
+    random stream, or `uniforms` [B]), found in the cumulative sum by binary search. A
+    zero-probability token is never returned.
     """
     cdf = probs.cumsum(-1)                                               # [B, V]
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], device=probs.device, dtype=cdf.dtype)
+    u = uniforms.to(device=probs.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
     picked = torch.searchsorted(cdf, u, right=True).squeeze(-1)          # c[i-1] <= u < c[i]
     # u can round up to the total: then the last token with p > 0, not one past the end
     last = probs.shape[-1] - 1 - (probs > 0).flip(-1).float().argmax(-1)
@@ -58,11 +61,21 @@ class InverseCdfSampling:
     sum and a binary search draw from the same distribution in about 0.4 ms. generate then runs
     greedy over scores that are 0 for the sampled token and -inf elsewhere. Temperature, top-k
     and top-p are applied here with transformers' own warpers, in the order sampling uses.
+
+    With `seeds` (one per row), each row draws its uniform numbers from a random stream of its
+    own: a completion then depends on its seed alone, never on which other rows share its batch
+    or which process generates it (runs on several processes, core.distributed).
     """
 
-    def __init__(self, temperature: float, top_p: float, top_k: int):
+    def __init__(self, temperature: float, top_p: float, top_k: int,
+                 seeds: list[int] | None = None, max_new_tokens: int = 0):
         from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+        # every row's uniform numbers for the whole answer, drawn at once: [rows, tokens]
+        self.uniforms = (torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
+                                                 generator=torch.Generator().manual_seed(s))
+                                      for s in seeds]) if seeds is not None else None)
+        self.position = 0
         self.temperature = temperature
         self.warpers = ([TopKLogitsWarper(top_k)] if top_k and top_k > 0 else []) + \
             ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
@@ -71,7 +84,13 @@ class InverseCdfSampling:
         scores = scores.float() / self.temperature
         for warper in self.warpers:
             scores = warper(input_ids, scores)
-        choice = sample_inverse_cdf(torch.softmax(scores, dim=-1))
+        uniforms = None
+        if self.uniforms is not None:
+            if self.uniforms.device != scores.device:  # one copy to the GPU per batch
+                self.uniforms = self.uniforms.to(scores.device)
+            uniforms = self.uniforms[:, self.position]
+            self.position += 1
+        choice = sample_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
         return torch.full_like(scores, float("-inf")).scatter_(-1, choice[:, None], 0.0)
 
 
@@ -110,14 +129,18 @@ class TransformersEngine:
         if self.max_batch_size:
             return self.max_batch_size
         elem = 2 if self.device.type == "cuda" else 4
+        # and a step's logits, with the sampler's float32 temporaries (softmax, cumulative sum)
         per_seq = (kv_bytes_per_token(self.model.config, elem) * seq_len
-                   + 2 * self.model.config.vocab_size * elem)
+                   + (2 * elem + 3 * 4) * self.model.config.vocab_size)
         budget = available_memory_bytes(self.device) * self.memory_fraction
         return int(max(1, min(256, budget // max(per_seq, 1))))
 
     @torch.no_grad()
     def generate(self, prompts, num_generations, max_new_tokens, temperature=1.0, top_p=1.0,
-                 top_k=0, min_new_tokens: int = 0) -> Generation:
+                 top_k=0, min_new_tokens: int = 0,
+                 row_seeds: list[int] | None = None) -> Generation:
+        """num_generations completions of each prompt. row_seeds: one per completion (prompt
+        major), for sampling that does not depend on the batch (InverseCdfSampling)."""
         expanded = [p for p in prompts for _ in range(num_generations)]
         longest = max(len(p) for p in expanded)
         batch = self.batch_size_for(longest + max_new_tokens)
@@ -125,35 +148,38 @@ class TransformersEngine:
         truncated: list[bool] = []
         with self.weights():
             self._sample(expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                         completion_ids, truncated, min_new_tokens)
+                         completion_ids, truncated, min_new_tokens, row_seeds)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Generation(expanded, completion_ids, texts, truncated)
 
-    def _sampling(self, max_new_tokens, temperature, top_p, top_k, min_new_tokens=0):
+    def _sampling(self, max_new_tokens, temperature, top_p, top_k, min_new_tokens=0,
+                  seeds=None):
         """(generation config, logits processors): only what this engine asks for, never the
-        model's own sampling defaults. On CPU, InverseCdfSampling draws and generate() picks
-        its choice greedily; elsewhere generate() samples."""
+        model's own sampling defaults. On CPU, or with a seed per row, InverseCdfSampling draws
+        and generate() picks its choice greedily; elsewhere generate() samples."""
         from transformers import GenerationConfig, LogitsProcessorList
 
         common = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
                       eos_token_id=self.stop_ids,
                       pad_token_id=self.pad_id, use_cache=True)
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" or seeds is not None:
             return (GenerationConfig(do_sample=False, **common),
-                    LogitsProcessorList([InverseCdfSampling(temperature, top_p, top_k)]))
+                    LogitsProcessorList([InverseCdfSampling(temperature, top_p, top_k, seeds,
+                                                            max_new_tokens)]))
         return (GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p,
                                  top_k=top_k, **common), LogitsProcessorList())
 
     def _sample(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                completion_ids, truncated, min_new_tokens=0) -> None:
-        config, processors = self._sampling(max_new_tokens, temperature, top_p, top_k,
-                                            min_new_tokens)
+                completion_ids, truncated, min_new_tokens=0, row_seeds=None) -> None:
         was_training = self.model.training
         self.model.eval()
         counter = TokenCounter(self.stop_ids, self.on_tokens) if self.on_tokens else None
         try:
             for start in range(0, len(expanded), batch):
                 chunk = expanded[start:start + batch]
+                config, processors = self._sampling(
+                    max_new_tokens, temperature, top_p, top_k, min_new_tokens,
+                    row_seeds[start:start + batch] if row_seeds is not None else None)
                 width = max(len(p) for p in chunk)
                 ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -92,9 +93,38 @@ def pin_from_env() -> None:
             pass
 
 
-def worker_command(run_dir: Path, max_steps: int | None = None, resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "core", "train", str(run_dir / "config.yaml"),
-           "--run-dir", str(run_dir)]
+def free_port() -> int:
+    """A TCP port on loopback no one listens on now (for the processes of one run to meet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_prefix(processes: int = 1, port: int | None = None) -> list[str]:
+    """The start of the command that runs a module on `processes` processes: python itself for
+    one; accelerate launch for several (one machine, data parallel; on a machine without GPUs
+    --multi_gpu still starts them all, on the CPU with gloo, where --cpu would start one)."""
+    if processes <= 1:
+        return [sys.executable, "-m"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port or free_port()), "-m"]
+
+
+def run_processes(run_dir: Path) -> int:
+    """How many processes the run's config asks to train it (1 when it cannot be read)."""
+    try:
+        return RunConfig.load(Path(run_dir) / "config.yaml").train.processes
+    except Exception:  # a broken config fails in the worker, with its one-line reason
+        return 1
+
+
+def worker_command(run_dir: Path, max_steps: int | None = None, resume: bool = False,
+                   processes: int | None = None) -> list[str]:
+    processes = run_processes(run_dir) if processes is None else processes
+    cmd = launch_prefix(processes) + ["core", "train", str(run_dir / "config.yaml"),
+                                      "--run-dir", str(run_dir)]
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
     if resume:
@@ -102,7 +132,7 @@ def worker_command(run_dir: Path, max_steps: int | None = None, resume: bool = F
     return cmd
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -325,7 +355,7 @@ class RunManager:
         if proc is not None:
             return proc.poll() is None
         pid = self.pid(run_dir)
-        return pid is not None and _pid_alive(pid)
+        return pid is not None and pid_alive(pid)
 
     def status(self, run_dir: str | Path, waiting: list[dict] | None = None) -> RunStatus:
         run_dir = Path(run_dir)

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 import kernels
 
 from . import data as data_lib
-from .config import RunConfig
+from .config import ConfigError, RunConfig
+from .distributed import SilentLog, SilentProgress, World
 from .evaluate import build_reward_set, prompt_ids, score_questions
 from .events import EventLog, Progress, read_events
 from .health import CollapseDetector, settings_advice
@@ -105,6 +106,26 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, prompt_w
     return full, full_entropy
 
 
+class PolicyLogps(torch.nn.Module):
+    """completion_logps as a module, so that DistributedDataParallel sees the forward pass
+    whose backward it averages (runs on several processes)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_mask, prompt_width: int,
+                temperature: float, chunk_size: int):
+        return completion_logps(self.model, input_ids, attention_mask, completion_mask,
+                                prompt_width, temperature, chunk_size)
+
+
+def completion_seed(seed: int, step: int, index: int) -> int:
+    """The sampling seed of completion `index` of the global batch of `step`: the same whichever
+    process generates it, beside whichever others."""
+    return ((seed * 1_000_003 + step) * 1_000_003 + index) % (2**63 - 1)
+
+
 def _trim(batch: Batch, rows: slice) -> tuple[torch.Tensor, ...]:
     """A micro-batch without the padding columns no row in it needs."""
     ids, att, cmask = batch.input_ids[rows], batch.attention_mask[rows], batch.completion_mask[rows]
@@ -122,12 +143,18 @@ TOKENS_PER_PASS_GPU = 16384
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, events: EventLog | None = None):
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, events: EventLog | None = None,
+                 world: World | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.events = events or EventLog(self.run_dir)
-        self.progress = Progress(self.run_dir)  # the phase within a step, for the page
+        # one process, or one of several started by accelerate launch: only the main one writes
+        self.world = world or World()
+        main = self.world.is_main
+        self.events = events or (EventLog(self.run_dir) if main else SilentLog())
+        # the phase within a step, for the page
+        self.progress = Progress(self.run_dir) if main else SilentProgress()
+        self.policy = None  # the forward pass DDP averages gradients over (several processes)
         self.step_count = 0
         self._batch: Batch | None = None
         self._stop_requested = False
@@ -137,12 +164,31 @@ class Trainer:
         cfg = self.cfg
         self.progress.clear()  # a phase left by an earlier worker of this run is not news
         return_freed_memory_to_os()
-        threads = cfg.train.threads or int(os.environ.get("AHA_TRAIN_THREADS") or 0)
+        world = self.world
+        # train.threads is per process; the run manager's budget (AHA_TRAIN_THREADS) and the
+        # machine's cores are shared by the run's processes on this machine
+        threads = cfg.train.threads or world.threads(
+            int(os.environ.get("AHA_TRAIN_THREADS") or 0)
+            or (len(usable_cpus()) if world.distributed else 0))
         if threads:  # empty: all cores, unless the run manager keeps some for its server
             torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
+        if cfg.grpo.prompts_per_step % world.size:
+            raise ConfigError(
+                f"grpo.prompts_per_step ({cfg.grpo.prompts_per_step}) must be a multiple of the "
+                f"number of processes ({world.size}): each process takes whole prompts.")
+        local = cfg.grpo.prompts_per_step // world.size * cfg.grpo.num_generations
+        if local % cfg.grpo.gradient_accumulation_steps:
+            raise ConfigError(
+                f"grpo.gradient_accumulation_steps ({cfg.grpo.gradient_accumulation_steps}) must "
+                f"divide each process's completions per step ({local}).")
         check_installed(cfg.train.report_to)  # before minutes of loading, not after
-        self.cfg.save(self.run_dir / "config.yaml")
+        if world.distributed and torch.cuda.is_available() and \
+                world.local_size > torch.cuda.device_count():
+            raise ConfigError(f"{world.local_size} processes on this machine, but it has "
+                              f"{torch.cuda.device_count()} GPUs: one process per GPU.")
+        if world.is_main:
+            self.cfg.save(self.run_dir / "config.yaml")
 
         self._status("loading_data", "Loading the data")
         self.dataset, self.heldout = data_lib.prepare_run_data(cfg.data)
@@ -154,13 +200,16 @@ class Trainer:
                 f"{len(missing)} rows have none (first: row {self.dataset[missing[0] - 1]['row']}).")
 
         self._status("loading_model", "Loading the model")
-        self.loaded = load_model(cfg.model, seed=cfg.train.seed,
+        self.loaded = load_model(cfg.model, seed=cfg.train.seed, device=world.device(),
                                  fast_cpu_generation=cfg.generation.fast_cpu_4bit)
         self.model, self.tokenizer, self.device = (self.loaded.model, self.loaded.tokenizer,
                                                    self.loaded.device)
         self.kernel_report = kernels.patch_model(self.model) if cfg.train.kernels else {}
         self.model.train()
-        engine, code, values = pick_engine(cfg, torch.cuda.is_available())
+        engine, code, values = pick_engine(cfg, torch.cuda.is_available(), world.size)
+        if engine == "vllm" and world.distributed:
+            raise ConfigError(f"generation.engine vllm serves a run of one process, not "
+                              f"{world.size}: set generation.engine to auto or transformers.")
         self.engine_reason = REASONS[code].format(**values)
         self.engine_why = {"code": code, **values}  # the same, for the studio to translate
         if engine == "vllm":
@@ -177,6 +226,8 @@ class Trainer:
             self.engine = None
             self._engine_failed(exc)
         self.loss_settings = LossSettings.from_config(cfg.grpo)
+        if world.distributed:
+            self.policy = world.wrap(PolicyLogps(self.model))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg.train)
         from transformers import get_scheduler
@@ -189,6 +240,8 @@ class Trainer:
         self._status("ready", "Model and data ready", engine=self.engine.name,
                      engine_reason=self.engine_reason, engine_why=self.engine_why,
                      threads=torch.get_num_threads(), cpus=usable_cpus(),
+                     world_size=world.size, backend=world.backend,
+                     pids=[pid for _host, pid in world.peers],
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,
@@ -201,12 +254,19 @@ class Trainer:
 
     @torch.no_grad()
     def generate_batch(self) -> Batch:
-        g = self.cfg.grpo
-        rows = [self.dataset[i] for i in self.sampler.take(g.prompts_per_step)]
+        g, world = self.cfg.grpo, self.world
+        # every process draws the same global batch and keeps its share (whole prompts)
+        all_rows = [self.dataset[i] for i in self.sampler.take(g.prompts_per_step)]
+        rows = world.share(all_rows)
         prompts = [self._prompt_ids(r) for r in rows]
+        first = world.rank * len(rows) * g.num_generations  # its first completion, globally
 
         # 1. generate: G completions per prompt                               [B = P*G]
         step = self.step_count + 1
+        keyed = {}
+        if self.engine.name == "transformers":  # sampling independent of who generates what
+            keyed["row_seeds"] = [completion_seed(self.cfg.train.seed, step, first + i)
+                                  for i in range(len(prompts) * g.num_generations)]
         counts = hasattr(self.engine, "on_tokens")  # vLLM answers in one piece: no count
         self.progress.phase("generating", step,
                             of=len(rows) * g.num_generations * g.max_completion_length,
@@ -215,7 +275,7 @@ class Trainer:
             self.engine.on_tokens = lambda n: self.progress.update(tokens=n)
         t0 = time.perf_counter()
         gen = self.engine.generate(prompts, g.num_generations, g.max_completion_length,
-                                   g.temperature, g.top_p, g.top_k)
+                                   g.temperature, g.top_p, g.top_k, **keyed)
         gen_time = time.perf_counter() - t0
 
         # 2. score with every reward template
@@ -223,12 +283,22 @@ class Trainer:
         questions = [r["question"] for r in rows for _ in range(g.num_generations)]
         answers = [r["answer"] for r in rows for _ in range(g.num_generations)]
         totals, per_reward = self.rewards.score(questions, gen.texts, answers)
-        rewards = torch.tensor(totals, dtype=torch.float32)                 # [B]
+
+        # the global batch's scores and answers, in order, on every process (a few numbers and
+        # texts per completion): advantages, metrics and samples are the global batch's
+        shares = world.gather({"totals": totals, "per_reward": per_reward, "texts": gen.texts,
+                               "lengths": [len(c) for c in gen.completion_ids],
+                               "truncated": gen.truncated, "seconds": gen_time})
+        all_totals = [x for share in shares for x in share["totals"]]
+        all_per_reward = {name: [x for share in shares for x in share["per_reward"][name]]
+                          for name in per_reward}
+        rewards = torch.tensor(all_totals, dtype=torch.float32)             # [B]
 
         # 3. group-relative advantages                                        [B]
-        advantages, metrics = compute_advantages(rewards, g.num_generations, g.scale_rewards,
-                                                 g.advantage_estimator)
-        for name, scores in per_reward.items():
+        all_advantages, metrics = compute_advantages(rewards, g.num_generations,
+                                                     g.scale_rewards, g.advantage_estimator)
+        advantages = all_advantages[first:first + len(totals)]              # this process's
+        for name, scores in all_per_reward.items():
             valid = [s for s in scores if s is not None]
             metrics[f"rewards/{name}/mean"] = float(np.mean(valid)) if valid else None
             metrics[f"rewards/{name}/std"] = float(np.std(valid, ddof=1)) if len(valid) > 1 \
@@ -246,16 +316,17 @@ class Trainer:
             input_ids[i, tp:tp + len(c)] = torch.tensor(c, dtype=torch.long)
             attention[i, tp - len(p):tp + len(c)] = 1
         completion_mask = attention[:, tp:].clone()                          # [B, Tc]
-        truncated = torch.tensor(gen.truncated)
         if g.mask_truncated_completions:
-            completion_mask[truncated] = 0
-        lengths = torch.tensor([len(c) for c in gen.completion_ids], dtype=torch.float32)
+            completion_mask[torch.tensor(gen.truncated)] = 0
+        lengths = torch.tensor([n for share in shares for n in share["lengths"]],
+                               dtype=torch.float32)
+        all_truncated = [t for share in shares for t in share["truncated"]]
         metrics.update({
             "completions/mean_length": lengths.mean().item(),
             "completions/min_length": lengths.min().item(),
             "completions/max_length": lengths.max().item(),
-            "completions/clipped_ratio": truncated.float().mean().item(),
-            "generation_time": gen_time,
+            "completions/clipped_ratio": float(np.mean(all_truncated)),
+            "generation_time": max(share["seconds"] for share in shares),
             **({"weight_sync_time": self.engine.last_update_s}
                if hasattr(self.engine, "last_update_s") else {}),
             "completion_tokens": int(lengths.sum().item()),
@@ -278,8 +349,10 @@ class Trainer:
             with self.model.disable_adapter():  # the base model is the reference: no 2nd copy
                 batch.ref_logps = self._logps_no_grad(batch)
 
-        if self.step_count % self.cfg.train.sample_every == 0:
-            self._log_samples(rows, gen, totals, per_reward, advantages)
+        if self.step_count % self.cfg.train.sample_every == 0 and world.is_main:
+            texts = [t for share in shares for t in share["texts"]]
+            self._log_samples(all_rows, texts, all_truncated, all_totals, all_per_reward,
+                              all_advantages)
         return batch
 
     def _rows_per_pass(self, batch: Batch) -> int:
@@ -326,7 +399,7 @@ class Trainer:
         return out
 
     def step(self) -> dict:
-        g, t = self.cfg.grpo, self.cfg.train
+        g, t, world = self.cfg.grpo, self.cfg.train, self.world
         start = time.perf_counter()
         if self._batch is None or self.step_count % g.num_iterations == 0:
             self._batch = self.generate_batch()
@@ -335,39 +408,27 @@ class Trainer:
         # 6. policy log-probs, loss and backward, micro-batch by micro-batch
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens_in_step = batch.completion_mask.sum().item()
+        local_tokens = batch.completion_mask.sum().item()
+        tokens_in_step = world.sum([local_tokens])[0]  # the global batch's
         totals = StepMetrics()
         entropy_sum = 0.0
         loss_sum = 0.0
-        n_micro = g.gradient_accumulation_steps
-        self.progress.phase("updating", self.step_count + 1, passes=self._passes(batch))
+        passes = self._passes(batch)
+        self.progress.phase("updating", self.step_count + 1, passes=passes)
         for done, (chunk, rows) in enumerate(self._micro_batches(batch)):
             self.progress.update(done=done)
             ids, att, cmask, width, _first, last = _trim(batch, rows)
-            logps, entropy = completion_logps(self.model, ids, att, cmask, width, g.temperature,
-                                              g.logprob_chunk_size)           # [b, Tc]
-            old = batch.old_logps[rows, :last] if batch.old_logps is not None else None
-            ref = batch.ref_logps[rows, :last] if batch.ref_logps is not None else None
-            is_ratio = None
-            if batch.sampling_logps is not None:  # the trainer's policy vs the sampler's
-                gc = self.cfg.generation
-                is_ratio = sampler_ratio((old if old is not None else logps).detach(),
-                                         batch.sampling_logps[rows, :last], cmask,
-                                         gc.vllm_importance_sampling_mode,
-                                         gc.vllm_importance_sampling_clip_min,
-                                         gc.vllm_importance_sampling_clip_max)
-            loss, m = policy_loss(logps, old, ref, batch.advantages[rows], cmask,
-                                  self.loss_settings, num_items_in_batch=tokens_in_step,
-                                  is_ratio=is_ratio)
-            loss = loss * self._pass_share(batch, chunk, rows)
-            if g.loss_type not in STEP_TOKEN_LOSSES:
-                loss = loss / n_micro  # the others are already normalised over the whole step
-            loss.backward()
+            # several processes: DDP averages the gradients once, in the step's last backward
+            last_pass = done == passes - 1
+            with world.no_sync(self.policy, last=last_pass), world.guard(last_pass):
+                loss, m, entropy = self._pass_loss(batch, chunk, rows, ids, att, cmask, width,
+                                                   last, tokens_in_step)
+                loss.backward()
             loss_sum += loss.item()
             entropy_sum += (entropy * cmask).sum().item()
             totals.merge(m)  # sums and counts: divided once, so passes never change a mean
 
-        # 7. optimizer step
+        # 7. optimizer step (the gradients are the global batch's, alike on every process)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")).item()
         lr = self.scheduler.get_last_lr()[0]
@@ -376,19 +437,59 @@ class Trainer:
         self.scheduler.step()
         self.step_count += 1
 
-        elapsed = time.perf_counter() - start
+        # the processes' figures brought together: sums as sums, means weighted by their
+        # counts, maxima as maxima (each process's loss is its share of the mean: see
+        # _pass_loss)
+        combined = StepMetrics()
+        for share in world.gather(totals):
+            combined.merge(share)
+        loss_total, entropy_total = world.sum([loss_sum, entropy_sum])
+        elapsed = world.max([time.perf_counter() - start])[0]
+        peak = world.max([peak_memory_mb(self.device)])[0]
         metrics = dict(batch.metrics)  # the rewards of the batch this step trained on
-        metrics.update(totals.result())
+        metrics.update(combined.result())
         metrics.update({
-            "loss": loss_sum,
+            "loss": loss_total / world.size,
             "grad_norm": grad_norm,
             "learning_rate": lr,
-            "entropy": entropy_sum / max(tokens_in_step, 1),
+            "entropy": entropy_total / max(tokens_in_step, 1),
             "step_time": elapsed,
             "tokens_per_second": batch.metrics["completion_tokens"] / elapsed,
-            "peak_memory_mb": peak_memory_mb(self.device),
+            "peak_memory_mb": peak,
         })
         return metrics
+
+    def _pass_loss(self, batch, chunk, rows, ids, att, cmask, width, last, tokens_in_step):
+        """(loss, its metrics, entropies) of one pass. Scaled so that the sum over the passes
+        and the mean over the processes (DDP's) is the loss of the whole global batch: a
+        per-sequence mean is a mean over equal shares; a loss over the step's tokens is divided
+        by the global token count and multiplied by the number of processes."""
+        g = self.cfg.grpo
+        if self.policy is not None:
+            logps, entropy = self.policy(ids, att, cmask, width, g.temperature,
+                                         g.logprob_chunk_size)               # [b, Tc]
+        else:
+            logps, entropy = completion_logps(self.model, ids, att, cmask, width, g.temperature,
+                                              g.logprob_chunk_size)           # [b, Tc]
+        old = batch.old_logps[rows, :last] if batch.old_logps is not None else None
+        ref = batch.ref_logps[rows, :last] if batch.ref_logps is not None else None
+        is_ratio = None
+        if batch.sampling_logps is not None:  # the trainer's policy vs the sampler's
+            gc = self.cfg.generation
+            is_ratio = sampler_ratio((old if old is not None else logps).detach(),
+                                     batch.sampling_logps[rows, :last], cmask,
+                                     gc.vllm_importance_sampling_mode,
+                                     gc.vllm_importance_sampling_clip_min,
+                                     gc.vllm_importance_sampling_clip_max)
+        loss, m = policy_loss(logps, old, ref, batch.advantages[rows], cmask,
+                              self.loss_settings, num_items_in_batch=tokens_in_step,
+                              is_ratio=is_ratio)
+        loss = loss * self._pass_share(batch, chunk, rows)
+        if g.loss_type in STEP_TOKEN_LOSSES:
+            loss = loss * self.world.size  # DDP divides by it
+        else:
+            loss = loss / g.gradient_accumulation_steps  # the others: normalised per step
+        return loss, m, entropy
 
     # ---- the loop -----------------------------------------------------------------------
     def train(self, max_steps: int | None = None, resume: bool = False) -> str:
@@ -398,13 +499,18 @@ class Trainer:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is not None:
                 self.load_checkpoint(ckpt)
+            if len(set(self.world.gather(self.step_count))) > 1:
+                raise ConfigError("The training processes found different checkpoints: the run "
+                                  "folder must be the same shared folder for all of them "
+                                  "(docs/SCALING.md).")
+            if ckpt is not None:
                 self._status("resumed", f"Resumed from step {self.step_count}", step=self.step_count)
             else:
                 self._status("resumed", "No checkpoint was saved yet: starting again from the "
                              "beginning", step=0)
         self._install_signal_handlers()
-        self.trackers = Trackers(self.cfg.train.report_to, self.run_dir, self.cfg,
-                                 self.step_count, self.events)
+        self.trackers = Trackers(self.cfg.train.report_to if self.world.is_main else [],
+                                 self.run_dir, self.cfg, self.step_count, self.events)
         self.health = self._detector()
         self._status("training", "Training", step=self.step_count, max_steps=max_steps)
         every, eval_every = self.cfg.train.save_steps, self.cfg.train.eval_steps
@@ -413,6 +519,7 @@ class Trainer:
                 self.events.emit("warning", code="risky_setting", step=0, **advice)
         if eval_every and self.step_count == 0:
             self.evaluate()  # the untrained model: the baseline every later score is read against
+        world = self.world
         while self.step_count < max_steps:
             try:
                 metrics = self.step()
@@ -428,18 +535,19 @@ class Trainer:
                 except VLLMError as exc:
                     self._engine_failed(exc)
                     self.evaluate()
-            if self._should_stop():
+            if world.any(self._should_stop()):  # a stop asked of one process stops them all
                 self.progress.clear()
                 self.save_checkpoint()
                 self._status("stopped", f"Stopped at step {self.step_count}", step=self.step_count)
                 return "stopped"
             limit = self.cfg.train.stop_on_collapse
-            if limit and self.health.persisted(self.step_count) >= limit:
+            if world.any(bool(limit) and self.health.persisted(self.step_count) >= limit):
                 return self._stop_collapsed()
             if every and self.step_count % every == 0 and self.step_count < max_steps:
                 self.save_checkpoint()
         self.save_checkpoint()
-        self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
+        if world.is_main:
+            self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
         self.progress.clear()
         self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
                      adapter=str(self.run_dir / ADAPTER_DIR))
@@ -463,7 +571,7 @@ class Trainer:
     def _engine_failed(self, exc: Exception) -> None:
         """vLLM died, hung or failed: with engine 'auto' the run goes on with transformers
         (a warning says so); otherwise it stops here with a checkpoint and a one-line error."""
-        self.close()
+        self.close_engine()
         if self.cfg.generation.engine != "auto":
             self.save_checkpoint()
             raise exc
@@ -475,11 +583,19 @@ class Trainer:
                                   weights=self.loaded.generation_context)
         self.engine_reason, self.engine_why = REASONS["failed"], {"code": "failed"}
 
-    def close(self) -> None:
+    def close_engine(self) -> None:
         """End what the run started beside this process (a vLLM process)."""
         close = getattr(getattr(self, "engine", None), "close", None)
         if close is not None:
             close()
+
+    def close(self) -> None:
+        """The engine, and DistributedDataParallel before its process group goes."""
+        self.close_engine()
+        if self.policy is not None:
+            self.policy = None
+            import gc
+            gc.collect()
 
     def _detector(self) -> CollapseDetector:
         """A collapse detector that has seen this run's earlier steps (after a resume)."""
@@ -496,6 +612,8 @@ class Trainer:
         the collapse began (or the untrained adapter's state when none is that old)."""
         began = self.health.collapsed_since
         self.save_checkpoint()  # where it ended, for whoever wants to look
+        if not self.world.is_main:
+            return "stopped"
         good = [p for p in checkpoints(self.run_dir) if checkpoint_step(p) < began]
         if good:
             shutil.rmtree(self.run_dir / ADAPTER_DIR, ignore_errors=True)
@@ -517,8 +635,8 @@ class Trainer:
     def evaluate(self) -> dict | None:
         """Greedy answers to the held-out questions, scored; an `eval` event. Training's random
         state is left as it was, so evaluating never changes what the run learns."""
-        if self.heldout is None:
-            return None
+        if self.heldout is None or not self.world.is_main:
+            return None  # the main process evaluates; the others wait for it at the next step
         n = min(self.cfg.train.eval_max_questions, self.heldout.num_rows)
         self.progress.phase("evaluating", self.step_count, questions=n)
         rows = [self.heldout[i] for i in range(n)]
@@ -554,7 +672,14 @@ class Trainer:
             write_model_card(path, self.run_dir, self.cfg, note)
 
     def save_checkpoint(self) -> Path:
+        """Everything a resume needs, written by the main process (every process calls it: a
+        batch kept between steps (num_iterations > 1) is each process's own share, gathered)."""
         final = self.run_dir / CHECKPOINTS_DIR / f"step-{self.step_count}"
+        mid_cycle = self.step_count % self.cfg.grpo.num_iterations != 0
+        kept = mid_cycle and self._batch is not None
+        batches = self.world.gather(batch_to(self._batch, "cpu") if kept else None)
+        if not self.world.is_main:
+            return final
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -565,11 +690,11 @@ class Trainer:
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                    tmp / "rng.pt")
-        mid_cycle = self.step_count % self.cfg.grpo.num_iterations != 0
-        if mid_cycle and self._batch is not None:
-            torch.save(self._batch, tmp / "batch.pt")
+        if kept:  # one share per process, in rank order
+            torch.save(batches if self.world.distributed else self._batch, tmp / "batch.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": self.step_count, "sampler": self.sampler.state_dict()}, indent=1))
+            {"step": self.step_count, "sampler": self.sampler.state_dict(),
+             "world_size": self.world.size}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         self.events.emit("checkpoint", step=self.step_count, path=str(final))
@@ -598,7 +723,9 @@ class Trainer:
 
         set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors"))
         self._weights_changed()
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        # on the CPU first: the optimizer moves its state to each parameter's device
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False,
+                                                  map_location="cpu"))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         random.setstate(rng["python"])
@@ -609,25 +736,41 @@ class Trainer:
         state = json.loads((path / "trainer_state.json").read_text())
         self.step_count = state["step"]
         self.sampler.load_state_dict(state["sampler"])
-        self._batch = (torch.load(path / "batch.pt", weights_only=False)
-                       if (path / "batch.pt").exists() else None)
+        self._batch = None
+        if (path / "batch.pt").exists():
+            saved = torch.load(path / "batch.pt", weights_only=False, map_location="cpu")
+            shares = saved if isinstance(saved, list) else [saved]
+            if len(shares) == self.world.size:
+                self._batch = batch_to(shares[self.world.rank], self.device)
+            # saved by another number of processes: this cycle's remaining passes train on a
+            # fresh batch instead of the kept one
 
     # ---- events -----------------------------------------------------------------------
     def _status(self, state: str, message: str, **fields) -> None:
         self.events.emit("status", state=state, message=message, **fields)
 
-    def _log_samples(self, rows, gen, totals, per_reward, advantages) -> None:
+    def _log_samples(self, rows, texts, truncated, totals, per_reward, advantages) -> None:
         g = self.cfg.grpo.num_generations
         items = []
-        for i in range(min(len(gen.texts), 2 * g)):  # the groups of the first two prompts
+        for i in range(min(len(texts), 2 * g)):  # the groups of the first two prompts
             row = rows[i // g]
             items.append({
-                "prompt": row["question"], "answer": row["answer"], "completion": gen.texts[i],
+                "prompt": row["question"], "answer": row["answer"], "completion": texts[i],
                 "rewards": {name: scores[i] for name, scores in per_reward.items()},
                 "total": totals[i], "advantage": float(advantages[i]),
-                "truncated": gen.truncated[i],
+                "truncated": truncated[i],
             })
         self.events.emit("samples", step=self.step_count + 1, items=items)
+
+
+def batch_to(batch: Batch | None, device) -> Batch | None:
+    """The batch with its tensors on `device`."""
+    if batch is None:
+        return None
+    import dataclasses
+    return dataclasses.replace(batch, **{
+        f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)})
 
 
 def build_optimizer(params, t) -> torch.optim.Optimizer:

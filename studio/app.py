@@ -96,7 +96,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                 rewards_ui = step_rewards.build(studio, rewards)
                 steps_nav(tabs, ("data", "app.nav.back_data"), ("train", "app.nav.next_train"))
             with gr.Tab(L("app.tab.train"), id="train", elem_id="tab-train"):
-                train_ui = step_train.build(form)
+                train_ui = step_train.build(form, machine.gpus)
                 steps_nav(tabs, ("rewards", "app.nav.back_rewards"),
                           ("export", "app.nav.next_export"))
             with gr.Tab(L("app.tab.export"), id="export", elem_id="tab-export"):

@@ -132,8 +132,12 @@ def rewards_from_config(cfg: RunConfig) -> list[dict]:
     return [clean_reward(dataclasses.asdict(r)) for r in cfg.rewards]
 
 
-def cli_command(config_path: str, run_dir: str) -> str:
-    """The command line that trains the same run headless."""
+def cli_command(config_path: str, run_dir: str, processes: int = 1) -> str:
+    """The command line that trains the same run headless (on several processes: accelerate
+    launch, docs/SCALING.md)."""
+    if processes > 1:
+        return (f"accelerate launch --multi_gpu --num_processes {processes} -m core train "
+                f"{config_path} --run-dir {run_dir}")
     return f"python -m core train {config_path} --run-dir {run_dir}"
 
 

@@ -18,6 +18,7 @@ class Machine:
     total_bytes: float        # GPU memory, or RAM
     available_bytes: float    # free GPU memory, or available RAM
     cores: int
+    gpus: int = 0             # how many GPUs (a run may train on several: train.processes)
 
     def describe(self) -> str:
         """One line on what this machine has, in the page's language."""
@@ -41,7 +42,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def _nvidia_gpu() -> tuple[str, float, float] | None:
+def _nvidia_gpu() -> tuple[str, float, float, int] | None:
+    """The first GPU's name, memory and free memory (bytes), and how many GPUs there are."""
     exe = shutil.which("nvidia-smi")
     if not exe:
         return None
@@ -50,7 +52,7 @@ def _nvidia_gpu() -> tuple[str, float, float] | None:
                               "--format=csv,noheader,nounits"], capture_output=True, text=True,
                              timeout=5).stdout.strip().splitlines()
         name, total, free = [part.strip() for part in out[0].split(",")]
-        return name, float(total) * 2**20, float(free) * 2**20
+        return name, float(total) * 2**20, float(free) * 2**20, len(out)
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 
@@ -59,6 +61,6 @@ def detect_machine() -> Machine:
     gpu = _nvidia_gpu()
     cores = psutil.cpu_count(logical=True) or 1
     if gpu:
-        return Machine(True, gpu[0], gpu[1], gpu[2], cores)
+        return Machine(True, gpu[0], gpu[1], gpu[2], cores, gpu[3])
     mem = psutil.virtual_memory()
     return Machine(False, cpu_name(), float(mem.total), float(mem.available), cores)

@@ -12,6 +12,7 @@ from core.config import ConfigError, RunConfig
 from core.data import size_words
 from core.export import QUANTS, converter, copy_adapter, default_out
 from core.modelcard import saved_evaluation
+from core.runs import run_processes
 
 from .access import AccessError
 from .errors import friendly
@@ -194,9 +195,10 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         if not ref:
             return ""
         run_dir = user.run_dir(ref)
+        processes = run_processes(run_dir)
         if policy.shared:
-            return cli_command(f"{run_dir.name}/config.yaml", run_dir.name)
-        return cli_command(str(run_dir / "config.yaml"), str(run_dir))
+            return cli_command(f"{run_dir.name}/config.yaml", run_dir.name, processes)
+        return cli_command(str(run_dir / "config.yaml"), str(run_dir), processes)
 
     ui["run"].change(studio.handler(on_run), ui["run"], ui["command"])
 

@@ -25,7 +25,7 @@ PRESETS = [  # (label, source): the embedded default first, then popular small i
 ESTIMATE_PATHS = ["model.source", "model.precision", "model.lora_r", "grpo.max_prompt_length",
                   "grpo.max_completion_length", "grpo.prompts_per_step", "grpo.num_generations",
                   "grpo.gradient_accumulation_steps", "model.gradient_checkpointing",
-                  "train.optimizer", "model.dynamic_keep_share"]
+                  "train.optimizer", "model.dynamic_keep_share", "train.processes"]
 
 
 def source_for_preset(preset: str, current: str) -> tuple[str, bool]:
@@ -38,8 +38,10 @@ def source_for_preset(preset: str, current: str) -> tuple[str, bool]:
 
 def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, completion_len,
                    prompts_per_step, num_generations, accumulation, checkpointing,
-                   optimizer, keep_share=0.1) -> dict | None:
-    """The estimate's parts in bytes (with 'total'), or None when it cannot be made."""
+                   optimizer, keep_share=0.1, processes=1) -> dict | None:
+    """The estimate's parts in bytes (with 'total'), or None when it cannot be made. With
+    several processes (GPUs), the memory of one of them: each holds the whole base and adapter
+    and its share of the prompts."""
     shape = shape_for_source(str(source or ""))
     if shape is None:
         return None
@@ -48,7 +50,8 @@ def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, comp
             shape, precision=precision or "4bit", lora_r=int(lora_r or 16),
             keep_share=float(0.1 if keep_share is None else keep_share),
             prompt_tokens=int(prompt_len or 256), completion_tokens=int(completion_len or 64),
-            prompts_per_step=int(prompts_per_step or 1), num_generations=int(num_generations or 2),
+            prompts_per_step=-(-int(prompts_per_step or 1) // max(1, int(processes or 1))),
+            num_generations=int(num_generations or 2),
             gradient_accumulation_steps=int(accumulation or 1),
             gradient_checkpointing=bool(checkpointing), optimizer=optimizer or "adamw",
             gpu=machine.gpu)
@@ -58,15 +61,15 @@ def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, comp
 
 def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion_len,
              prompts_per_step, num_generations, accumulation, checkpointing, optimizer,
-             keep_share=0.1):
+             keep_share=0.1, processes=1):
     """(verdict, markdown) for the chosen settings; verdict is 'ok', 'tight', 'too_big' or
-    'unknown'."""
+    'unknown'. Several processes: the memory per GPU."""
     shape = shape_for_source(str(source or ""))
     if shape is None:
         return "unknown", t("model.estimate.unknown_model")
     parts = estimate_parts(machine, source, precision, lora_r, prompt_len, completion_len,
                            prompts_per_step, num_generations, accumulation, checkpointing,
-                           optimizer, keep_share)
+                           optimizer, keep_share, processes)
     if parts is None:
         return "unknown", t("model.estimate.fill_in")
     verdict, line = fit_verdict(parts["total"], machine.available_bytes)
@@ -74,6 +77,9 @@ def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion
     detail = ", ".join(f"{part_label(k)} {v / GB:.2f} GB"
                        for k, v in parts.items() if k != "total")
     total = t("model.estimate.total", gb=f"{parts['total'] / GB:.1f}")
+    if int(processes or 1) > 1:
+        total = t("model.estimate.total_per_gpu", gb=f"{parts['total'] / GB:.1f}",
+                  gpus=int(processes))
     params = t("model.estimate.params", millions=f"{shape.params / 1e6:.0f}")
     return verdict, f"{icon} **{total}** {line}\n\n<small>{params} · {detail}</small>"
 

@@ -156,6 +156,9 @@ def apply_policy(cfg: RunConfig, user: User) -> tuple[RunConfig, list[str]]:
             notes.append(t("train.policy.steps_limited", steps=limits.max_steps))
         if limits.keep_checkpoints and cfg.train.keep_checkpoints > limits.keep_checkpoints:
             cfg.train.keep_checkpoints = limits.keep_checkpoints
+        if cfg.train.processes > 1:  # a shared machine's GPUs are for everyone's runs
+            cfg.train.processes = 1
+            notes.append(t("train.policy.one_gpu"))
     return cfg, notes
 
 
@@ -257,7 +260,8 @@ def healthy_curves() -> str:
     return "".join(parts)
 
 
-def build(form: dict) -> dict:
+def build(form: dict, gpus: int = 0) -> dict:
+    """The train step. `gpus`: the machine's; with more than one, 'GPUs to train on' shows."""
     gr.Markdown(L("train.heading"), elem_id="train-heading")
     with gr.Accordion(L("train.grpo.title"), open=False, elem_id="train-what-is-grpo"):
         gr.Markdown(L("train.grpo.body"), elem_id="train-grpo-body")
@@ -285,7 +289,9 @@ def build(form: dict) -> dict:
             for i in range(0, len(paths), 4):
                 with gr.Row():
                     for path in paths[i:i + 4]:
-                        form[path] = make_widget(path, values_from_config(defaults, [path])[0])
+                        extra = {"visible": gpus > 1} if path == "train.processes" else {}
+                        form[path] = make_widget(path, values_from_config(defaults, [path])[0],
+                                                 **extra)
     estimate = gr.Markdown(elem_id="train-estimate")
     timing = gr.Markdown(elem_id="train-time")
     advice = gr.Markdown(elem_id="train-advice")
@@ -435,6 +441,9 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             if not cfg.data.source:
                 return ["❌ " + t("train.start.no_data"), gr.skip()] + keep
             cfg, notes = apply_policy(cfg, user)
+            if cfg.train.processes > max(1, machine.gpus):
+                return ["❌ " + t("train.start.too_many_gpus", processes=cfg.train.processes,
+                                  gpus=machine.gpus), gr.skip()] + keep
             user.check_quota()
         except (ConfigError, AccessError) as exc:
             return [f"❌ {exc}", gr.skip()] + keep

@@ -184,7 +184,7 @@ def test_core_advice_warnings_and_engine_reasons_have_both_languages():
     assert warning_texts({"code": "no_signal", "message": "m", "fix": "f"}) == ("m", "f")
 
     for code, english in REASONS.items():
-        values = {k: v for k, v in {"tokens": 1234, "limit": 4096}.items()
+        values = {k: v for k, v in {"tokens": 1234, "limit": 4096, "processes": 2}.items()
                   if "{" + k in english}
         assert engine_why_text({"code": code, **values}) == english.format(**values)
         with i18n.speaking("de"):

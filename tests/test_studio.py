@@ -15,7 +15,7 @@ from studio.form import (cli_command, config_dict_from_values, config_from_value
 from studio.presets import quality_settings, quick_demo_config
 from studio.step_data import inspect_source, keep_upload
 from studio.step_export import adapter_dir, zip_adapter
-from studio.step_model import estimate, source_for_preset
+from studio.step_model import estimate, estimate_parts, source_for_preset
 from studio.step_train import fit_warning
 from studio.step_rewards import add_reward, remove_reward, score_table
 from studio.machine import Machine, detect_machine
@@ -72,6 +72,37 @@ def test_yaml_saved_from_widgets_loads_back(tmp_path):
 def test_cli_command():
     assert cli_command("runs/a/config.yaml", "runs/a") == \
         "python -m core train runs/a/config.yaml --run-dir runs/a"
+    assert cli_command("runs/a/config.yaml", "runs/a", processes=4) == \
+        "accelerate launch --multi_gpu --num_processes 4 -m core train runs/a/config.yaml " \
+        "--run-dir runs/a"
+
+
+def test_a_run_on_several_gpus_starts_through_accelerate(tmp_path):
+    from core.runs import worker_command
+
+    cfg = RunConfig.from_dict({"grpo": {"prompts_per_step": 4}, "train": {"processes": 2}})
+    cfg.save(tmp_path / "config.yaml")
+    cmd = worker_command(tmp_path)
+    launch = cmd.index("accelerate.commands.launch")
+    assert cmd[launch + 1:launch + 4] == ["--multi_gpu", "--num_processes", "2"]
+    assert cmd[cmd.index("--main_process_port") + 1].isdigit()
+    assert cmd[-5:-3] == ["core", "train"] and cmd[-3] == str(tmp_path / "config.yaml")
+    RunConfig().save(tmp_path / "config.yaml")
+    assert worker_command(tmp_path)[1:4] == ["-m", "core", "train"]
+    with pytest.raises(ConfigError, match=r"prompts_per_step \(3\) must be a multiple of "
+                       r"train.processes \(2\)"):
+        RunConfig.from_dict({"grpo": {"prompts_per_step": 3}, "train": {"processes": 2}})
+
+
+def test_the_estimate_is_per_gpu_for_a_run_on_several():
+    big = Machine(True, "H100", 80 * GB, 79 * GB, 16, gpus=4)
+    args = ("Qwen/Qwen2.5-1.5B-Instruct", "4bit", 16, 512, 512, 16, 8, 1, True, "adamw", 0.1)
+    one = estimate_parts(big, *args)
+    four = estimate_parts(big, *args, 4)
+    assert four["base weights"] == one["base weights"]  # every GPU holds the whole model
+    assert four["generation cache"] == one["generation cache"] / 4  # and a quarter of the answers
+    _, text = estimate(big, *args, 4)
+    assert "on each of the 4 GPUs" in text
 
 
 def test_quality_levels_and_quick_demo():

@@ -1,5 +1,6 @@
 """A real studio server (python app.py) on localhost and a headless system Chromium."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -208,6 +209,8 @@ def tiny_run(page, name: str, steps: int) -> None:
     for elem, value in TINY.items():
         fill(page, elem, value)
     fill(page, "knob-train-max_steps", steps)
+    if shutil.which("nvidia-smi") is None:  # "GPUs to train on" shows with several GPUs only
+        assert not page.locator("#knob-train-processes").is_visible()
 
 def reward_form(page) -> list[tuple[str, list[str]]]:
     """The rewards step's form as shown: each reward's title and the values of its fields."""
