@@ -214,9 +214,10 @@ class World:
         if not self.distributed:
             return True
         if lost:
+            said = failed_since(run_dir, since)  # meanwhile the process that went is gone
             gone = self.gone()
             first = min(r for r in range(self.size) if r not in gone)
-            return self.rank == first and not failed_since(run_dir, since)
+            return self.rank == first and not said
         return self.is_main or not failed_since(run_dir, since)
 
     def watch_peers(self, on_lost) -> None:
@@ -281,7 +282,12 @@ def peer_failure(exc: BaseException, world: World) -> str | None:
     if not (world.distributed and isinstance(exc, PeerLost)):
         return None
     text = str(exc)
+    # a connection closes while its process is still ending: give it a moment to be gone
+    deadline = time.monotonic() + 2.0
     gone = world.gone()
+    while not gone and time.monotonic() < deadline:
+        time.sleep(0.1)
+        gone = world.gone()
     if gone:
         return lost_message(world, gone)
     if "imed out" in text:
