@@ -190,11 +190,29 @@ def run_summary(setting: str, seed: int) -> dict | None:
     return out
 
 
+def stored_runs() -> dict:
+    """The run summaries an earlier sweep wrote (learning_study.json), by (setting, seed): the
+    runs' folders are not kept, so a sweep continued on another checkout keeps what it had."""
+    try:
+        earlier = json.loads((RESULTS / "learning_study.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {(r["setting"], r["seed"]): r for runs in earlier.get("runs", {}).values()
+            for r in runs}
+
+
 def summarize(settings: list[str], seeds: list[int]) -> dict:
     table = []
     runs = {}
+    stored = stored_runs()
     for s in settings:
-        per_seed = [r for r in (run_summary(s, seed) for seed in seeds) if r]
+        per_seed = []
+        for seed in seeds:
+            found, earlier = run_summary(s, seed), stored.get((s, seed))
+            if earlier and (not found or earlier["steps"] > found["steps"]):
+                found = earlier
+            if found:
+                per_seed.append(found)
         runs[s] = per_seed
         for at in (STEPS, LONG_STEPS):
             done = [r[f"at{at}"] for r in per_seed if f"at{at}" in r]
@@ -316,12 +334,15 @@ def main() -> int:
     if not args.summarize_only:
         threads = max(1, (os.cpu_count() or 2) // args.jobs)
         # seed by seed: stopped early, every setting has as many seeds as the others (or one less)
-        jobs = [(s, seed) for seed in seeds for s in settings]
+        stored = stored_runs()  # finished in an earlier sweep whose folders are gone
+        jobs = [(s, seed) for seed in seeds for s in settings
+                if stored.get((s, seed), {}).get("steps", 0)
+                < (LONG_STEPS if SETTINGS[s][2] else STEPS)]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda job: train_and_eval(*job, threads), jobs):
                 print(line, flush=True)
 
-    result = summarize(list(SETTINGS), seeds)
+    result = summarize(list(SETTINGS), sorted(set(seeds) | set(SEEDS)))
     result.update({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
                    "config": str(DEMO.relative_to(ROOT)), "shipped": SHIPPED,
                    "settings": {k: {"what": v[0], "overrides": v[1], "long": v[2]}
