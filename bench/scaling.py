@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.learning_study import machine  # noqa: E402
 from core.events import read_events  # noqa: E402
 from core.runs import launch_prefix  # noqa: E402
+from studio.machine import cpu_name  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 RUNS = RESULTS / "scaling_runs"
@@ -105,15 +106,6 @@ def run(config: Path, processes: int, steps: int, name: str) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--processes", type=int, default=2)
@@ -134,7 +126,7 @@ def main() -> int:
     result = {
         "what": f"{Path(args.config).name}, {args.steps} steps, same global batch and seed, on "
                 f"1 process and on {args.processes} (accelerate launch --multi_gpu)",
-        "machine": {**machine(), "cpu_model": cpu_model(), "gpus": torch.cuda.device_count(),
+        "machine": {**machine(), "cpu_model": cpu_name(), "gpus": torch.cuda.device_count(),
                     "gpu": torch.cuda.get_device_name(0) if gpu else None},
         "load_average_before": [round(x, 2) for x in load_before],
         "one_process": one, f"{args.processes}_processes": many,

@@ -54,11 +54,15 @@ def cmd_train(args) -> int:
     # only the main process writes events; another one does when the main one is gone
     events = EventLog(run_dir) if world.is_main else None
 
-    def lost(gone: list[int]) -> None:  # the watchdog: a peer died and a collective hangs
-        message = lost_message(world, gone)
-        if world.writes_failure(True, run_dir, started):
+    def report(message: str, lost: bool) -> None:
+        """The failure, in the events when this process is the one to write it (one reason
+        per failure), and on stderr."""
+        if world.writes_failure(lost, run_dir, started):
             write_failure(events or EventLog(run_dir), message, close=events is None)
         print(f"error: {message}", file=sys.stderr, flush=True)
+
+    def lost(gone: list[int]) -> None:  # the watchdog: a peer died and a collective hangs
+        report(lost_message(world, gone), lost=True)
         os._exit(1)
 
     world.watch_peers(lost)
@@ -78,10 +82,7 @@ def cmd_train(args) -> int:
     except BaseException as exc:  # every failure leaves a reason in the run directory
         world.stop_watching()
         gone = peer_failure(exc, world)
-        message = gone or friendly_error(exc)
-        if world.writes_failure(gone is not None, run_dir, started):
-            write_failure(events or EventLog(run_dir), message, close=events is None)
-        print(f"error: {message}", file=sys.stderr)
+        report(gone or friendly_error(exc), lost=gone is not None)
         if os.environ.get("AHA_DEBUG"):
             traceback.print_exc()
         return 1

@@ -173,15 +173,10 @@ class Trainer:
         if threads:  # empty: all cores, unless the run manager keeps some for its server
             torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
-        if cfg.grpo.prompts_per_step % world.size:
-            raise ConfigError(
-                f"grpo.prompts_per_step ({cfg.grpo.prompts_per_step}) must be a multiple of the "
-                f"number of processes ({world.size}): each process takes whole prompts.")
-        local = cfg.grpo.prompts_per_step // world.size * cfg.grpo.num_generations
-        if local % cfg.grpo.gradient_accumulation_steps:
-            raise ConfigError(
-                f"grpo.gradient_accumulation_steps ({cfg.grpo.gradient_accumulation_steps}) must "
-                f"divide each process's completions per step ({local}).")
+        # the processes that really train the run, checked by the config's own rules (whole
+        # prompts per process) and recorded in its config.yaml
+        cfg.train.processes = world.size
+        cfg.validate()
         check_installed(cfg.train.report_to)  # before minutes of loading, not after
         if world.distributed and torch.cuda.is_available() and \
                 world.local_size > torch.cuda.device_count():
@@ -592,10 +587,7 @@ class Trainer:
     def close(self) -> None:
         """The engine, and DistributedDataParallel before its process group goes."""
         self.close_engine()
-        if self.policy is not None:
-            self.policy = None
-            import gc
-            gc.collect()
+        self.policy = None  # World.close lets accelerate's reference go and collects it
 
     def _detector(self) -> CollapseDetector:
         """A collapse detector that has seen this run's earlier steps (after a resume)."""

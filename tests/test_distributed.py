@@ -202,8 +202,8 @@ def test_prompts_that_do_not_divide_among_the_processes_are_refused_in_one_line(
     assert result.returncode != 0
     failed = [e for e in events_of(tmp_path / "run", "status") if e["state"] == "failed"]
     assert [e["message"] for e in failed] == [
-        "grpo.prompts_per_step (3) must be a multiple of the number of processes (2): each "
-        "process takes whole prompts."]
+        "grpo.prompts_per_step (3) must be a multiple of train.processes (2): each process "
+        "takes whole prompts."]
 
 
 def test_a_writer_after_a_killed_one_never_glues_onto_its_torn_line(tmp_path):
