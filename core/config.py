@@ -267,6 +267,17 @@ class GenerationConfig:
                                                            "(empty: none).", min=0.0, max=1e6)
     vllm_importance_sampling_clip_max: float | None = knob(3.0, "Upper bound of the ratio "
                                                            "(empty: none).", min=0.0, max=1e6)
+    vllm_logprobs_as_old: str = knob("auto", "With answers from vLLM and more than one update "
+                                     "per batch (grpo.num_iterations above 1), the old log-probs "
+                                     "the updates are measured against can be vLLM's, which "
+                                     "saves a forward pass over the batch; the clipped ratio "
+                                     "then also covers the difference between vLLM and the "
+                                     "trainer, and the correction above is not applied on top. "
+                                     "auto: only when both hold the same weights (a 16- or "
+                                     "32-bit base; a 4-bit trainer differs from vLLM's original "
+                                     "weights by enough to clip about a quarter of the tokens "
+                                     "at once). on: always. off: the trainer computes them.",
+                                     choices=("auto", "on", "off"))
     vllm_kv_cache_gb: int | None = knob(None, "vLLM on a CPU: GiB for its KV cache (empty: "
                                         "twice what a step's answers need, at least 1).",
                                         min=1, max=1024)

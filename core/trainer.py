@@ -329,17 +329,29 @@ class Trainer:
         batch = Batch(input_ids.to(self.device), attention.to(self.device),
                       completion_mask.to(self.device), tp, advantages.to(self.device), None, None,
                       metrics)
-        if gen.logprobs is not None and self._sampler_correction():
+        sampled = None
+        if gen.logprobs is not None:
             sampled = torch.full((b, tc), float("nan"))
             for i, row in enumerate(gen.logprobs):
                 sampled[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
-            batch.sampling_logps = sampled.to(self.device)
+        # vLLM's log-probs as the old ones (mu > 1): known for every answered token, or not used
+        sampler_old = (g.num_iterations > 1 and sampled is not None
+                       and self._sampler_logps_as_old()
+                       and not bool(torch.isnan(sampled[attention[:, tp:].bool()]).any()))
+        if sampled is not None:
+            sampled = sampled.to(self.device)
+        if sampled is not None and self._sampler_correction() and not sampler_old:
+            batch.sampling_logps = sampled
 
         # 5. log-probs that stay fixed while the policy moves: old (mu > 1) and reference (beta)
-        if g.num_iterations > 1 or g.beta != 0.0:
+        if (g.num_iterations > 1 and not sampler_old) or g.beta != 0.0:
             self.progress.phase("reference", step)
-        if g.num_iterations > 1:
+        if sampler_old:  # padding is masked out of the loss; 0 keeps NaN out of its products
+            batch.old_logps = torch.nan_to_num(sampled, nan=0.0)
+        elif g.num_iterations > 1:
             batch.old_logps = self._logps_no_grad(batch)
+        if g.num_iterations > 1:  # 1: the old log-probs came from vLLM, 0: from a forward pass
+            metrics["old_logps_from_sampler"] = float(sampler_old)
         if g.beta != 0.0:
             with self.model.disable_adapter():  # the base model is the reference: no 2nd copy
                 batch.ref_logps = self._logps_no_grad(batch)
@@ -555,6 +567,14 @@ class Trainer:
         # vespo takes the correction per token only (a config with engine vllm says so at once)
         return not (self.cfg.grpo.loss_type == "vespo"
                     and gc.vllm_importance_sampling_mode.startswith("sequence"))
+
+    def _sampler_logps_as_old(self) -> bool:
+        """generation.vllm_logprobs_as_old: on, off, or auto (when vLLM holds the trainer's own
+        weights: a 16- or 32-bit base; vLLM reads the original weights, not the 4-bit ones)."""
+        choice = self.cfg.generation.vllm_logprobs_as_old
+        if choice == "auto":
+            return self.cfg.model.precision in ("16bit", "32bit")
+        return choice == "on"
 
     def _weights_changed(self) -> None:
         """The adapter moved: an engine that holds its own copy of the weights takes the new
