@@ -70,3 +70,16 @@ def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
     """(engine, why in English) for a run's config (pick_engine)."""
     engine, code, values = pick_engine(cfg, gpu)
     return engine, REASONS[code].format(**values)
+
+
+def chat_engine(gpu: bool) -> str:
+    """Which engine answers the studio's chat and previews: vLLM on a GPU when it is installed
+    (one process keeps the base model and serves every adapter asked for, several in one
+    batch); transformers on a CPU, where vLLM starts in about half a minute, takes about 3x
+    the memory and answered no faster (bench/results/chat_speed_cpu.json), unless
+    AHA_VLLM_CHAT_ON_CPU=1."""
+    if vllm_python() is None:
+        return "transformers"
+    if gpu or os.environ.get("AHA_VLLM_CHAT_ON_CPU") == "1":
+        return "vllm"
+    return "transformers"

@@ -295,6 +295,40 @@ def keep_4bit_layout_trainable(model, *, packed_copy: bool = True) -> PackedGene
         return None
 
 
+def unpacked_4bit_bytes(model) -> int:
+    """Bytes the 4-bit linear layers would take unpacked to float32 (unpack_4bit)."""
+    import bitsandbytes as bnb
+    return sum(4 * m.in_features * m.out_features for m in model.modules()
+               if isinstance(m, bnb.nn.Linear4bit))
+
+
+def unpack_4bit(model) -> int:
+    """Replace each 4-bit linear layer by a plain float32 one holding its dequantized weights:
+    the numbers the 4-bit layer computes with on a CPU, without unpacking them again at every
+    token. For answering only (the weights stay frozen; no 4-bit layout is left to train on);
+    costs 4 bytes a weight instead of about half a byte. Returns the layers replaced."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    replaced = 0
+    with torch.no_grad():
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if not isinstance(child, bnb.nn.Linear4bit):
+                    continue
+                weight = dequantize_4bit(child.weight.data, child.weight.quant_state)
+                plain = torch.nn.Linear(child.in_features, child.out_features,
+                                        bias=child.bias is not None, device="meta")
+                plain.weight = torch.nn.Parameter(weight.to(torch.float32).reshape(
+                    child.out_features, child.in_features), requires_grad=False)
+                if child.bias is not None:
+                    plain.bias = torch.nn.Parameter(child.bias.data.to(torch.float32),
+                                                    requires_grad=False)
+                setattr(parent, name, plain)
+                replaced += 1
+    return replaced
+
+
 def attach_lora(model, cfg, *, seed: int = 0, adapter_path: str | None = None):
     from peft import LoraConfig, PeftModel, get_peft_model
 

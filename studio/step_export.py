@@ -235,6 +235,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                 if kind == "progress":
                     yield f"⏳ {value}…", gr.skip(), gr.skip()
                 else:
+                    if value.get("engine") == "vllm":
+                        answered = t("chat.answered.vllm", answered=answered)
                     user_turn = {"role": "user", "content": question}
                     hist_t += [user_turn, {"role": "assistant", "content": value["adapter"][0][0]}]
                     hist_b += [user_turn, {"role": "assistant", "content": value["base"][0][0]}]

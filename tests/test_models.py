@@ -165,3 +165,40 @@ def test_dynamic_4bit_keeps_the_layers_that_lose_most_unquantized_and_trains(tin
     assert trainer.train() == "finished"
     metrics = [e for e in read_events(tmp_path / "run")[0] if e["type"] == "metrics"]
     assert len(metrics) == 1 and math.isfinite(metrics[0]["loss"])
+
+
+def test_unpacked_4bit_answers_with_the_same_numbers(tiny_model_dir):
+    """The studio's model process may unpack a 4-bit model into float32 layers to answer
+    faster: the logits, base and adapter, stay those of the 4-bit layers."""
+    import bitsandbytes as bnb
+
+    from core.models import unpack_4bit, unpacked_4bit_bytes
+    from studio.infer import WarmModels
+
+    loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="4bit", lora_r=4),
+                        seed=0, fast_cpu_generation=False)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert unpacked_4bit_bytes(model) == sum(4 * m.in_features * m.out_features for m in layers)
+    ids = torch.tensor([[1, 20, 300, 4000, 50, 6, 70, 800]])
+    with torch.no_grad():
+        adapter = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        assert unpack_4bit(model) == len(layers) > 0
+        assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+        assert torch.allclose(model(input_ids=ids).logits, adapter, atol=1e-5, rtol=1e-4)
+        with model.disable_adapter():
+            assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(adapter, base, atol=1e-3)  # the adapter still answers
+
+    # the studio's model process does it when the copy fits (a tiny model always does), except
+    # on CPUs with AVX512-BF16, where bitsandbytes' packed bf16 layout answers instead
+    warm = WarmModels()
+    served, _ = warm.get({"source": str(tiny_model_dir), "precision": "4bit"})
+    still_4bit = any(isinstance(m, bnb.nn.Linear4bit) for m in served.model.modules())
+    assert still_4bit == (served.generation_weights is not None)

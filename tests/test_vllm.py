@@ -42,7 +42,7 @@ def engines():
                                     lora_alpha=16), seed=0, fast_cpu_generation=False)
     prompts = [prompt_ids(loaded.tokenizer, {"question": q}, 256) for q in QUESTIONS]
     vllm = VLLMEngine(loaded.model, loaded.tokenizer, loaded.device, str(embedded_model_dir()),
-                      lora_rank=8, dtype="float32")
+                      lora_rank=8, dtype="float32", max_loras=2)
     hf = TransformersEngine(loaded.model, loaded.tokenizer, loaded.device, max_batch_size=8)
     yield loaded, prompts, vllm, hf
     vllm.close()
@@ -88,6 +88,74 @@ def test_logprobs_at_the_sampling_temperature(engines):
         worst = max(worst, (ours[0] - torch.tensor(lp)).abs().max().item())
     assert pad is not None
     assert worst < 1e-3, worst
+
+
+def _saved_adapters(loaded, tmp_path, seeds):
+    """Adapters with random LoRA B weights saved as peft folders: {folder: their B weights}."""
+    saved = {}
+    for seed in seeds:
+        with torch.no_grad():
+            for name, p in loaded.model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))
+                            * 0.3)
+        folder = tmp_path / f"adapter-{seed}"
+        loaded.model.save_pretrained(folder)
+        saved[str(folder)] = {n: p.detach().clone() for n, p in
+                              loaded.model.named_parameters() if "lora_B" in n}
+    return saved
+
+
+def test_one_vllm_process_answers_for_several_adapters_at_once(engines, tmp_path):
+    """Multi-LoRA: two saved adapters and the base model in one batch, each answering as
+    transformers does with that adapter (greedy, fp32)."""
+    loaded, prompts, vllm, hf = engines
+    saved = _saved_adapters(loaded, tmp_path, (21, 22))
+    a, b = saved
+    batch = [prompts[0], prompts[1], prompts[0], prompts[2]]
+    got = vllm.answer(batch, [a, b, None, a], 20, 1.0, 1.0, 1, min_new_tokens=6).completion_ids
+    expected = []
+    for prompt, folder in zip(batch, [a, b, None, a]):
+        with torch.no_grad():
+            if folder:
+                for n, p in loaded.model.named_parameters():
+                    if n in saved[folder]:
+                        p.copy_(saved[folder][n])
+                expected += _greedy(hf, [prompt])
+            else:
+                with loaded.model.disable_adapter():
+                    expected += _greedy(hf, [prompt])
+    assert got == expected
+    assert got[0] != got[2]  # the adapter answers, not the base model
+
+
+def test_studio_chat_through_vllm_keeps_one_process(engines, tmp_path, monkeypatch):
+    """The studio's model process answers through vLLM where the rule says so (here forced on
+    the CPU): the adapter and the base model side by side, and a second question reuses the
+    vLLM process instead of starting another."""
+    from studio.jobs import WarmWorker
+
+    loaded = engines[0]
+    folder = next(iter(_saved_adapters(loaded, tmp_path, (23,))))
+    monkeypatch.setenv("AHA_VLLM_CHAT_ON_CPU", "1")
+    worker = WarmWorker()
+    try:
+        req = {"job": "generate", "source": "default", "precision": "32bit", "adapter": folder,
+               "compare_base": True, "num": 1, "max_new_tokens": 12, "temperature": 0.7,
+               "threads": 2, "system": "Answer with just the number."}
+        asked = []
+        for question in ("What is 2 + 3?", "What is 7 + 8?"):
+            steps = list(worker.ask({**req, "questions": [question]}, timeout=900))
+            asked.append(([v for k, v in steps if k == "progress"], steps[-1][1]))
+        (first_progress, first), (second_progress, second) = asked
+        assert any("vLLM" in line for line in first_progress)
+        assert not any("vLLM" in line for line in second_progress)  # still running
+        for result in (first, second):
+            assert result["engine"] == "vllm"
+            assert len(result["adapter"][0]) == len(result["base"][0]) == 1
+            assert all(isinstance(x, str) for x in result["adapter"][0] + result["base"][0])
+    finally:
+        worker.close()
 
 
 SMALL = {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 32}  # quick steps

@@ -1,0 +1,146 @@
+"""How fast the studio's chat answers, by path, in one run on the built-in model.
+
+The chat ("Try and export") shows the trained adapter's answer beside the base model's. On a CPU
+the studio's model process answers with transformers; a 4-bit model is unpacked into float32
+layers there when the copy fits (studio.infer), except on CPUs with AVX512-BF16, where
+bitsandbytes' packed bf16 layout answers. vLLM answers instead on a GPU when it is installed
+(one process serving every adapter). Measured here, each for the same question and forced
+answer length (64 tokens from the adapter, then 64 from the base model, 3 questions, the first
+left out as warm-up):
+
+- transformers on the 4-bit layers, as trained (the chat before unpacking);
+- transformers on the unpacked float32 layers (the chat now, on CPUs without AVX512-BF16);
+- vLLM in float32 and in bfloat16 (`generation`-style process, the adapter from its folder),
+  when `.venv-vllm` exists.
+
+And what each costs before its first answer: loading (and unpacking), or starting vLLM.
+
+    python bench/chat_speed.py [--out bench/results/chat_speed_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from studio.machine import cpu_name  # noqa: E402
+
+QUESTIONS = ["What is 3 + 4?", "What is 7 + 8?", "What is 2 + 9?"]
+SYSTEM = "You are a careful math tutor. Answer with just the number."
+TOKENS = 64
+
+
+def _prompts(tokenizer):
+    from studio.infer import _prompt_ids
+    return [_prompt_ids(tokenizer, q, SYSTEM) for q in QUESTIONS]
+
+
+def make_adapter(folder: Path) -> None:
+    """An adapter on the built-in model with small random weights (what it answers does not
+    matter here: every answer is forced to the same length)."""
+    import torch
+
+    from core.config import ModelConfig
+    from core.models import load_model
+
+    loaded = load_model(ModelConfig(source="default", precision="4bit"), seed=0)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.02)
+    loaded.model.save_pretrained(folder)
+
+
+def transformers_path(adapter: Path, unpack: bool) -> dict:
+    import torch
+    from peft import PeftModel
+
+    from core.config import ModelConfig
+    from core.generation import TransformersEngine
+    from core.models import load_model, unpack_4bit
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    start = time.perf_counter()
+    loaded = load_model(ModelConfig(source="default", precision="4bit"), lora=False)
+    if unpack:
+        unpack_4bit(loaded.model)
+    model = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+    ready = time.perf_counter() - start
+    engine = TransformersEngine(model, loaded.tokenizer, loaded.device,
+                                weights=None if unpack else loaded.generation_context)
+    times = []
+    for prompt in _prompts(loaded.tokenizer):
+        t = time.perf_counter()
+        engine.generate([prompt], 1, TOKENS, 1.0, min_new_tokens=TOKENS)
+        with model.disable_adapter():
+            engine.generate([prompt], 1, TOKENS, 1.0, min_new_tokens=TOKENS)
+        times.append(time.perf_counter() - t)
+    return {"ready_s": round(ready, 1), "answer_pair_s": [round(x, 2) for x in times],
+            "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
+
+
+def vllm_path(adapter: Path, dtype: str) -> dict:
+    import torch
+
+    from core.models import embedded_model_dir, load_tokenizer
+    from core.vllm_engine import VLLMEngine
+
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(str(embedded_model_dir()))
+    engine = VLLMEngine(None, tokenizer, torch.device("cpu"), str(embedded_model_dir()),
+                        lora_rank=16, dtype=dtype, max_loras=4, max_num_seqs=16,
+                        max_model_len=1024)
+    ready = time.perf_counter() - start
+    times = []
+    try:
+        for prompt in _prompts(tokenizer):
+            t = time.perf_counter()
+            engine.answer([prompt, prompt], [str(adapter), None], TOKENS, 1.0,
+                          min_new_tokens=TOKENS, seed=1)
+            times.append(time.perf_counter() - t)
+    finally:
+        engine.close()
+    return {"ready_s": round(ready, 1), "answer_pair_s": [round(x, 2) for x in times],
+            "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "chat_speed_cpu.json"))
+    args = p.parse_args()
+    from core.engine_choice import vllm_python
+
+    result = {"benchmark": "chat_speed", "date": time.strftime("%Y-%m-%d"),
+              "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
+                          "python": platform.python_version()},
+              "load_average_1min": {"before": round(os.getloadavg()[0], 2)},
+              "what": f"one question: {TOKENS} tokens from the adapter, then {TOKENS} from the "
+                      f"base model; median of questions 2 and 3", "paths": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(tmp) / "adapter"
+        make_adapter(adapter)
+        result["paths"]["transformers_4bit_layers"] = transformers_path(adapter, unpack=False)
+        result["paths"]["transformers_unpacked_float32"] = transformers_path(adapter, unpack=True)
+        if vllm_python() is not None:
+            for dtype in ("float32", "bfloat16"):
+                result["paths"][f"vllm_{dtype}"] = vllm_path(adapter, dtype)
+    base = result["paths"]["transformers_4bit_layers"]["answer_pair_median_s"]
+    result["speedup_over_4bit_layers"] = {
+        k: round(base / v["answer_pair_median_s"], 2) for k, v in result["paths"].items()}
+    result["load_average_1min"]["after"] = round(os.getloadavg()[0], 2)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
