@@ -9,7 +9,9 @@ answer length (64 tokens from the adapter, then 64 from the base model, 3 questi
 left out as warm-up):
 
 - transformers on the 4-bit layers, as trained (the chat before unpacking);
-- transformers on the unpacked float32 layers (the chat now, on CPUs without AVX512-BF16);
+- transformers on the unpacked float32 layers, one answer after the other;
+- the same with the adapter's and the base model's answer in one batch (peft's mixed adapters:
+  the chat now, on CPUs without AVX512-BF16);
 - vLLM in float32 and in bfloat16 (`generation`-style process, the adapter from its folder),
   when `.venv-vllm` exists.
 
@@ -60,7 +62,7 @@ def make_adapter(folder: Path) -> None:
     loaded.model.save_pretrained(folder)
 
 
-def transformers_path(adapter: Path, unpack: bool) -> dict:
+def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False) -> dict:
     import torch
     from peft import PeftModel
 
@@ -73,16 +75,20 @@ def transformers_path(adapter: Path, unpack: bool) -> dict:
     loaded = load_model(ModelConfig(source="default", precision="4bit"), lora=False)
     if unpack:
         unpack_4bit(loaded.model)
-    model = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+    model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a").eval()
     ready = time.perf_counter() - start
     engine = TransformersEngine(model, loaded.tokenizer, loaded.device,
                                 weights=None if unpack else loaded.generation_context)
     times = []
     for prompt in _prompts(loaded.tokenizer):
         t = time.perf_counter()
-        engine.generate([prompt], 1, TOKENS, 1.0, min_new_tokens=TOKENS)
-        with model.disable_adapter():
+        if one_batch:
+            engine.generate([prompt, prompt], 1, TOKENS, 1.0, min_new_tokens=TOKENS,
+                            adapter_names=["a", "__base__"])
+        else:
             engine.generate([prompt], 1, TOKENS, 1.0, min_new_tokens=TOKENS)
+            with model.disable_adapter():
+                engine.generate([prompt], 1, TOKENS, 1.0, min_new_tokens=TOKENS)
         times.append(time.perf_counter() - t)
     return {"ready_s": round(ready, 1), "answer_pair_s": [round(x, 2) for x in times],
             "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
@@ -130,6 +136,8 @@ def main() -> int:
         make_adapter(adapter)
         result["paths"]["transformers_4bit_layers"] = transformers_path(adapter, unpack=False)
         result["paths"]["transformers_unpacked_float32"] = transformers_path(adapter, unpack=True)
+        result["paths"]["transformers_unpacked_one_batch"] = transformers_path(
+            adapter, unpack=True, one_batch=True)
         if vllm_python() is not None:
             for dtype in ("float32", "bfloat16"):
                 result["paths"][f"vllm_{dtype}"] = vllm_path(adapter, dtype)

@@ -138,9 +138,12 @@ class TransformersEngine:
     @torch.no_grad()
     def generate(self, prompts, num_generations, max_new_tokens, temperature=1.0, top_p=1.0,
                  top_k=0, min_new_tokens: int = 0,
-                 row_seeds: list[int] | None = None) -> Generation:
+                 row_seeds: list[int] | None = None,
+                 adapter_names: list[str] | None = None) -> Generation:
         """num_generations completions of each prompt. row_seeds: one per completion (prompt
-        major), for sampling that does not depend on the batch (InverseCdfSampling)."""
+        major), for sampling that does not depend on the batch (InverseCdfSampling).
+        adapter_names: one per completion, the peft adapter that writes it ("__base__": the
+        base model), so that several adapters answer in one batch."""
         expanded = [p for p in prompts for _ in range(num_generations)]
         longest = max(len(p) for p in expanded)
         batch = self.batch_size_for(longest + max_new_tokens)
@@ -148,7 +151,7 @@ class TransformersEngine:
         truncated: list[bool] = []
         with self.weights():
             self._sample(expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                         completion_ids, truncated, min_new_tokens, row_seeds)
+                         completion_ids, truncated, min_new_tokens, row_seeds, adapter_names)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Generation(expanded, completion_ids, texts, truncated)
 
@@ -170,7 +173,8 @@ class TransformersEngine:
                                  top_k=top_k, **common), LogitsProcessorList())
 
     def _sample(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                completion_ids, truncated, min_new_tokens=0, row_seeds=None) -> None:
+                completion_ids, truncated, min_new_tokens=0, row_seeds=None,
+                adapter_names=None) -> None:
         was_training = self.model.training
         self.model.eval()
         counter = TokenCounter(self.stop_ids, self.on_tokens) if self.on_tokens else None
@@ -187,6 +191,8 @@ class TransformersEngine:
                     ids[i, width - len(p):] = torch.tensor(p)
                     mask[i, width - len(p):] = 1
                 extra = {}
+                if adapter_names is not None:
+                    extra["adapter_names"] = adapter_names[start:start + batch]
                 if counter is not None:
                     from transformers import StoppingCriteriaList
                     counter.new_chunk()

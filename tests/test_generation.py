@@ -70,6 +70,35 @@ def test_engine_samples_reproducibly_and_by_the_knobs(tiny_model_dir):
     assert greedy[0] == greedy[1] == greedy[2] and greedy[3] == greedy[4] == greedy[5]
 
 
+def test_adapters_and_the_base_model_answer_in_one_batch(tiny_model_dir, tmp_path):
+    """adapter_names: each row written by its own adapter or the base model, in one batch,
+    the same greedy tokens as one after the other (the studio's side-by-side chat)."""
+    from peft import PeftModel
+
+    from core.generation import TransformersEngine
+
+    trained = load_model(ModelConfig(source=str(tiny_model_dir), precision="32bit", lora_r=4),
+                         seed=0)
+    with torch.no_grad():
+        for name, p in trained.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 2.0)
+    trained.model.save_pretrained(tmp_path / "adapter")
+    base = load_model(ModelConfig(source=str(tiny_model_dir), precision="32bit"), lora=False)
+    model = PeftModel.from_pretrained(base.model, str(tmp_path / "adapter"), adapter_name="a")
+    engine = TransformersEngine(model.eval(), base.tokenizer, base.device)
+    prompts = [[1, 20, 300], [1, 7]]
+
+    def greedy(rows, **kw):
+        return engine.generate(rows, 1, 8, 1.0, 1.0, 1, min_new_tokens=8, **kw).completion_ids
+    adapter = greedy(prompts)
+    with model.disable_adapter():
+        plain = greedy(prompts)
+    assert adapter != plain  # the adapter changes the answers
+    mixed = greedy(prompts + prompts, adapter_names=["a", "a", "__base__", "__base__"])
+    assert mixed == adapter + plain
+
+
 def test_auto_engine_keeps_transformers_on_a_cpu(monkeypatch):
     """vLLM with a LoRA adapter was no faster on this CPU (bench/results/vllm_engine_cpu.json):
     auto takes it on a GPU for steps of 4,096 tokens or more, on a CPU only when told to."""
