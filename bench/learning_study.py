@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from studio.presets import QUALITY_LEVELS  # noqa: E402
+
 DEMO = ROOT / "examples" / "01-classroom-demo.yaml"
 RESULTS = ROOT / "bench" / "results"
 RUNS = RESULTS / "learning_runs"
@@ -75,10 +77,39 @@ SETTINGS = {
                        {"train.learning_rate": 2e-4, "grpo.temperature": 1.0,
                         "grpo.num_generations": 8, "grpo.prompts_per_step": 3}, False),
 }
+# The studio's quality/speed slider on the shipped demo: what a beginner gets at each level.
+SHIPPED_NOW = {"train.learning_rate": 2e-4, "grpo.temperature": 1.0}
+for _level in (1, 2, 4):
+    SETTINGS[f"quality{_level}"] = (
+        f"the studio's quality/speed slider at {_level}: "
+        + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in QUALITY_LEVELS[_level].items()),
+        {**SHIPPED_NOW, **QUALITY_LEVELS[_level]}, False)
+
+
+# Settings on another example than the classroom demo: name -> its config (run as shipped,
+# plus the overrides; the demo's SHIPPED values are not applied to them).
+CONFIGS = {"example02": ROOT / "examples" / "02-word-problems-reasoning.yaml"}
+SETTINGS["example02"] = ("examples/02-word-problems-reasoning.yaml as shipped (think, then "
+                         "answer; 2 questions x 6 answers of up to 96 tokens)", {}, False)
+
+
+def config_of(setting: str) -> Path:
+    return CONFIGS.get(setting, DEMO)
+
+
+def base_values(setting: str) -> dict:
+    """What a setting's runs train with besides the run-length settings: the demo's old
+    settings plus the overrides, or another example's file plus the overrides."""
+    if setting in CONFIGS:
+        import yaml
+        rewards = yaml.safe_load(config_of(setting).read_text())["rewards"]
+        return {"rewards": rewards, **SETTINGS[setting][1]}
+    return {**SHIPPED, **SETTINGS[setting][1]}
 
 
 def overrides(setting: str, seed: int) -> list[str]:
-    values = {**SHIPPED, **SETTINGS[setting][1], "train.seed": seed, "train.save_steps": 20,
+    values = {**(SETTINGS[setting][1] if setting in CONFIGS else base_values(setting)),
+              "train.seed": seed, "train.save_steps": 20,
               "train.eval_steps": 0, "data.eval_share": 0.3, "train.stop_on_collapse": 0,
               "train.keep_checkpoints": 0}
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]
@@ -107,7 +138,8 @@ def train_and_eval(setting: str, seed: int, threads: int) -> str:
             import shutil
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "core", "train", str(DEMO), "--run-dir", str(path),
+        cmd = [sys.executable, "-m", "core", "train", str(config_of(setting)), "--run-dir",
+               str(path),
                "--max-steps", str(steps), "--set", f"train.threads={threads}"]
         if resume:
             cmd.append("--resume")
@@ -152,7 +184,7 @@ def run_summary(setting: str, seed: int) -> dict | None:
     names = ready["rewards"]
     correct = names[0]  # numeric_match: the correctness term in every setting here
     best = next((r["params"].get("correct_score", 1.0) for r in
-                 ({**SHIPPED, **SETTINGS[setting][1]}["rewards"]) if r["template"] == correct),
+                 base_values(setting)["rewards"] if r["template"] == correct),
                 1.0)
     detector = CollapseDetector({correct: best}, names)
     warnings = []
