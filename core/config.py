@@ -276,7 +276,9 @@ class GenerationConfig:
                                      "auto: only when both hold the same weights (a 16- or "
                                      "32-bit base; a 4-bit trainer differs from vLLM's original "
                                      "weights by enough to clip about a quarter of the tokens "
-                                     "at once). on: always. off: the trainer computes them.",
+                                     "at once) and sample without top-p or top-k (whose "
+                                     "renormalised log-probs the trainer does not compute). "
+                                     "on: always. off: the trainer computes them.",
                                      choices=("auto", "on", "off"))
     vllm_kv_cache_gb: int | None = knob(None, "vLLM on a CPU: GiB for its KV cache (empty: "
                                         "twice what a step's answers need, at least 1).",

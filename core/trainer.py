@@ -572,8 +572,11 @@ class Trainer:
         """generation.vllm_logprobs_as_old: on, off, or auto (when vLLM holds the trainer's own
         weights: a 16- or 32-bit base; vLLM reads the original weights, not the 4-bit ones)."""
         choice = self.cfg.generation.vllm_logprobs_as_old
-        if choice == "auto":
-            return self.cfg.model.precision in ("16bit", "32bit")
+        if choice == "auto":  # and vLLM's log-probs are the trainer's: temperature only, no
+            # top-p / top-k renormalisation (the trainer's log-probs have none)
+            g = self.cfg.grpo
+            return (self.cfg.model.precision in ("16bit", "32bit") and g.top_p >= 1.0
+                    and not g.top_k)
         return choice == "on"
 
     def _weights_changed(self) -> None:

@@ -183,10 +183,11 @@ class VLLMEngine:
 
     def answer(self, prompts, adapters: list, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0,
-               seed: int = 0) -> Generation:
-        """One answer per prompt, each from its own saved adapter (a peft folder; None: the base
-        model), all in one batch: how the studio's chat and a classroom's many adapters share
-        one vLLM process. A folder whose weights were written again is read again."""
+               seed: int = 0, n: int = 1) -> Generation:
+        """n answers per prompt (prompt major), each prompt from its own saved adapter (a peft
+        folder; None: the base model), all in one batch: how the studio's chat and a
+        classroom's many adapters share one vLLM process. A folder whose weights were written
+        again is read again."""
         loras = []
         for folder in adapters:
             if folder is None:
@@ -196,13 +197,13 @@ class VLLMEngine:
             loras.append({"name": f"folder:{Path(folder).resolve()}", "path": str(folder),
                           "version": weights.stat().st_mtime_ns if weights.exists() else 0})
         reply = self._ask({"op": "generate", "prompts": [list(map(int, p)) for p in prompts],
-                           "n": 1, "max_tokens": max_new_tokens, "temperature": temperature,
+                           "n": n, "max_tokens": max_new_tokens, "temperature": temperature,
                            "top_p": top_p, "top_k": top_k, "min_tokens": min_new_tokens,
                            "seed": seed, "stop_token_ids": self.stop_ids, "loras": loras},
                           GENERATE_TIMEOUT_S, "answering")
         texts = self.tokenizer.batch_decode(reply["completions"], skip_special_tokens=True)
-        return Generation([list(p) for p in prompts], reply["completions"], texts,
-                          reply["truncated"], reply["logprobs"], reply["seconds"])
+        return Generation([list(p) for p in prompts for _ in range(n)], reply["completions"],
+                          texts, reply["truncated"], reply["logprobs"], reply["seconds"])
 
     @property
     def alive(self) -> bool:

@@ -127,38 +127,43 @@ def main(argv=None) -> int:
     with Listener(args.socket, family="AF_UNIX", authkey=key) as listener:
         conn = listener.accept()
         try:
-            server = Server(build_llm(args))
-        except Exception as exc:  # one line for the trainer's error event, all of it in the log
+            return _serve(conn, args)
+        except (EOFError, OSError):  # the trainer (or the studio's model process) is gone,
+            # perhaps killed while vLLM started or answered: its private folder goes too
+            folder = os.path.dirname(args.socket)
+            if os.path.basename(folder).startswith("aha-vllm-"):
+                import shutil
+                shutil.rmtree(folder, ignore_errors=True)
+            return 0
+
+
+def _serve(conn, args) -> int:
+    try:
+        server = Server(build_llm(args))
+    except Exception as exc:  # one line for the trainer's error event, all of it in the log
+        import traceback
+        traceback.print_exc()
+        conn.send({"ok": False, "error": _line(exc)})
+        return 1
+    conn.send({"ok": True, "ready": True})
+    while True:
+        req = conn.recv()
+        op = req.get("op")
+        try:
+            if op == "generate":
+                reply = server.generate(req)
+            elif op == "ping":
+                reply = {"ok": True}
+            elif op == "shutdown":
+                conn.send({"ok": True})
+                return 0
+            else:
+                reply = {"ok": False, "error": f"unknown op {op!r}"}
+        except Exception as exc:
             import traceback
             traceback.print_exc()
-            conn.send({"ok": False, "error": _line(exc)})
-            return 1
-        conn.send({"ok": True, "ready": True})
-        while True:
-            try:
-                req = conn.recv()
-            except EOFError:  # the trainer (or the studio's model process) is gone
-                folder = os.path.dirname(args.socket)
-                if os.path.basename(folder).startswith("aha-vllm-"):  # its private folder
-                    import shutil
-                    shutil.rmtree(folder, ignore_errors=True)
-                return 0
-            op = req.get("op")
-            try:
-                if op == "generate":
-                    reply = server.generate(req)
-                elif op == "ping":
-                    reply = {"ok": True}
-                elif op == "shutdown":
-                    conn.send({"ok": True})
-                    return 0
-                else:
-                    reply = {"ok": False, "error": f"unknown op {op!r}"}
-            except Exception as exc:
-                import traceback
-                traceback.print_exc()
-                reply = {"ok": False, "error": _line(exc)}
-            conn.send(reply)
+            reply = {"ok": False, "error": _line(exc)}
+        conn.send(reply)
 
 
 def _line(exc: BaseException) -> str:

@@ -58,6 +58,7 @@ class WarmModels:
 
     def __init__(self, keep: int = 1, adapters: int = 4):
         self.keep, self.max_adapters = keep, adapters
+        self.vllm_failed = False  # vLLM failed once in this process: transformers answers
         self.bases: dict = {}      # key -> {"loaded", "adapters": {adapter key: name}}
 
     def vllm(self, req: dict, rank: int):
@@ -88,7 +89,7 @@ class WarmModels:
                                 torch.device("cuda" if gpu else "cpu"), path,
                                 lora_rank=next((r for r in VLLM_LORA_RANKS if r >= max(rank, 16)),
                                                rank),
-                                dtype=dtype, max_model_len=4096, max_num_seqs=16,
+                                dtype=dtype, max_model_len=_context(path), max_num_seqs=16,
                                 max_loras=self.max_adapters,
                                 gpu_memory_utilization=0.3 if gpu else 0.0,
                                 python=vllm_python())
@@ -141,10 +142,23 @@ class WarmModels:
 
 
 def _adapter_rank(folder: str) -> int:
+    """The largest LoRA rank in a saved adapter (its r, or a larger one in rank_pattern)."""
     try:
-        return int(json.loads((Path(folder) / "adapter_config.json").read_text())["r"])
-    except (OSError, ValueError, KeyError, TypeError):
+        config = json.loads((Path(folder) / "adapter_config.json").read_text())
+        return max([int(config["r"])] + [int(r) for r in
+                                         (config.get("rank_pattern") or {}).values()])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 16
+
+
+def _context(path: str) -> int:
+    """vLLM's context for the chat: 4,096 tokens, or the model's own limit when smaller."""
+    try:
+        from transformers import AutoConfig
+        limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        limit = None
+    return min(4096, int(limit)) if limit else 4096
 
 
 def generate_vllm(req: dict, warm: WarmModels) -> dict:
@@ -157,22 +171,25 @@ def generate_vllm(req: dict, warm: WarmModels) -> dict:
     n = int(req.get("num") or 1)
     sides = (["adapter", "base"] if req.get("compare_base") else ["adapter"]) if adapter \
         else ["base"]
-    rows = [(side, i) for side in sides for i in range(len(prompts)) for _ in range(n)]
+    rows = [(side, i) for side in sides for i in range(len(prompts))]
     _say(progress=t("chat.progress.generating"))
+    # n answers per row from one request: vLLM draws each of them from its own stream
     gen = engine.answer([prompts[i] for _, i in rows],
                         [adapter if side == "adapter" else None for side, _ in rows],
                         int(req.get("max_new_tokens") or 64),
-                        float(req.get("temperature") or 0.7), seed=int(req.get("seed") or 0))
+                        float(req.get("temperature") or 0.7), seed=int(req.get("seed") or 0),
+                        n=n)
     out = {side: [[] for _ in prompts] for side in sides}
-    for (side, i), text in zip(rows, gen.texts):
-        out[side][i].append(text)
+    for k, (side, i) in enumerate(rows):
+        out[side][i] = gen.texts[k * n:(k + 1) * n]
     out["engine"] = "vllm"
     return out
 
 
 def generate(req: dict, warm: WarmModels | None = None) -> dict:
     """{"questions", "system", "num", "max_new_tokens", "temperature", "adapter", "compare_base"}
-    -> {"adapter": [[text]*num per question], "base": [...] (when compared), "engine"}"""
+    -> {"adapter": [[text]*num per question], "base": [...] (when compared); "engine":
+    "vllm" when vLLM answered}"""
     import torch
 
     from core.engine_choice import chat_engine
@@ -182,8 +199,14 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     # half the cores: a run may be training next to this
     torch.set_num_threads(int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2)))
     warm = warm or WarmModels()
-    if chat_engine(torch.cuda.is_available()) == "vllm":
-        return generate_vllm(req, warm)
+    if chat_engine(torch.cuda.is_available()) == "vllm" and not warm.vllm_failed:
+        from core.vllm_engine import VLLMError
+        try:
+            return generate_vllm(req, warm)
+        except VLLMError as exc:  # answered by transformers from now on in this process
+            warm.vllm_failed = True
+            warm.close()
+            _say(progress=t("chat.progress.vllm_failed", error=str(exc)[:200]))
     if not warm.bases:
         _say(progress=t("chat.progress.preparing"))
         resolve_source(req.get("source") or "default")

@@ -86,7 +86,8 @@ def test_adapters_and_the_base_model_answer_in_one_batch(tiny_model_dir, tmp_pat
     trained.model.save_pretrained(tmp_path / "adapter")
     base = load_model(ModelConfig(source=str(tiny_model_dir), precision="32bit"), lora=False)
     model = PeftModel.from_pretrained(base.model, str(tmp_path / "adapter"), adapter_name="a")
-    engine = TransformersEngine(model.eval(), base.tokenizer, base.device)
+    # batches of 3: the rows of one request go in two batches, their adapters with them
+    engine = TransformersEngine(model.eval(), base.tokenizer, base.device, max_batch_size=3)
     prompts = [[1, 20, 300], [1, 7]]
 
     def greedy(rows, **kw):

@@ -141,7 +141,7 @@ def test_studio_chat_through_vllm_keeps_one_process(engines, tmp_path, monkeypat
     worker = WarmWorker()
     try:
         req = {"job": "generate", "source": "default", "precision": "32bit", "adapter": folder,
-               "compare_base": True, "num": 1, "max_new_tokens": 12, "temperature": 0.7,
+               "compare_base": True, "num": 3, "max_new_tokens": 12, "temperature": 1.0,
                "threads": 2, "system": "Answer with just the number."}
         asked = []
         for question in ("What is 2 + 3?", "What is 7 + 8?"):
@@ -152,8 +152,11 @@ def test_studio_chat_through_vllm_keeps_one_process(engines, tmp_path, monkeypat
         assert not any("vLLM" in line for line in second_progress)  # still running
         for result in (first, second):
             assert result["engine"] == "vllm"
-            assert len(result["adapter"][0]) == len(result["base"][0]) == 1
+            assert len(result["adapter"][0]) == len(result["base"][0]) == 3
             assert all(isinstance(x, str) for x in result["adapter"][0] + result["base"][0])
+            # three draws, not one answer three times; and the adapter is not the base model
+            assert len(set(result["adapter"][0])) > 1 and len(set(result["base"][0])) > 1
+            assert set(result["adapter"][0]) != set(result["base"][0])
     finally:
         worker.close()
 
