@@ -244,6 +244,21 @@ def make_engine(name: str, model, tokenizer, device: torch.device,
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts as a maximum
 
 
+def vllm_dtype(precision: str, device: torch.device) -> str:
+    """vLLM's precision for a model at `precision`: float32 for a 32-bit one, else bfloat16
+    (float16 on GPUs without bfloat16)."""
+    if precision == "32bit":
+        return "float32"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "float16"
+    return "bfloat16"
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest maximum rank vLLM accepts that holds an adapter of this rank."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+
+
 def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, max_loras=1):
     """A VLLMEngine with settings chosen from the run and the machine: the model's precision,
     context for the longest prompt and answer, room for a step's answers at once, a KV cache
@@ -251,9 +266,7 @@ def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, m
     from .vllm_engine import VLLMEngine
 
     g = cfg.grpo
-    dtype = "float32" if cfg.model.precision == "32bit" else "bfloat16"
-    if device.type == "cuda" and cfg.model.precision != "32bit":
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    dtype = vllm_dtype(cfg.model.precision, device)
     context = -(-(g.max_prompt_length + g.max_completion_length) // 256) * 256
     seqs = min(256, max(16, g.prompts_per_step * g.num_generations))
     kv = cfg.generation.vllm_kv_cache_gb
@@ -262,7 +275,7 @@ def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, m
         need = 2 * per_token * context * seqs / 2**30
         free = available_memory_bytes(torch.device("cpu")) / 2**30 / 4
         kv = max(1, min(math.ceil(need), int(free)))
-    rank = next((r for r in VLLM_LORA_RANKS if r >= cfg.model.lora_r), cfg.model.lora_r)
+    rank = vllm_lora_rank(cfg.model.lora_r)
     return VLLMEngine(model, tokenizer, device, model_path, lora_rank=rank, dtype=dtype,
                       seed=cfg.train.seed, max_model_len=context, max_num_seqs=seqs,
                       kv_cache_gb=int(kv),  # vLLM takes whole GiB

@@ -60,18 +60,19 @@ class WarmModels:
         self.keep, self.max_adapters = keep, adapters
         self.vllm_failed = False  # vLLM failed once in this process: transformers answers
         self.bases: dict = {}      # key -> {"loaded", "adapters": {adapter key: name}}
+        self._vllm, self._vllm_key = None, None  # the vLLM process and the model it serves
 
     def vllm(self, req: dict, rank: int):
         """The vLLM process answering for this base model (started, or started again with room
         for a larger adapter rank), kept between requests like the models above."""
         from core.engine_choice import vllm_python
-        from core.generation import VLLM_LORA_RANKS
+        from core.generation import vllm_dtype, vllm_lora_rank
         from core.models import load_tokenizer, resolve_source
         from core.vllm_engine import VLLMEngine
         from studio.jobs import model_key
 
         key = model_key(req)
-        engine = getattr(self, "_vllm", None)
+        engine = self._vllm
         if engine is not None and (self._vllm_key != key or engine.lora_rank < rank
                                    or not engine.alive):
             engine.close()
@@ -82,14 +83,11 @@ class WarmModels:
             _say(progress=t("chat.progress.starting_vllm"))
             path = resolve_source(req.get("source") or "default")
             gpu = torch.cuda.is_available()
-            dtype = "float32" if req.get("precision") == "32bit" else "bfloat16"
-            if gpu and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-                dtype = "float16"
+            device = torch.device("cuda" if gpu else "cpu")
             engine = VLLMEngine(None, load_tokenizer(path, req.get("chat_template") or None),
-                                torch.device("cuda" if gpu else "cpu"), path,
-                                lora_rank=next((r for r in VLLM_LORA_RANKS if r >= max(rank, 16)),
-                                               rank),
-                                dtype=dtype, max_model_len=_context(path), max_num_seqs=16,
+                                device, path, lora_rank=vllm_lora_rank(max(rank, 16)),
+                                dtype=vllm_dtype(req.get("precision") or "4bit", device),
+                                max_model_len=_context(path), max_num_seqs=16,
                                 max_loras=self.max_adapters,
                                 gpu_memory_utilization=0.3 if gpu else 0.0,
                                 python=vllm_python())
@@ -97,7 +95,7 @@ class WarmModels:
         return engine
 
     def close(self) -> None:
-        if getattr(self, "_vllm", None) is not None:
+        if self._vllm is not None:
             self._vllm.close()
             self._vllm = None
 
