@@ -1,21 +1,21 @@
 """How fast the studio's chat answers, by path, in one run on the built-in model.
 
 The chat ("Try and export") shows the trained adapter's answer beside the base model's. On a CPU
-the studio's model process answers with transformers; a 4-bit model is unpacked into float32
-layers there when the copy fits (studio.infer), except on CPUs with AVX512-BF16, where
-bitsandbytes' packed bf16 layout answers. vLLM answers instead on a GPU when it is installed
+the studio's model process answers with transformers; a 4-bit model answers there from float32
+copies of its dequantized weights when they fit (core.models.Float32GenerationWeights), except
+on CPUs with AVX512-BF16, where bitsandbytes' packed bf16 layout answers. vLLM answers instead on a GPU when it is installed
 (one process serving every adapter). Measured here, each for the same question and forced
 answer length (64 tokens from the adapter, then 64 from the base model, 3 questions, the first
 left out as warm-up):
 
-- transformers on the 4-bit layers, as trained (the chat before unpacking);
-- transformers on the unpacked float32 layers, one answer after the other;
+- transformers on the 4-bit layers, as trained (`generation.fast_cpu_4bit: false`);
+- transformers on the float32 copies ("unpacked"), one answer after the other;
 - the same with the adapter's and the base model's answer in one batch (peft's mixed adapters:
   the chat now, on CPUs without AVX512-BF16);
 - vLLM in float32 and in bfloat16 (`generation`-style process, the adapter from its folder),
   when `.venv-vllm` exists.
 
-And what each costs before its first answer: loading (and unpacking), or starting vLLM.
+And what each costs before its first answer: loading (and making the copies), or starting vLLM.
 
     python bench/chat_speed.py [--out bench/results/chat_speed_cpu.json]
 """
@@ -68,17 +68,18 @@ def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False) -> d
 
     from core.config import ModelConfig
     from core.generation import TransformersEngine
-    from core.models import load_model, unpack_4bit
+    from core.models import load_model
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     start = time.perf_counter()
-    loaded = load_model(ModelConfig(source="default", precision="4bit"), lora=False)
-    if unpack:
-        unpack_4bit(loaded.model)
+    # unpack: the float32 copies of the 4-bit weights the studio samples from where they fit
+    # (core.models.Float32GenerationWeights); else the 4-bit layers themselves
+    loaded = load_model(ModelConfig(source="default", precision="4bit"), lora=False,
+                        fast_cpu_generation=unpack)
     model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a").eval()
     ready = time.perf_counter() - start
     engine = TransformersEngine(model, loaded.tokenizer, loaded.device,
-                                weights=None if unpack else loaded.generation_context)
+                                weights=loaded.generation_context)
     times = []
     for prompt in _prompts(loaded.tokenizer):
         t = time.perf_counter()

@@ -285,9 +285,10 @@ class GenerationConfig:
                                         min=1, max=1024)
     max_batch_size: int | None = knob(None, "Most sequences generated at once (empty: chosen "
                                       "from free memory).", min=1, max=65536)
-    fast_cpu_4bit: bool = knob(True, "On CPUs with AVX512-BF16, sample from a second copy of "
-                               "the 4-bit weights in a faster layout (about 2x faster generation, "
-                               "one more copy of the 4-bit weights in memory).")
+    fast_cpu_4bit: bool = knob(True, "On a CPU, sample from a faster copy of the 4-bit weights "
+                               "(about 2x faster generation): with AVX512-BF16 a second 4-bit copy "
+                               "in a packed layout, else float32 copies (4 bytes a weight) when "
+                               "they fit in a quarter of the free memory.")
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Model sources, the embedded default, quantized loading, LoRA and chat templates."""
 from __future__ import annotations
 
+import functools
+
 import importlib.util
 import logging
 import os
@@ -139,10 +141,10 @@ class LoadedModel:
     device: torch.device
     source: str             # what the user asked for
     path: str               # where it was loaded from
-    generation_weights: "PackedGenerationWeights | None" = None  # swapped in to generate
+    generation_weights: "PackedGenerationWeights | Float32GenerationWeights | None" = None  # swapped in to generate
 
     def generation_context(self):
-        """The weights generation should run on (a packed 4-bit copy on some CPUs)."""
+        """The weights generation should run on (a faster copy on CPUs)."""
         return self.generation_weights.active() if self.generation_weights else nullcontext()
 
 
@@ -274,59 +276,87 @@ class PackedGenerationWeights:
             self._use(0)
 
 
-def keep_4bit_layout_trainable(model, *, packed_copy: bool = True) -> PackedGenerationWeights | None:
-    """Stop bitsandbytes repacking 4-bit weights in place; return a packed copy for generation.
+class Float32GenerationWeights:
+    """Float32 copies of the frozen 4-bit weights, swapped in around generation on CPUs without
+    bitsandbytes' packed bf16 layout.
 
-    Returns None where bitsandbytes would not repack (no AVX512-BF16, or not on CPU) or when
-    packed_copy is off: generation then runs on the training layout, correct but slower.
+    There a 4-bit layer dequantizes its whole weight to float32 at every call, which for one new
+    token per sequence costs more than the matmul itself. The copies hold those same float32
+    numbers, made once (the base is frozen, so they never go stale), so sampling computes exactly
+    what the 4-bit layers would, about twice as fast; training keeps the 4-bit layers. Costs 4
+    bytes a weight, so it is made only when that fits (fits_float32_copy).
+    """
+
+    def __init__(self, layers: list):
+        from bitsandbytes.functional import dequantize_4bit
+
+        self._copies = []
+        with torch.no_grad():
+            for m in layers:
+                weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.float32)
+                bias = None if m.bias is None else m.bias.data.to(torch.float32)
+                self._copies.append((m, weight.reshape(m.out_features, m.in_features), bias))
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    @contextmanager
+    def active(self):
+        for m, weight, bias in self._copies:
+            m.forward = functools.partial(_float32_linear, weight=weight, bias=bias)
+        try:
+            yield
+        finally:
+            for m, *_ in self._copies:
+                del m.forward
+
+
+def _float32_linear(x: torch.Tensor, *, weight: torch.Tensor, bias) -> torch.Tensor:
+    return torch.nn.functional.linear(x.to(torch.float32), weight, bias).to(x.dtype)
+
+
+def fits_float32_copy(model, device: torch.device, share: float = 0.25) -> bool:
+    """Whether float32 copies of the 4-bit layers (unpacked_4bit_bytes) fit in `share` of the
+    free memory."""
+    from .generation import available_memory_bytes
+
+    need = unpacked_4bit_bytes(model)
+    return bool(need) and need <= available_memory_bytes(device) * share
+
+
+def keep_4bit_layout_trainable(model, *, packed_copy: bool = True
+                               ) -> "PackedGenerationWeights | Float32GenerationWeights | None":
+    """Stop bitsandbytes repacking 4-bit weights in place; return a faster copy for generation.
+
+    On CPUs with AVX512-BF16 that is bitsandbytes' packed layout (PackedGenerationWeights); on
+    other CPUs float32 copies when they fit in a quarter of the free memory
+    (Float32GenerationWeights). Returns None on GPUs, when packed_copy is off or the copies do
+    not fit: generation then runs on the training layout, correct but slower.
     """
     import bitsandbytes as bnb
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    repacks = bool(layers) and all(getattr(m, "support_avx512bf16_for_cpu", False)
-                                   and m.weight.device.type == "cpu" for m in layers)
+    on_cpu = bool(layers) and all(m.weight.device.type == "cpu" for m in layers)
+    repacks = on_cpu and all(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
     for m in layers:
         m.support_avx512bf16_for_cpu = False
-    if not (repacks and packed_copy):
+    if not (on_cpu and packed_copy):
         return None
-    try:
-        return PackedGenerationWeights(layers)
-    except Exception:  # a bitsandbytes without this layout: generate on the training layout
-        return None
+    if repacks:
+        try:
+            return PackedGenerationWeights(layers)
+        except Exception:  # a bitsandbytes without this layout: try the float32 copies
+            pass
+    if fits_float32_copy(model, layers[0].weight.device):
+        return Float32GenerationWeights(layers)
+    return None
 
 
 def unpacked_4bit_bytes(model) -> int:
-    """Bytes the 4-bit linear layers would take unpacked to float32 (unpack_4bit)."""
+    """Bytes the 4-bit linear layers take as float32 copies (Float32GenerationWeights)."""
     import bitsandbytes as bnb
     return sum(4 * m.in_features * m.out_features for m in model.modules()
                if isinstance(m, bnb.nn.Linear4bit))
-
-
-def unpack_4bit(model) -> int:
-    """Replace each 4-bit linear layer by a plain float32 one holding its dequantized weights:
-    the numbers the 4-bit layer computes with on a CPU, without unpacking them again at every
-    token. For answering only (the weights stay frozen; no 4-bit layout is left to train on);
-    costs 4 bytes a weight instead of about half a byte. Returns the layers replaced."""
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import dequantize_4bit
-
-    replaced = 0
-    with torch.no_grad():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if not isinstance(child, bnb.nn.Linear4bit):
-                    continue
-                weight = dequantize_4bit(child.weight.data, child.weight.quant_state)
-                plain = torch.nn.Linear(child.in_features, child.out_features,
-                                        bias=child.bias is not None, device="meta")
-                plain.weight = torch.nn.Parameter(weight.to(torch.float32).reshape(
-                    child.out_features, child.in_features), requires_grad=False)
-                if child.bias is not None:
-                    plain.bias = torch.nn.Parameter(child.bias.data.to(torch.float32),
-                                                    requires_grad=False)
-                setattr(parent, name, plain)
-                replaced += 1
-    return replaced
 
 
 def attach_lora(model, cfg, *, seed: int = 0, adapter_path: str | None = None):

@@ -36,21 +36,6 @@ def _prompt_ids(tokenizer, question: str, system: str) -> list[int]:
     return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
 
 
-def _unpack_if_it_fits(loaded) -> None:
-    """On a CPU without bitsandbytes' packed bf16 layout, a 4-bit model answers from float32
-    copies of its dequantized weights: the same numbers (the same greedy answers), 1.6x to 2x
-    faster (bench/chat_speed.py), for 8x the weights' memory; only when that stays within a
-    quarter of the free memory."""
-    from core.generation import available_memory_bytes
-    from core.models import unpack_4bit, unpacked_4bit_bytes
-
-    if loaded.device.type != "cpu" or loaded.generation_weights is not None:
-        return
-    need = unpacked_4bit_bytes(loaded.model)
-    if need and need <= available_memory_bytes(loaded.device) / 4:
-        unpack_4bit(loaded.model)
-
-
 class WarmModels:
     """Models kept loaded between requests of one serving process: the base models by
     (source, precision, chat template), up to `keep`, and on each its adapters by folder and
@@ -112,8 +97,9 @@ class WarmModels:
             while len(self.bases) >= self.keep:  # least recently used goes first
                 self.bases.pop(next(iter(self.bases)))
             _say(progress=t("chat.progress.loading_model"))
+            # on a CPU, a 4-bit model answers from float32 copies of its weights where they fit
+            # (core.models.Float32GenerationWeights): the same numbers, about twice as fast
             entry = {"loaded": load_model(_model_config(req), lora=False), "adapters": {}}
-            _unpack_if_it_fits(entry["loaded"])
         self.bases[key] = entry
         adapter = req.get("adapter")
         if not adapter:

@@ -104,9 +104,11 @@ def test_packed_generation_copy_matches_training_layout(tiny_model_dir):
     """Where bitsandbytes has a faster CPU layout, generation uses it and agrees with training."""
     import bitsandbytes as bnb
 
+    from core.models import PackedGenerationWeights
+
     loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="4bit", lora_r=4),
                         seed=0)
-    if loaded.generation_weights is None:
+    if not isinstance(loaded.generation_weights, PackedGenerationWeights):
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes has no faster layout to use")
     model = loaded.model.eval()
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -167,16 +169,17 @@ def test_dynamic_4bit_keeps_the_layers_that_lose_most_unquantized_and_trains(tin
     assert len(metrics) == 1 and math.isfinite(metrics[0]["loss"])
 
 
-def test_unpacked_4bit_answers_with_the_same_numbers(tiny_model_dir):
-    """The studio's model process may unpack a 4-bit model into float32 layers to answer
-    faster: the logits, base and adapter, stay those of the 4-bit layers."""
+def test_float32_generation_copy_answers_with_the_same_numbers(tiny_model_dir):
+    """On CPUs without bitsandbytes' packed layout, sampling (training's, the evaluation's, the
+    studio's chat) runs on float32 copies of the 4-bit weights: the logits, base and adapter,
+    stay those of the 4-bit layers, and the 4-bit layers are back, with their backward, after."""
     import bitsandbytes as bnb
 
-    from core.models import unpack_4bit, unpacked_4bit_bytes
+    from core.models import Float32GenerationWeights, unpacked_4bit_bytes
     from studio.infer import WarmModels
 
     loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="4bit", lora_r=4),
-                        seed=0, fast_cpu_generation=False)
+                        seed=0)
     model = loaded.model.eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -184,21 +187,47 @@ def test_unpacked_4bit_answers_with_the_same_numbers(tiny_model_dir):
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert unpacked_4bit_bytes(model) == sum(4 * m.in_features * m.out_features for m in layers)
+    copies = loaded.generation_weights
+    if not isinstance(copies, Float32GenerationWeights):  # the packed layout on AVX512-BF16
+        copies = Float32GenerationWeights(layers)
+    assert len(copies) == len(layers) > 0
     ids = torch.tensor([[1, 20, 300, 4000, 50, 6, 70, 800]])
     with torch.no_grad():
         adapter = model(input_ids=ids).logits
         with model.disable_adapter():
             base = model(input_ids=ids).logits
-        assert unpack_4bit(model) == len(layers) > 0
-        assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-        assert torch.allclose(model(input_ids=ids).logits, adapter, atol=1e-5, rtol=1e-4)
-        with model.disable_adapter():
-            assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5, rtol=1e-4)
-        assert not torch.allclose(adapter, base, atol=1e-3)  # the adapter still answers
+        with copies.active():
+            assert all("forward" in vars(m) for m in layers)
+            assert torch.allclose(model(input_ids=ids).logits, adapter, atol=1e-5, rtol=1e-4)
+            with model.disable_adapter():
+                assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(adapter, base, atol=1e-3)  # the adapter still answers
+    assert not any("forward" in vars(m) for m in layers)  # the 4-bit layers are back
+    model.train()
+    model(input_ids=ids).logits.float().log_softmax(-1)[..., :7].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in model.named_parameters() if "layers.0." in n and "lora_B" in n)
 
-    # the studio's model process does it when the copy fits (a tiny model always does), except
-    # on CPUs with AVX512-BF16, where bitsandbytes' packed bf16 layout answers instead
-    warm = WarmModels()
-    served, _ = warm.get({"source": str(tiny_model_dir), "precision": "4bit"})
-    still_4bit = any(isinstance(m, bnb.nn.Linear4bit) for m in served.model.modules())
-    assert still_4bit == (served.generation_weights is not None)
+    # the studio's model process samples from a faster copy too (a tiny model always fits)
+    served, _ = WarmModels().get({"source": str(tiny_model_dir), "precision": "4bit"})
+    assert served.generation_weights is not None
+
+
+def test_float32_copy_only_when_it_fits(tiny_model_dir, monkeypatch):
+    """No float32 copy where it would take more than a quarter of the free memory, or when
+    generation.fast_cpu_4bit is off: sampling then runs on the 4-bit layers."""
+    import core.generation
+    from core.models import Float32GenerationWeights, unpacked_4bit_bytes
+
+    cfg = ModelConfig(source=str(tiny_model_dir), precision="4bit", lora_r=4)
+    off = load_model(cfg, seed=0, fast_cpu_generation=False)
+    assert off.generation_weights is None
+    need = unpacked_4bit_bytes(off.model)
+    monkeypatch.setattr(core.generation, "available_memory_bytes", lambda device: 4 * need - 4)
+    tight = load_model(cfg, seed=0)
+    assert not isinstance(tight.generation_weights, Float32GenerationWeights)
+    monkeypatch.setattr(core.generation, "available_memory_bytes", lambda device: 4 * need)
+    fits = load_model(cfg, seed=0)
+    assert fits.generation_weights is not None
+
+
