@@ -93,6 +93,25 @@ SETTINGS["example02"] = ("examples/02-word-problems-reasoning.yaml as shipped (t
                          "answer; 2 questions x 6 answers of up to 96 tokens)", {}, False)
 
 
+# The second example rewritten for the built-in model: plain-text working that ends with "The
+# answer is N", 4 questions a step, answers of up to 64 tokens (the base model never wrote the
+# shipped example's think/answer tags: no format signal to learn from).
+_PLAIN_ANSWER = {
+    "data.system_prompt": "Work it out in one short sentence, then end with: The answer is N.",
+    "rewards": [{"template": "numeric_match", "weight": 1.0,
+                 "params": {"partial_credit_for_number": 0.1}},
+                {"template": "regex_match", "weight": 0.3,
+                 "params": {"pattern": "answer is \\d+\\.?$", "ignore_case": True,
+                            "multiline": False}},
+                {"template": "length_target", "weight": 0.2,
+                 "params": {"unit": "words", "target": 20, "tolerance": 15}}],
+    "grpo.max_completion_length": 64, "grpo.prompts_per_step": 4, "grpo.num_generations": 6}
+for _name, _temperature in (("example02_plain", 1.0), ("example02_plain_t0.8", 0.8)):
+    CONFIGS[_name] = CONFIGS["example02"]
+    SETTINGS[_name] = (f"examples/02 with a plain-text answer, temperature {_temperature}",
+                       {**_PLAIN_ANSWER, "grpo.temperature": _temperature}, False)
+
+
 def config_of(setting: str) -> Path:
     return CONFIGS.get(setting, DEMO)
 

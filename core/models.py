@@ -290,7 +290,7 @@ class Float32GenerationWeights:
     def __init__(self, layers: list):
         from bitsandbytes.functional import dequantize_4bit
 
-        self._copies = []
+        self._copies, self._depth = [], 0
         with torch.no_grad():
             for m in layers:
                 weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.float32)
@@ -302,13 +302,17 @@ class Float32GenerationWeights:
 
     @contextmanager
     def active(self):
-        for m, weight, bias in self._copies:
-            m.forward = functools.partial(_float32_linear, weight=weight, bias=bias)
+        if self._depth == 0:  # a nested use keeps the copies until the outer one ends
+            for m, weight, bias in self._copies:
+                m.forward = functools.partial(_float32_linear, weight=weight, bias=bias)
+        self._depth += 1
         try:
             yield
         finally:
-            for m, *_ in self._copies:
-                del m.forward
+            self._depth -= 1
+            if self._depth == 0:
+                for m, *_ in self._copies:
+                    vars(m).pop("forward", None)
 
 
 def _float32_linear(x: torch.Tensor, *, weight: torch.Tensor, bias) -> torch.Tensor:
