@@ -96,8 +96,11 @@ def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int =
                     prompt_tokens: int = 256, completion_tokens: int = 64,
                     prompts_per_step: int = 4, num_generations: int = 4,
                     gradient_accumulation_steps: int = 1, gradient_checkpointing: bool = True,
-                    optimizer: str = "adamw_8bit", gpu: bool = False) -> dict[str, float]:
-    """Bytes by part, and their 'total'."""
+                    optimizer: str = "adamw_8bit", gpu: bool = False,
+                    available_bytes: float | None = None) -> dict[str, float]:
+    """Bytes by part, and their 'total'. On a CPU, a 4-bit model samples from float32 copies of
+    its quantized layers when they fit in a quarter of `available_bytes` (core.models.
+    Float32GenerationWeights); without `available_bytes` that copy is left out."""
     compute = 2 if gpu else 4                     # bf16 on GPUs, fp32 on CPUs
     body = shape.params - shape.embedding_params
     if precision == "4bit":                       # NF4 + scales; embeddings stay unquantized
@@ -107,6 +110,10 @@ def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int =
         base = (body - kept) * 0.56 + kept * compute + shape.embedding_params * compute
     else:
         base = shape.params * (2 if precision == "16bit" else 4)
+    copy = 0.0
+    if not gpu and precision in ("4bit", "dynamic4bit") and available_bytes:
+        quantized = body if precision == "4bit" else body * (1 - min(max(keep_share, 0.0), 1.0))
+        copy = quantized * 4 if quantized * 4 <= available_bytes / 4 else 0.0
     adapter = lora_params(shape, lora_r)
     adapter_bytes = adapter * (4 + 4 + (2 if optimizer == "adamw_8bit" else 8))
     seq = prompt_tokens + completion_tokens
@@ -121,7 +128,8 @@ def estimate_memory(shape: ModelShape, *, precision: str = "4bit", lora_r: int =
     # tiled selective log-prob, fwd + bwd: [1024 rows, 1024 or 16384 vocabulary columns] tiles
     logprob_chunk = 1024 * (16384 if gpu else 1024) * 4 * 3
     runtime = 0.5 * GB if gpu else 0.8 * GB
-    parts = {"base weights": base, "adapter + optimizer": adapter_bytes,
+    parts = {"base weights": base, **({"sampling copy": copy} if copy else {}),
+             "adapter + optimizer": adapter_bytes,
              "generation cache": kv_cache, "activations": activations,
              "log-prob chunk": logprob_chunk, "runtime": runtime}
     parts["total"] = sum(parts.values())
@@ -136,6 +144,7 @@ def part_label(part: str) -> str:
 
 
 PART_KEYS = {"base weights": "estimate.part.base_weights",
+             "sampling copy": "estimate.part.sampling_copy",
              "adapter + optimizer": "estimate.part.adapter",
              "generation cache": "estimate.part.generation_cache",
              "activations": "estimate.part.activations",

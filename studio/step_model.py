@@ -54,7 +54,7 @@ def estimate_parts(machine: Machine, source, precision, lora_r, prompt_len, comp
             num_generations=int(num_generations or 2),
             gradient_accumulation_steps=int(accumulation or 1),
             gradient_checkpointing=bool(checkpointing), optimizer=optimizer or "adamw",
-            gpu=machine.gpu)
+            gpu=machine.gpu, available_bytes=machine.available_bytes)
     except (TypeError, ValueError, OverflowError):
         return None
 

@@ -141,6 +141,12 @@ def test_estimate_grows_with_model_precision_rank_and_length():
     # the classroom demo measures about 1.4 GB peak RSS on CPU; the estimate is the same order
     demo = estimate_memory(s, prompts_per_step=4, num_generations=6, completion_tokens=32)
     assert 0.5 * GB < demo["total"] < 4 * GB
+    # on a CPU with room for them, the float32 copies the model samples from count too
+    copies = estimate_memory(s, available_bytes=16 * GB)
+    assert copies["sampling copy"] == 4 * (s.params - s.embedding_params)
+    assert copies["total"] == base + copies["sampling copy"]
+    assert "sampling copy" not in estimate_memory(s, available_bytes=1 * GB)
+    assert "sampling copy" not in estimate_memory(s, available_bytes=16 * GB, gpu=True)
 
 
 def test_fit_verdicts():
