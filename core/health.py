@@ -23,7 +23,11 @@ WINDOW = 5                     # steps per window when comparing recent steps wi
 FALL_FROM_PEAK = 0.3           # correctness this far (share of best) under its best window
 HACK_FALL = 0.15               # correctness falling by this much between two windows ...
 HACK_RISE = 0.1                # ... while another reward's mean rises by this much
-SERIOUS = ("entropy_collapse", "no_signal", "correctness_falling", "reward_hacking")
+EASY_HIGH = 0.9                # another reward's mean at this (most templates score 0 to 1) ...
+STALL_RISE = 0.05              # ... while correctness, still low, rose less than this
+STALL_AFTER = 4 * WINDOW       # ... judged only after this many steps, to give learning time
+SERIOUS = ("entropy_collapse", "no_signal", "correctness_falling", "reward_hacking",
+           "easy_reward_only")
 
 
 @dataclass
@@ -57,6 +61,7 @@ class CollapseDetector:
         self.correctness: list[float] = []       # share of best, one per step
         self.peak_window = None                  # best WINDOW-step mean of correctness so far
         self.zero_streak = 0
+        self.start_means: dict[str, float] = {}  # each term's mean over the first WINDOW steps
         self.active: dict[str, int] = {}         # code -> step it became active
         self.clear: dict[str, int] = {}          # code -> steps in a row it has been false
         self.collapsed_since: int | None = None  # first step of the current serious episode
@@ -69,6 +74,11 @@ class CollapseDetector:
     def update(self, step: int, metrics: dict) -> list[HealthWarning]:
         share = self.correctness_share(metrics)
         self.history.append(metrics)
+        if len(self.history) == WINDOW and not self.start_means:  # each term's first steps
+            for name in self.names:
+                values = [m.get(f"rewards/{name}/mean") for m in self.history]
+                if None not in values:
+                    self.start_means[name] = _mean(values)
         if share is not None:
             self.correctness.append(share)
             if len(self.correctness) >= WINDOW:
@@ -79,7 +89,8 @@ class CollapseDetector:
         self.zero_streak = self.zero_streak + 1 if all_same else 0
 
         found = [w for w in (self._entropy_collapse(metrics, share), self._no_signal(share),
-                             self._reward_hacking(), self._correctness_falling()) if w]
+                             self._reward_hacking(), self._correctness_falling(),
+                             self._easy_reward_only()) if w]
         if any(w.code == "reward_hacking" for w in found):  # the more specific of the two
             found = [w for w in found if w.code != "correctness_falling"]
         now = {w.code for w in found}
@@ -164,6 +175,37 @@ class CollapseDetector:
             f"Lower the weight of '{name}' or its partial credit, or lower the learning rate.",
             {"reward": name, "targets": list(self.best), "correctness_before": before,
              "correctness_after": after})
+
+    def _easy_reward_only(self) -> HealthWarning | None:
+        """Another reward, low at the start, is now earned in full while correctness stays low
+        and stopped rising: the model learned what is easy (a format, a length) and nothing
+        more, and that term no longer tells its answers apart."""
+        if len(self.correctness) < STALL_AFTER:
+            return None
+        before, after = _mean(self.correctness[-STALL_AFTER:-STALL_AFTER // 2]), \
+            _mean(self.correctness[-STALL_AFTER // 2:])
+        if after >= LOW_CORRECTNESS or after - before >= STALL_RISE:
+            return None
+        learned = []
+        for name in self.names:
+            start = self.start_means.get(name)
+            if name in self.best or start is None or start >= EASY_HIGH - HACK_RISE:
+                continue  # a correctness term, or one earned from the start (nothing learned)
+            recent = [m.get(f"rewards/{name}/mean") for m in list(self.history)[-WINDOW:]]
+            if None not in recent and _mean(recent) >= EASY_HIGH:
+                learned.append((_mean(recent), name))
+        if not learned:
+            return None
+        name = max(learned)[1]
+        target = " and ".join(f"'{n}'" for n in self.best)
+        return HealthWarning(
+            "easy_reward_only",
+            f"The model learned '{name}' (now earned in full), but {target} stays at "
+            f"{after:.0%} of its best and stopped rising: it learned the easy part, not the "
+            f"right answer.",
+            f"Lower the weight of '{name}' (it no longer tells answers apart), raise the "
+            f"temperature to 1.0, or try a larger model.",
+            {"reward": name, "targets": list(self.best), "correctness": after})
 
     def _correctness_falling(self) -> HealthWarning | None:
         if self.peak_window is None or len(self.correctness) < 2 * WINDOW:

@@ -533,6 +533,9 @@ WARNING_VALUES = {  # code -> the values its texts need, from its event
                                  "after": _share(e["correctness_after"])},
     "correctness_falling": lambda e: {"peak": _share(e["peak"]),
                                       "correctness": _share(e["correctness"])},
+    "easy_reward_only": lambda e: {"reward": e["reward"],
+                                   "targets": " and ".join(f"'{n}'" for n in e["targets"]),
+                                   "correctness": _share(e["correctness"])},
 }
 
 

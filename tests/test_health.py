@@ -72,6 +72,22 @@ def test_one_reward_rising_while_correctness_falls_is_named():
     assert detector.active == {} and detector.persisted(i) == 0
 
 
+def test_an_easy_reward_learned_while_correctness_stalls_is_named():
+    # the second example at temperature 0.8 (bench/learning_study.py): the closing sentence,
+    # a format reward, went from 0.1 to 1.0 while the right number stayed at about 0.15
+    curve = [step(0.15, length=0.1 + 0.08 * i) for i in range(12)] + [step(0.15, length=1.0)] * 14
+    _, raised = feed(curve)
+    assert [code for _, code in raised] == ["easy_reward_only"]
+    assert raised[0][0] == 20  # judged only after 4 windows
+    # a term earned from the start was not learned: no warning (the example's length reward)
+    _, raised = feed([step(0.15, length=0.95)] * 30)
+    assert raised == []
+    # nor while correctness still rises, however slowly
+    _, raised = feed([step(0.1 + 0.01 * i, length=0.1 + 0.08 * i) for i in range(12)]
+                     + [step(0.22 + 0.01 * i, length=1.0) for i in range(18)])
+    assert raised == []
+
+
 def test_messages_are_one_line_with_a_fix():
     curve = [step(0.2), step(0.6)] + [step(0.85)] * 6 + [step(0.1, entropy=0.01,
                                                                zero_spread=1.0)] * 8

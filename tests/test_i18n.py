@@ -153,6 +153,11 @@ def _core_warnings():
     yield d._reward_hacking()
     d.peak_window = 0.9
     yield d._correctness_falling()
+    d = CollapseDetector({"numeric_match": 1.0}, ["numeric_match", "length_target"])
+    d.start_means = {"length_target": 0.2}
+    d.correctness = [0.2] * 20
+    d.history.extend([{"rewards/length_target/mean": 1.0}] * 5)
+    yield d._easy_reward_only()
 
 
 def test_core_advice_warnings_and_engine_reasons_have_both_languages():
