@@ -88,28 +88,24 @@ for _level in (1, 2, 4):
 
 # Settings on another example than the classroom demo: name -> its config (run as shipped,
 # plus the overrides; the demo's SHIPPED values are not applied to them).
-CONFIGS = {"example02": ROOT / "examples" / "02-word-problems-reasoning.yaml"}
-SETTINGS["example02"] = ("examples/02-word-problems-reasoning.yaml as shipped (think, then "
-                         "answer; 2 questions x 6 answers of up to 96 tokens)", {}, False)
-
-
-# The second example rewritten for the built-in model: plain-text working that ends with "The
-# answer is N", 4 questions a step, answers of up to 64 tokens (the base model never wrote the
-# shipped example's think/answer tags: no format signal to learn from).
-_PLAIN_ANSWER = {
-    "data.system_prompt": "Work it out in one short sentence, then end with: The answer is N.",
-    "rewards": [{"template": "numeric_match", "weight": 1.0,
-                 "params": {"partial_credit_for_number": 0.1}},
-                {"template": "regex_match", "weight": 0.3,
-                 "params": {"pattern": "answer is \\d+\\.?$", "ignore_case": True,
-                            "multiline": False}},
-                {"template": "length_target", "weight": 0.2,
-                 "params": {"unit": "words", "target": 20, "tolerance": 15}}],
-    "grpo.max_completion_length": 64, "grpo.prompts_per_step": 4, "grpo.num_generations": 6}
-for _name, _temperature in (("example02_plain", 1.0), ("example02_plain_t0.8", 0.8)):
-    CONFIGS[_name] = CONFIGS["example02"]
-    SETTINGS[_name] = (f"examples/02 with a plain-text answer, temperature {_temperature}",
-                       {**_PLAIN_ANSWER, "grpo.temperature": _temperature}, False)
+EXAMPLE02 = ROOT / "examples" / "02-word-problems-reasoning.yaml"
+CONFIGS = {"example02": EXAMPLE02, "example02_t0.8": EXAMPLE02, "example02_tags": EXAMPLE02}
+SETTINGS["example02"] = ("examples/02-word-problems-reasoning.yaml as shipped (working in a "
+                         "sentence, then 'The answer is N'; 4 questions x 6 answers of up to "
+                         "64 tokens)", {}, False)
+SETTINGS["example02_t0.8"] = ("the second example at temperature 0.8",
+                              {"grpo.temperature": 0.8}, False)
+SETTINGS["example02_tags"] = (
+    "the second example as it shipped before: think/answer tags, 2 questions x 6 answers of up "
+    "to 96 tokens",
+    {"data.system_prompt": "Think step by step inside <think> </think>, then give only the final "
+                           "number inside <answer> </answer>.",
+     "rewards": [{"template": "numeric_match", "weight": 1.0,
+                  "params": {"partial_credit_for_number": 0.1}},
+                 {"template": "tag_partial_credit", "weight": 0.5},
+                 {"template": "reasoning_length", "weight": 0.2,
+                  "params": {"min_words": 5, "max_words": 60}}],
+     "grpo.prompts_per_step": 2, "grpo.max_completion_length": 96}, False)
 
 
 def config_of(setting: str) -> Path:
