@@ -4,8 +4,9 @@
     python bench/grpo_vs_trl.py --steps 3       # fewer measured steps
     python bench/grpo_vs_trl.py --side ours     # one side only; prints one JSON line
 
-Sides: "ours" (our core as it is: generation from a packed copy of the 4-bit weights in
-bitsandbytes' fast CPU layout, training on the original layout), "ours_nopack" (our core with
+Sides: "ours" (our core as it is: generation from a second copy of the frozen 4-bit weights,
+in bitsandbytes' packed CPU layout on CPUs with AVX512-BF16 and as float32 copies elsewhere,
+training on the original layout), "ours_nopack" (our core with
 `generation.fast_cpu_4bit` off: generation on the training layout), "ours_nokernels" (our core
 with `train.kernels` off: peft's LoRA layers) and "trl".
 
@@ -249,7 +250,8 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as run_dir:
         trainer = Trainer(run_cfg, run_dir).setup()
         gen_copy = trainer.loaded.generation_weights
-        packed_copies = len(gen_copy) if gen_copy else 0
+        copy_layers = len(gen_copy) if gen_copy else 0
+        copy_kind = type(gen_copy).__name__ if gen_copy else None
         setup_s = time.perf_counter() - t_setup
         setup_peak, setup_rss = peak_rss_mb(), rss_mb()
         times, tokens, rewards, gens, warm, cpus = [], [], [], [], [], []
@@ -271,7 +273,8 @@ def run_ours(cfg: dict, variant: str = "ours") -> dict:
         result = summarize(times, tokens, rewards, gens, cpus)
         result.update({
             "side": variant,
-            "bnb_packed_generation_copies": packed_copies,
+            "generation_copy_layers": copy_layers,
+            "generation_copy_kind": copy_kind,
             "kernels": trainer.kernel_report,
             "bnb_packing_at_end": bnb_packing_state(trainer.model),
             "warmup_step_time_s": warm,
@@ -750,8 +753,9 @@ def probe_bnb_8bit_optimizer() -> tuple[bool, str]:
 
 
 SIDE_NOTES = {
-    "ours": "our core as it is: generation from a copy of the 4-bit weights in bitsandbytes' "
-            "packed CPU layout, training on the original layout",
+    "ours": "our core as it is: generation from a second copy of the frozen 4-bit weights "
+            "(bitsandbytes' packed CPU layout with AVX512-BF16, float32 copies without), "
+            "training on the original layout",
     "ours_nokernels": "our core with train.kernels off: peft's LoRA layers and the chunked "
                       "torch log-prob",
     "ours_nopack": "our core with generation.fast_cpu_4bit off: generation on the training "
