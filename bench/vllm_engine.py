@@ -2,6 +2,8 @@
 
     python bench/vllm_engine.py              # both configs, both engines, one worker each
     python bench/vllm_engine.py --steps 2    # fewer measured steps
+    python bench/vllm_engine.py --configs classroom_demo --engines vllm,vllm_colocate \
+        --out bench/results/vllm_colocate_cpu.json   # vLLM in its own process / in the trainer's
 
 Configs: the classroom demo as shipped, and a longer-generation one (the demo with 8 answers of
 up to 200 tokens per question). Each (config, engine) runs the real worker
@@ -9,7 +11,8 @@ up to 200 tokens per question). Each (config, engine) runs the real worker
 other on an otherwise idle machine. Per side: generation tokens/s (completion tokens over the
 engine's generation time), GRPO step time, the time to hand the new LoRA weights to vLLM, the
 engine's start-up, and the peak memory of all the worker's processes together (the worker,
-vLLM's server and its engine process), sampled every 0.2 s.
+vLLM's server and its engine process), sampled every 0.2 s. `vllm_colocate` is vLLM inside the
+training process (generation.vllm_mode: colocate), which trains in the vLLM environment's Python.
 
 Results: bench/results/vllm_engine_cpu.json (ratios are vLLM / transformers).
 """
@@ -54,10 +57,16 @@ def _tree_rss(proc: psutil.Process) -> int:
 def run_side(config: str, engine: str, steps: int) -> dict:
     from core.events import read_events
 
+    from core.vllm_engine import vllm_python
+
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-vllm-{config}-{engine}-"))
-    cmd = [sys.executable, "-m", "core", "train", str(DEMO), "--run-dir", str(run_dir),
-           "--max-steps", str(steps + 1), "--set", f"generation.engine={engine}",
+    colocate = engine == "vllm_colocate"
+    cmd = [vllm_python() if colocate else sys.executable, "-m", "core", "train", str(DEMO),
+           "--run-dir", str(run_dir), "--max-steps", str(steps + 1),
+           "--set", f"generation.engine={'vllm' if colocate else engine}",
            "--set", "train.eval_steps=0", "--set", "train.save_steps=0"]
+    if colocate:
+        cmd += ["--set", "generation.vllm_mode=colocate"]
     for o in CONFIGS[config]:
         cmd += ["--set", o]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
@@ -97,7 +106,7 @@ def run_side(config: str, engine: str, steps: int) -> dict:
         "setup_s": round(status["ready"] - status["loading_data"], 1),
         "wall_s": round(time.time() - started, 1),
     }
-    if engine == "vllm":
+    if engine != "transformers":
         out["lora_update_s"] = round(statistics.mean(m["weight_sync_time"] for m in metrics), 3)
     return out
 
@@ -105,27 +114,35 @@ def run_side(config: str, engine: str, steps: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=3, help="measured steps per side")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: "
+                   + ", ".join(CONFIGS))
+    p.add_argument("--engines", default="transformers,vllm",
+                   help="comma-separated: transformers, vllm, vllm_colocate; ratios are each "
+                        "against the first")
+    p.add_argument("--out", default=str(RESULTS / "vllm_engine_cpu.json"))
     args = p.parse_args()
     from core.vllm_engine import vllm_python
     if vllm_python() is None:
         raise SystemExit("vLLM is not installed: bash scripts/setup.sh --vllm")
+    configs, engines = args.configs.split(","), args.engines.split(",")
     load_before = os.getloadavg()
     sides = []
-    for config in CONFIGS:
-        for engine in ("transformers", "vllm"):
+    for config in configs:
+        for engine in engines:
             print(f"{config} / {engine} ...", flush=True)
             sides.append(run_side(config, engine, args.steps))
             print(json.dumps(sides[-1]), flush=True)
     ratios = {}
-    for config in CONFIGS:
-        t, v = (next(s for s in sides if s["config"] == config and s["engine"] == e)
-                for e in ("transformers", "vllm"))
-        ratios[config] = {
-            "generation_tokens_per_s": round(v["generation_tokens_per_s"]
-                                             / t["generation_tokens_per_s"], 2),
-            "step_time": round(v["step_time_s"] / t["step_time_s"], 2),
-            "peak_memory": round(v["peak_memory_mb_all_processes"]
-                                 / t["peak_memory_mb_all_processes"], 2)}
+    for config in configs:
+        base = next(s for s in sides if s["config"] == config and s["engine"] == engines[0])
+        for engine in engines[1:]:
+            v = next(s for s in sides if s["config"] == config and s["engine"] == engine)
+            ratios.setdefault(config, {})[f"{engine}/{engines[0]}"] = {
+                "generation_tokens_per_s": round(v["generation_tokens_per_s"]
+                                                 / base["generation_tokens_per_s"], 2),
+                "step_time": round(v["step_time_s"] / base["step_time_s"], 2),
+                "peak_memory": round(v["peak_memory_mb_all_processes"]
+                                     / base["peak_memory_mb_all_processes"], 2)}
     result = {
         "date": _dt.date.today().isoformat(),
         "machine": {"cpu": platform.processor() or platform.machine(),
@@ -133,11 +150,11 @@ def main() -> int:
                     "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "sides": sides, "ratios_vllm_over_transformers": ratios,
+        "sides": sides, "ratios": ratios,
         "targets": {"long_generation tokens/s ratio": ">= 1.7", "lora_update_s": "< 0.2"},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "vllm_engine_cpu.json"
+    out = Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(ratios, indent=1))
     print(f"wrote {out}")

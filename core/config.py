@@ -250,8 +250,20 @@ class GenerationConfig:
                        "generates at least 4,096 tokens (prompts x answers x longest answer), "
                        "where its speed repays its start-up; otherwise transformers.",
                        choices=("auto", "transformers", "vllm"))
-    vllm_gpu_memory_utilization: float = knob(0.3, "vLLM on a GPU: the share of GPU memory it "
-                                              "may take (the rest trains).", min=0.05, max=0.95)
+    vllm_mode: str = knob("server", "Where vLLM runs. server: a vLLM process of its own (its "
+                          "own Python environment where its pins differ from the studio's). "
+                          "colocate: inside the training process, so that the run needs one "
+                          "environment that has both (the training runs in the vLLM "
+                          "environment's Python).", choices=("server", "colocate"))
+    vllm_enable_sleep_mode: bool = knob(False, "vLLM colocated on a GPU: it hands its memory "
+                                        "back while the policy updates (weights moved to the "
+                                        "CPU, its cache dropped) and takes it again to "
+                                        "generate. vLLM offers it on GPUs only.")
+    vllm_gpu_memory_utilization: float | None = knob(None, "vLLM on a GPU: the share of the "
+                                                     "GPU's memory it may take (empty: what the "
+                                                     "model and twice a step's answers need, "
+                                                     "within the memory free when it starts).",
+                                                     min=0.05, max=0.95)
     vllm_importance_sampling_correction: bool = knob(True, "Weigh each answer's loss by how "
                                                      "much likelier the trainer finds it than "
                                                      "vLLM did (their weights and arithmetic "

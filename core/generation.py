@@ -259,26 +259,60 @@ def vllm_lora_rank(rank: int) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
 
 
-def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, max_loras=1):
-    """A VLLMEngine with settings chosen from the run and the machine: the model's precision,
-    context for the longest prompt and answer, room for a step's answers at once, a KV cache
-    twice what they need (whole GiB, at least 1, within a quarter of the free memory) on CPUs."""
-    from .vllm_engine import VLLMEngine
+def gpu_memory_utilization(need_bytes: float, free_bytes: float, total_bytes: float) -> float:
+    """vLLM's share of a GPU that it shares with training: what it needs (its weights, its KV
+    cache and 1 GiB for its own work) as a share of the whole GPU, which vLLM must find free when
+    it starts; raises VLLMError when that much is not free (a tenth held back)."""
+    from .vllm_engine import VLLMError
+    share = (need_bytes + 2**30) / total_bytes
+    room = 0.9 * free_bytes / total_bytes
+    if share > room:
+        raise VLLMError(f"vLLM needs about {(need_bytes + 2**30) / 2**30:.1f} GiB of GPU memory "
+                        f"beside training and {free_bytes / 2**30:.1f} GiB are free: use fewer "
+                        f"answers per step, a smaller model, or generation.engine transformers.")
+    return round(max(share, 0.05), 3)
 
-    g = cfg.grpo
+
+def base_weight_count(model) -> int:
+    """Weights of the frozen base model (a 4-bit weight counted once, not as its packed bytes)."""
+    total = 0
+    for p in model.parameters():
+        if p.requires_grad:
+            continue
+        state = getattr(p, "quant_state", None)
+        total += state.shape.numel() if state is not None else p.numel()
+    return total
+
+
+def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, max_loras=1):
+    """A vLLM engine with settings chosen from the run and the machine: the model's precision,
+    context for the longest prompt and answer, room for a step's answers at once, a KV cache
+    twice what they need (on CPUs whole GiB, at least 1, within a quarter of the free memory;
+    on GPUs a share of its memory for weights and cache, within what is free), in a process of
+    its own or colocated in this one (generation.vllm_mode)."""
+    from .vllm_engine import ColocatedVLLMEngine, VLLMEngine
+
+    g, gen = cfg.grpo, cfg.generation
     dtype = vllm_dtype(cfg.model.precision, device)
+    elem = 4 if dtype == "float32" else 2
     context = -(-(g.max_prompt_length + g.max_completion_length) // 256) * 256
     seqs = min(256, max(16, g.prompts_per_step * g.num_generations))
-    kv = cfg.generation.vllm_kv_cache_gb
+    kv_need = 2 * kv_bytes_per_token(model.config, elem) * context * seqs
+    kv = gen.vllm_kv_cache_gb
     if kv is None:  # twice what a whole step's answers need, within a quarter of free memory
-        per_token = kv_bytes_per_token(model.config, 4 if dtype == "float32" else 2)
-        need = 2 * per_token * context * seqs / 2**30
         free = available_memory_bytes(torch.device("cpu")) / 2**30 / 4
-        kv = max(1, min(math.ceil(need), int(free)))
-    rank = vllm_lora_rank(cfg.model.lora_r)
-    return VLLMEngine(model, tokenizer, device, model_path, lora_rank=rank, dtype=dtype,
-                      seed=cfg.train.seed, max_model_len=context, max_num_seqs=seqs,
-                      kv_cache_gb=int(kv),  # vLLM takes whole GiB
-                      gpu_memory_utilization=cfg.generation.vllm_gpu_memory_utilization
-                      if device.type == "cuda" else 0.0,
-                      log_path=log_path, max_loras=max_loras)
+        kv = max(1, min(math.ceil(kv_need / 2**30), int(free)))
+    share = 0.0
+    if device.type == "cuda":
+        share = gen.vllm_gpu_memory_utilization
+        if share is None:
+            free, total = torch.cuda.mem_get_info(device)
+            share = gpu_memory_utilization(base_weight_count(model) * elem + kv_need, free, total)
+    kwargs = dict(lora_rank=vllm_lora_rank(cfg.model.lora_r), dtype=dtype, seed=cfg.train.seed,
+                  max_model_len=context, max_num_seqs=seqs,
+                  kv_cache_gb=int(kv),  # vLLM takes whole GiB
+                  gpu_memory_utilization=share, log_path=log_path, max_loras=max_loras)
+    if gen.vllm_mode == "colocate":
+        return ColocatedVLLMEngine(model, tokenizer, device, model_path,
+                                   sleep=gen.vllm_enable_sleep_mode, **kwargs)
+    return VLLMEngine(model, tokenizer, device, model_path, **kwargs)

@@ -120,11 +120,31 @@ def run_processes(run_dir: Path) -> int:
         return 1
 
 
+def colocated_python(run_dir: Path) -> str | None:
+    """The Python of the vLLM environment when the run asks for vLLM inside its training process
+    (generation.vllm_mode colocate, engine not transformers) and this Python has no vLLM; else
+    None (this Python trains it)."""
+    import importlib.util
+
+    from .engine_choice import vllm_python
+    try:
+        gen = RunConfig.load(Path(run_dir) / "config.yaml").generation
+    except Exception:  # a broken config fails in the worker, with its one-line reason
+        return None
+    if gen.vllm_mode != "colocate" or gen.engine == "transformers" \
+            or importlib.util.find_spec("vllm") is not None:
+        return None
+    return vllm_python()
+
+
 def worker_command(run_dir: Path, max_steps: int | None = None, resume: bool = False,
                    processes: int | None = None) -> list[str]:
     processes = run_processes(run_dir) if processes is None else processes
     cmd = launch_prefix(processes) + ["core", "train", str(run_dir / "config.yaml"),
                                       "--run-dir", str(run_dir)]
+    python = colocated_python(run_dir) if processes <= 1 else None
+    if python:
+        cmd[0] = python
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
     if resume:

@@ -232,7 +232,10 @@ class Trainer:
         self.sampler = PromptSampler(len(self.dataset), cfg.train.seed)
         trainable, total = count_parameters(self.model)
         trim_heap()  # loading's temporaries
-        self._status("ready", "Model and data ready", engine=self.engine.name,
+        vllm = {"vllm_mode": getattr(self.engine, "mode", "server"),
+                "vllm_sleep": bool(getattr(self.engine, "sleep", False))} \
+            if self.engine.name == "vllm" else {}
+        self._status("ready", "Model and data ready", engine=self.engine.name, **vllm,
                      engine_reason=self.engine_reason, engine_why=self.engine_why,
                      threads=torch.get_num_threads(), cpus=usable_cpus(),
                      world_size=world.size, backend=world.backend,

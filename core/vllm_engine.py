@@ -11,6 +11,9 @@ the next generation the adapter is written in peft's format into a folder in sha
 (`/dev/shm` where there is one, so no disk is touched) and vLLM reloads it in place under the
 same adapter id (`LoRARequest(load_inplace=True)`), its supported route; on this CPU that costs
 a few hundredths of a second for the embedded model's adapter (bench/vllm_engine.py measures it).
+
+`ColocatedVLLMEngine` (generation.vllm_mode: colocate) answers the same requests from vLLM inside
+the training process, optionally asleep while the policy updates (GPUs only).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from .engine_choice import vllm_python
 from .generation import Generation
 from .models import stop_token_ids
 from .runs import PROJECT_ROOT, child_env, usable_cpus
+from .vllm_server import _line
 
 START_TIMEOUT_S = 600  # loading the model and vLLM's start-up; eager mode starts in ~20 s here
 GENERATE_TIMEOUT_S = 1800
@@ -44,6 +48,7 @@ def _threads() -> str:
 
 class VLLMEngine:
     name = "vllm"
+    mode = "server"  # generation.vllm_mode
 
     def __init__(self, model, tokenizer, device: torch.device, model_path: str, *,
                  lora_rank: int = 0, dtype: str = "bfloat16", seed: int = 0,
@@ -51,20 +56,11 @@ class VLLMEngine:
                  kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.0,
                  log_path: str | Path | None = None, python: str | None = None,
                  max_loras: int = 1):
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.stop_ids = stop_token_ids(tokenizer, model)
-        self.lora_rank = lora_rank
-        self.version = 0          # bumped when the trainer changed the weights
-        self._sent_version = None
-        self.last_update_s = 0.0  # seconds spent writing the adapter for the last batch
         python = python or vllm_python()
         if python is None:
             raise VLLMError("vLLM is not installed: run bash scripts/setup.sh --vllm, or choose "
                             "generation.engine: transformers.")
-        self._dir = Path(tempfile.mkdtemp(prefix="aha-vllm-", dir="/dev/shm"
-                                          if Path("/dev/shm").is_dir() else None))
-        os.chmod(self._dir, 0o700)
-        self.adapter_dir = self._dir / "adapter"
+        self._setup(model, tokenizer, device, lora_rank)
         socket = str(self._dir / "channel")
         key = secrets.token_bytes(32)
         env = child_env(AHA_VLLM_KEY=key.hex(), TOKENIZERS_PARALLELISM="false",
@@ -97,6 +93,18 @@ class VLLMEngine:
         except BaseException:
             self.close()
             raise
+
+    def _setup(self, model, tokenizer, device, lora_rank: int) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.lora_rank = lora_rank
+        self.version = 0          # bumped when the trainer changed the weights
+        self._sent_version = None
+        self.last_update_s = 0.0  # seconds spent writing the adapter for the last batch
+        self._dir = Path(tempfile.mkdtemp(prefix="aha-vllm-", dir="/dev/shm"
+                                          if Path("/dev/shm").is_dir() else None))
+        os.chmod(self._dir, 0o700)
+        self.adapter_dir = self._dir / "adapter"
 
     # ---- the channel ----------------------------------------------------------------------
     def _connect(self, socket: str, key: bytes):
@@ -238,3 +246,94 @@ class VLLMEngine:
                 self.close()
         except Exception:
             pass
+
+
+def vllm_importable() -> bool:
+    """Whether this Python has vLLM (what the colocated mode needs)."""
+    import importlib.util
+    return importlib.util.find_spec("vllm") is not None
+
+
+class ColocatedVLLMEngine(VLLMEngine):
+    """vLLM inside the training process (generation.vllm_mode: colocate), as TRL's colocate mode
+    runs it: the same requests as the vLLM process answers (core.vllm_server.Server), called
+    directly; the adapter travels the same way (a peft folder in shared memory, reloaded in
+    place). With `sleep` (GPUs only), vLLM hands back its memory between two batches while the
+    policy updates (LLM.sleep(level=1): the base weights to the CPU, the KV cache dropped; the
+    LoRA adapter is read again after each wake-up anyway) and takes it again to generate
+    (LLM.wake_up). The run's Python must have vLLM and the trainer's packages (the vLLM
+    environment built by scripts/setup.sh --vllm has both)."""
+    mode = "colocate"
+
+    def __init__(self, model, tokenizer, device: torch.device, model_path: str, *,
+                 lora_rank: int = 0, dtype: str = "bfloat16", seed: int = 0,
+                 max_model_len: int = 2048, max_num_seqs: int = 64,
+                 kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.0,
+                 log_path: str | Path | None = None, max_loras: int = 1, sleep: bool = False):
+        self.llm = None
+        if not vllm_importable():
+            raise VLLMError("generation.vllm_mode colocate runs vLLM inside the training "
+                            "process, but this Python has no vLLM: train with the vLLM "
+                            "environment's Python (.venv-vllm/bin/python -m core train ...), or "
+                            "set generation.vllm_mode to server.")
+        self._setup(model, tokenizer, device, lora_rank)
+        self.log_path = Path(log_path) if log_path else self._dir / "vllm.log"
+        self.sleep = bool(sleep and device.type == "cuda")
+        # vLLM reads its CPU settings from the environment; the caller's own settings win
+        for name, value in (("VLLM_CPU_OMP_THREADS_BIND", _threads()),
+                            ("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+                            ("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gb or 1))),
+                            ("VLLM_LOGGING_LEVEL", "WARNING"),
+                            ("TOKENIZERS_PARALLELISM", "false")):
+            os.environ.setdefault(name, value)
+        from argparse import Namespace
+
+        from .vllm_server import Server, build_llm
+        args = Namespace(model=str(model_path), dtype=dtype, seed=seed,
+                         max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                         max_lora_rank=lora_rank, max_loras=max_loras,
+                         gpu_memory_utilization=gpu_memory_utilization,
+                         enable_sleep_mode=self.sleep)
+        try:
+            self.server = Server(build_llm(args))
+        except Exception as exc:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise VLLMError(f"vLLM could not start: {_line(exc)}") from exc
+        self.llm = self.server.llm
+        self.sleeping = False
+        self._rest()
+
+    def _rest(self) -> None:
+        if self.sleep and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def _ask(self, request: dict, timeout: float, doing: str) -> dict:
+        if self.llm is None:
+            raise VLLMError(f"vLLM was closed before {doing}")
+        try:
+            if self.sleeping:
+                self.llm.wake_up()
+                self.sleeping = False
+            reply = self.server.generate(request)
+            self._rest()
+        except Exception as exc:  # vLLM's own failures (its engine gone, out of memory)
+            raise VLLMError(f"vLLM failed while {doing}: {_line(exc)}") from exc
+        return reply
+
+    @property
+    def alive(self) -> bool:
+        return self.llm is not None
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm = self.server = None
+            import gc
+            gc.collect()  # vLLM ends its engine when the LLM object goes
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __del__(self):
+        pass
+

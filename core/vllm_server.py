@@ -1,5 +1,7 @@
 """The vLLM generation process: `python -m core.vllm_server` in the Python environment that has
-vLLM (its own when its pins differ from ours; see scripts/setup.sh --vllm).
+vLLM (its own when its pins differ from ours; see scripts/setup.sh --vllm). Its `build_llm` and
+`Server` also serve vLLM colocated in the training process (core.vllm_engine.ColocatedVLLMEngine),
+called directly instead of over the channel.
 
 It imports only the standard library and vLLM, so it runs beside any transformers. The trainer
 (core.vllm_engine) starts it and talks to it over a local-only channel: a Unix socket in a
@@ -40,6 +42,8 @@ def build_llm(args):
                       max_loras=args.max_loras)
     if args.gpu_memory_utilization:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if getattr(args, "enable_sleep_mode", False):  # GPUs only (vLLM refuses it on a CPU)
+        kwargs["enable_sleep_mode"] = True
     return LLM(**kwargs)
 
 

@@ -44,6 +44,7 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             w["engine"] = e.get("engine", w["engine"])
             w["engine_reason"] = e.get("engine_reason", w.get("engine_reason"))
             w["engine_why"] = e.get("engine_why", w.get("engine_why"))
+            w["vllm_mode"] = e.get("vllm_mode", w.get("vllm_mode"))
             w["device"] = e.get("device", w["device"])
             if w["state"] == "training":
                 w["started"] = {"time": e.get("time"), "step": e.get("step", w["step"])}
@@ -308,7 +309,9 @@ def progress_html(watch: dict, text: bool = True) -> str:
     if not text:  # the bar alone (the page as built, before it knows its language)
         return head + '<div class="aha-progress-text"></div></div>'
     words = state_words(state, state)
-    engine = " · " + t("watch.progress.engine", engine=html.escape(watch["engine"])) \
+    colocated = watch.get("engine") == "vllm" and watch.get("vllm_mode") == "colocate"
+    engine = " · " + t("watch.progress.engine_colocated" if colocated else
+                       "watch.progress.engine", engine=html.escape(watch["engine"])) \
         if watch.get("engine") else ""
     why = engine_why_text(watch.get("engine_why"), watch.get("engine_reason"))
     if engine and why:

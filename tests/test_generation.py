@@ -1,5 +1,6 @@
 """The transformers engine's sampler: the same distribution as torch.multinomial, and the
 sampling knobs (temperature, top-k, top-p) with their usual meaning, on a real tiny model."""
+import pytest
 import torch
 
 from core.config import ModelConfig
@@ -120,3 +121,34 @@ def test_auto_engine_keeps_transformers_on_a_cpu(monkeypatch):
     assert vllm_engine.choose_engine(big, gpu=False)[0] == "vllm"
     big.generation.engine = "transformers"
     assert vllm_engine.choose_engine(big, gpu=True) == ("transformers", "chosen in the settings")
+
+
+def test_vllm_gpu_share_fits_beside_training():
+    """vLLM's share of a GPU it shares with training: its weights, cache and 1 GiB of its own
+    work as a share of the whole GPU, refused in one line when that much is not free."""
+    from core.generation import gpu_memory_utilization
+    from core.vllm_engine import VLLMError
+
+    gib = 2**30
+    # a 1.5B model in bf16 (3 GiB) and 2 GiB of cache on an 80 GiB GPU with 70 GiB free
+    assert gpu_memory_utilization(5 * gib, 70 * gib, 80 * gib) == 0.075
+    assert gpu_memory_utilization(0, 70 * gib, 80 * gib) == 0.05  # at least vLLM's floor
+    with pytest.raises(VLLMError) as err:
+        gpu_memory_utilization(20 * gib, 10 * gib, 80 * gib)
+    assert "21.0 GiB" in str(err.value) and "10.0 GiB are free" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_base_weights_are_counted_as_the_model_has_them(tiny_model_dir):
+    """vLLM holds the original weights: a 4-bit base counts its weights, not its packed bytes."""
+    from core.config import ModelConfig
+    from core.generation import base_weight_count
+    from core.models import load_model
+
+    counts = {}
+    for precision in ("32bit", "4bit"):
+        loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision=precision,
+                                        lora_r=4, lora_alpha=8), seed=0,
+                            fast_cpu_generation=False)
+        counts[precision] = base_weight_count(loaded.model)
+    assert counts["4bit"] == counts["32bit"] > 0

@@ -192,3 +192,18 @@ def test_passes_split_memory_not_the_loss(tiny_model_dir, tmp_path, loss_type):
     for other in metrics[1:]:
         for k in loss_keys + ["entropy", "reward"]:
             assert other[k] == pytest.approx(metrics[0][k], rel=1e-3, abs=1e-6), k
+
+
+def test_colocated_vllm_needs_vllm_in_the_training_python(tiny_model_dir, tmp_path):
+    """generation.vllm_mode colocate in a Python without vLLM: one line that says what to do."""
+    import importlib.util
+
+    from core.vllm_engine import VLLMError
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this Python has vLLM")
+    cfg = tiny_config(tiny_model_dir)
+    cfg.generation.engine, cfg.generation.vllm_mode = "vllm", "colocate"
+    with pytest.raises(VLLMError) as err:
+        Trainer(cfg, tmp_path).setup()
+    assert "this Python has no vLLM" in str(err.value) and ".venv-vllm/bin/python" in str(err.value)
+    assert "\n" not in str(err.value)

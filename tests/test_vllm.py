@@ -274,3 +274,29 @@ def test_auto_falls_back_to_transformers_when_vllm_dies(tmp_path):
     assert len(fallback) == 1 and "transformers" in fallback[0]["message"]
     assert [e["step"] for e in events if e["type"] == "metrics"] == [1, 2]
     assert json.loads(json.dumps(events[-1]))["state"] == "finished"
+
+
+def test_colocated_vllm_trains_in_the_vllm_environment(tmp_path):
+    """generation.vllm_mode colocate: the studio's worker command runs the training in the vLLM
+    environment's Python, vLLM answers inside that process (no vLLM process of its own), and the
+    adapter reaches it after every update. (vLLM's sleep mode needs a GPU: not run here.)"""
+    from core.runs import worker_command
+    cfg = _demo_config(tmp_path, "vllm", 2, **SMALL)
+    cfg.generation.vllm_mode = "colocate"
+    cfg.save(tmp_path / "config.yaml")
+    cmd = worker_command(tmp_path)
+    assert cmd[0] == vllm_python() != sys.executable
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _out, err = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, err[-2000:]
+    events = read_events(tmp_path)[0]
+    ready = next(e for e in events if e["type"] == "status" and e["state"] == "ready")
+    assert ready["engine"] == "vllm" and ready["vllm_mode"] == "colocate"
+    assert ready["vllm_sleep"] is False
+    assert not (tmp_path / "vllm.pid").exists()  # no vLLM process of its own
+    metrics = [e for e in events if e["type"] == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[1]["weight_sync_time"] > 0 and metrics[1]["completion_tokens"] > 0
+    assert events[-1]["state"] == "finished"
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
