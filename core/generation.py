@@ -123,6 +123,9 @@ class TransformersEngine:
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id
         self.on_tokens: Callable[[int], None] | None = None  # tokens so far, while generating
+        # each row's tokens so far (of the batch now generating), at most every 0.3 s: for
+        # answers that appear as they are written
+        self.on_partial: Callable[[list[list[int]]], None] | None = None
 
     def batch_size_for(self, seq_len: int) -> int:
         """How many sequences of seq_len tokens fit: KV cache plus one step of logits each."""
@@ -178,6 +181,7 @@ class TransformersEngine:
         was_training = self.model.training
         self.model.eval()
         counter = TokenCounter(self.stop_ids, self.on_tokens) if self.on_tokens else None
+        watcher = PartialTokens(self.on_partial) if self.on_partial else None
         try:
             for start in range(0, len(expanded), batch):
                 chunk = expanded[start:start + batch]
@@ -193,10 +197,12 @@ class TransformersEngine:
                 extra = {}
                 if adapter_names is not None:
                     extra["adapter_names"] = adapter_names[start:start + batch]
-                if counter is not None:
+                criteria = [c for c in (counter, watcher) if c is not None]
+                if criteria:
                     from transformers import StoppingCriteriaList
-                    counter.new_chunk()
-                    extra["stopping_criteria"] = StoppingCriteriaList([counter])
+                    for c in criteria:
+                        c.new_chunk(width)
+                    extra["stopping_criteria"] = StoppingCriteriaList(criteria)
                 out = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     generation_config=config, logits_processor=processors, **extra)
@@ -206,6 +212,26 @@ class TransformersEngine:
                     truncated.append(cut is None)
         finally:
             self.model.train(was_training)
+
+
+class PartialTokens:
+    """A stopping criterion that never stops: it hands each row's tokens so far (after the
+    prompt) to `report`, at most every `every` seconds."""
+
+    def __init__(self, report: Callable[[list[list[int]]], None], every: float = 0.3):
+        self.report, self.every = report, every
+        self.width, self.last = 0, 0.0
+
+    def new_chunk(self, width: int = 0) -> None:
+        self.width = width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        import time
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.report(input_ids[:, self.width:].tolist())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class TokenCounter:
@@ -218,7 +244,7 @@ class TokenCounter:
         self.total = 0
         self.alive: torch.Tensor | None = None
 
-    def new_chunk(self) -> None:
+    def new_chunk(self, width: int = 0) -> None:
         self.alive = None
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:

@@ -170,10 +170,29 @@ def generate_vllm(req: dict, warm: WarmModels) -> dict:
     return out
 
 
+def _partial_sender(tokenizer, stop_ids, sides: list[str], questions: int, n: int):
+    """engine.on_partial for a request: each side's answers so far, in the result's shape,
+    sent as {"partial": {...}} (a batch split in parts is not shown part by part)."""
+    rows = len(sides) * questions * n
+    stops = set(stop_ids)
+
+    def send(tokens: list[list[int]]) -> None:
+        if len(tokens) != rows:
+            return
+        cut = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))]
+               for row in tokens]
+        texts = tokenizer.batch_decode(cut, skip_special_tokens=True)
+        per_side = questions * n
+        _say(partial={side: [texts[k * per_side + i * n:k * per_side + (i + 1) * n]
+                             for i in range(questions)] for k, side in enumerate(sides)})
+    return send
+
+
 def generate(req: dict, warm: WarmModels | None = None) -> dict:
-    """{"questions", "system", "num", "max_new_tokens", "temperature", "adapter", "compare_base"}
-    -> {"adapter": [[text]*num per question], "base": [...] (when compared); "engine":
-    "vllm" when vLLM answered}"""
+    """{"questions", "system", "num", "max_new_tokens", "temperature", "adapter", "compare_base",
+    "stream"} -> {"adapter": [[text]*num per question], "base": [...] (when compared); "engine":
+    "vllm" when vLLM answered}. With "stream" (transformers), {"partial": the same shape} lines
+    show the answers as they are written."""
     import torch
 
     from core.engine_choice import chat_engine
@@ -201,6 +220,10 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
                                 weights=loaded.generation_context)
     prompts = [_prompt_ids(tokenizer, q, req.get("system") or "") for q in req["questions"]]
     n = int(req.get("num") or 1)
+    sides = ["adapter", "base"] if adapter and req.get("compare_base") else \
+        ["adapter" if adapter else "base"]
+    if req.get("stream"):  # the answers so far, as they are written
+        engine.on_partial = _partial_sender(tokenizer, engine.stop_ids, sides, len(prompts), n)
 
     def sample() -> list[list[str]]:
         gen = engine.generate(prompts, n, int(req.get("max_new_tokens") or 64),

@@ -43,6 +43,8 @@ def run_job(request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]
                 continue  # library chatter on stdout
             if "progress" in msg:
                 yield "progress", msg["progress"]
+            elif "partial" in msg:
+                yield "partial", msg["partial"]
             elif "result" in msg:
                 yield "result", msg["result"]
                 return
@@ -97,6 +99,8 @@ class WarmWorker:
                 continue  # library chatter on stdout
             if "progress" in msg:
                 yield "progress", msg["progress"]
+            elif "partial" in msg:  # the answers so far (a request with "stream")
+                yield "partial", msg["partial"]
             elif "result" in msg:
                 result = msg["result"]
             elif "error" in msg:

@@ -228,16 +228,22 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                "adapter": str(adapter), "compare_base": True,
                "questions": [question.strip()[:4000]], "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
-               "temperature": cfg.grpo.temperature,
+               "temperature": cfg.grpo.temperature, "stream": True,
                "threads": model_threads(training=bool(studio.manager.running()))}
+        user_turn = {"role": "user", "content": question}
         try:
             for kind, value in studio.jobs.run(req):
                 if kind == "progress":
                     yield f"⏳ {value}…", gr.skip(), gr.skip()
+                elif kind == "partial":  # the answers so far, as they are written
+                    yield (f"⏳ {t('chat.progress.generating')}…",
+                           hist_t + [user_turn, {"role": "assistant",
+                                                 "content": value["adapter"][0][0]}],
+                           hist_b + [user_turn, {"role": "assistant",
+                                                 "content": value["base"][0][0]}])
                 else:
                     if value.get("engine") == "vllm":
                         answered = t("chat.answered.vllm", answered=answered)
-                    user_turn = {"role": "user", "content": question}
                     hist_t += [user_turn, {"role": "assistant", "content": value["adapter"][0][0]}]
                     hist_b += [user_turn, {"role": "assistant", "content": value["base"][0][0]}]
                     yield answered, hist_t, hist_b

@@ -196,3 +196,38 @@ def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_c
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert saved_evaluation(tmp_path, "final") is None
+
+
+def test_streamed_answers_grow_into_the_final_ones(tiny_model_dir, tmp_path):
+    """With "stream", the model process sends the adapter's and the base model's answers so far
+    while it writes them; each is the start of the answer it becomes."""
+    import time
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from studio.jobs import JobPool
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "adapter")
+    pool = JobPool(size=1, idle=0.1)
+    req = {"job": "generate", "source": str(tiny_model_dir), "precision": "32bit",
+           "questions": ["What is 2 + 2?"], "num": 1, "max_new_tokens": 24, "threads": 1,
+           "adapter": str(tmp_path / "adapter"), "compare_base": True, "stream": True}
+    try:
+        steps = list(pool.run(req))
+        plain = list(pool.run({**req, "stream": False}))
+    finally:
+        time.sleep(0.2)
+        pool.reap()  # the idle model process ends
+    kinds = [k for k, _ in steps]
+    assert kinds[-1] == "result" and "partial" in kinds
+    assert kinds.index("partial") < len(kinds) - 1
+    final = steps[-1][1]
+    assert final == plain[-1][1] and "partial" not in [k for k, _ in plain]  # same answers
+    for kind, value in steps:
+        if kind == "partial":
+            assert set(value) == {"adapter", "base"}
+            for side in ("adapter", "base"):
+                assert final[side][0][0].startswith(value[side][0][0])

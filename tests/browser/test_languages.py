@@ -110,6 +110,8 @@ def test_the_whole_wizard_in_german_then_english(studio, page, tmp_path):
     question = "Was ist 2 + 3?"
     ask_run(page, "deutscher-lauf", question)
     wait_until(lambda: answered(page, "chat-trained", question), 300, "the trained model's answer")
+    # written word by word: the status changes when the answers are complete
+    wait_until(lambda: "⏳" not in page.inner_text("#chat-status"), 300, "the whole answer")
     no_text_of(page, "en", "de")
     shot(page, "de-5-export")
     assert page.outside_requests == []
