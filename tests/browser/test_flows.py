@@ -66,7 +66,8 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
                         answered(page, "chat-base", question))
           or "❌" in _text(page, "#chat-status"), 240, "both answers")
     assert "❌" not in _text(page, "#chat-status"), _text(page, "#chat-status")
-    wait_text(page, "#chat-status", "Answered by the final adapter")
+    # the answers are written word by word: the status names the adapter once both are whole
+    wait_text(page, "#chat-status", "Answered by the final adapter", timeout=240)
     # an earlier checkpoint answers when picked; the model stays loaded in between
     pick(page, "export-checkpoint", "step 1")
     fill(page, "chat-question", "What is 4 + 4?")
