@@ -124,6 +124,16 @@ def public_base_id(source: str) -> str:
     return source
 
 
+def save_adapter_files(model, path) -> None:
+    """model.save_pretrained for a peft model without asking the Hub anything: peft's default
+    looks up the base model's config on the Hub at every save (to see whether the vocabulary
+    grew), a network call per checkpoint that an offline machine waits on. Embeddings are saved
+    when LoRA targets them; the vocabulary is never resized here."""
+    from peft.tuners.lora import Embedding
+    targeted = any(isinstance(m, Embedding) for m in model.modules())
+    model.save_pretrained(path, save_embedding_layers=targeted)
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

@@ -34,7 +34,7 @@ from .grpo import (STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advanta
                    policy_loss, sampler_ratio)
 from .modelcard import write_model_card
 from .trackers import Trackers, check_installed
-from .models import count_parameters, decoder_and_head, load_model, public_base_id
+from .models import count_parameters, decoder_and_head, load_model, public_base_id, save_adapter_files
 from .runs import STOP_FILE, usable_cpus
 
 ADAPTER_DIR = "adapter"
@@ -685,7 +685,7 @@ class Trainer:
         model by its Hub id, never a folder of this machine); with `card`, a model card."""
         for peft_config in getattr(self.model, "peft_config", {}).values():
             peft_config.base_model_name_or_path = public_base_id(self.cfg.model.source)
-        self.model.save_pretrained(path)
+        save_adapter_files(self.model, path)
         if card:
             write_model_card(path, self.run_dir, self.cfg, note)
 

@@ -29,7 +29,7 @@ import torch
 
 from .engine_choice import vllm_python
 from .generation import Generation
-from .models import stop_token_ids
+from .models import save_adapter_files, stop_token_ids
 from .runs import PROJECT_ROOT, child_env, usable_cpus
 from .vllm_server import _line
 
@@ -163,7 +163,7 @@ class VLLMEngine:
             start = time.perf_counter()
             tmp = self._dir / "adapter.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
+            save_adapter_files(self.model, tmp)
             shutil.rmtree(self.adapter_dir, ignore_errors=True)
             tmp.rename(self.adapter_dir)
             self._sent_version = self.version

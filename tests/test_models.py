@@ -231,3 +231,32 @@ def test_float32_copy_only_when_it_fits(tiny_model_dir, monkeypatch):
     assert fits.generation_weights is not None
 
 
+
+
+def test_adapters_are_saved_without_asking_the_hub(tiny_model_dir, tmp_path):
+    """An adapter whose base is named by its Hub id saves without a Hub lookup (peft's default
+    asks the Hub for the base's config at every save, which an offline machine waits on); an
+    adapter on the embeddings still saves them."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from core.models import save_adapter_files
+
+    for targets, embedded in ((["q_proj"], False), (["q_proj", "embed_tokens"], True)):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=4, target_modules=targets))
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        out = tmp_path / "-".join(targets)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            save_adapter_files(model, out)
+        said = " ".join(str(w.message) for w in caught)
+        assert "HuggingFaceTB/SmolLM2-135M-Instruct" not in said, said
+        with safe_open(out / "adapter_model.safetensors", "pt") as f:
+            names = list(f.keys())
+        assert any("lora_A" in n for n in names)
+        assert any("embed_tokens" in n and "lora" not in n for n in names) == embedded, names
