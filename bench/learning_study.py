@@ -176,6 +176,14 @@ def train_and_eval(setting: str, seed: int, threads: int) -> str:
     return f"{setting}/{seed}: done"
 
 
+def _unscored(setting: str, seed: int) -> bool:
+    """A run whose folder is here but whose held-out evaluation is missing (it failed)."""
+    path = run_dir(setting, seed)
+    steps = LONG_STEPS if SETTINGS[setting][2] else STEPS
+    return path.exists() and not all((path / f"eval-step-{at}.json").exists()
+                                     for at in {STEPS, steps})
+
+
 # ---- summary ---------------------------------------------------------------------------------
 def _mean(xs):
     xs = [x for x in xs if x is not None]
@@ -384,7 +392,7 @@ def main() -> int:
         stored = stored_runs()  # finished in an earlier sweep whose folders are gone
         jobs = [(s, seed) for seed in seeds for s in settings
                 if stored.get((s, seed), {}).get("steps", 0)
-                < (LONG_STEPS if SETTINGS[s][2] else STEPS)]
+                < (LONG_STEPS if SETTINGS[s][2] else STEPS) or _unscored(s, seed)]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda job: train_and_eval(*job, threads), jobs):
                 print(line, flush=True)

@@ -99,23 +99,28 @@ def test_push_to_hub_gives_one_line_reasons(tmp_path):
         assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
+def _compare_request(model_dir, tmp_path, max_new_tokens: int) -> dict:
+    """A question to an adapter (saved untrained into tmp_path) and the base model together."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "adapter")
+    return {"job": "generate", "source": str(model_dir), "precision": "32bit",
+            "questions": ["What is 2 + 2?"], "num": 1, "max_new_tokens": max_new_tokens,
+            "threads": 1, "adapter": str(tmp_path / "adapter"), "compare_base": True}
+
+
 def test_warm_workers_keep_the_model_between_questions(tiny_model_dir, tmp_path):
     """The second question goes to the same process with the model already loaded, an adapter
     rewritten on disk is loaded again, and an idle worker is ended."""
     import time
 
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from studio.jobs import JobPool
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
-        tmp_path / "adapter")
     pool = JobPool(size=1, idle=0.5)
-    req = {"job": "generate", "source": str(tiny_model_dir), "precision": "32bit",
-           "questions": ["What is 2 + 2?"], "num": 1, "max_new_tokens": 4, "threads": 1,
-           "adapter": str(tmp_path / "adapter"), "compare_base": True}
+    req = _compare_request(tiny_model_dir, tmp_path, max_new_tokens=4)
 
     def ask():
         t0 = time.perf_counter()
@@ -203,18 +208,10 @@ def test_streamed_answers_grow_into_the_final_ones(tiny_model_dir, tmp_path):
     while it writes them; each is the start of the answer it becomes."""
     import time
 
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from studio.jobs import JobPool
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
-        tmp_path / "adapter")
     pool = JobPool(size=1, idle=0.1)
-    req = {"job": "generate", "source": str(tiny_model_dir), "precision": "32bit",
-           "questions": ["What is 2 + 2?"], "num": 1, "max_new_tokens": 24, "threads": 1,
-           "adapter": str(tmp_path / "adapter"), "compare_base": True, "stream": True}
+    req = {**_compare_request(tiny_model_dir, tmp_path, max_new_tokens=24), "stream": True}
     try:
         steps = list(pool.run(req))
         plain = list(pool.run({**req, "stream": False}))
