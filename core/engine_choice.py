@@ -11,6 +11,11 @@ from pathlib import Path
 from .runs import PROJECT_ROOT
 
 
+def vllm_importable() -> bool:
+    """Whether this Python has vLLM (what the colocated mode needs)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
 def vllm_python() -> str | None:
     """A Python that can run core.vllm_server, or None when vLLM is not installed."""
     env = os.environ.get("AHA_VLLM_PYTHON")
@@ -19,7 +24,7 @@ def vllm_python() -> str | None:
     local = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
     if local.exists():
         return str(local)
-    if importlib.util.find_spec("vllm") is not None:
+    if vllm_importable():
         return sys.executable
     return None
 

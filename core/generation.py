@@ -6,6 +6,7 @@ vLLM engine (core.vllm_engine) answers from a vLLM process where vLLM is install
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol
@@ -207,11 +208,18 @@ class TransformersEngine:
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     generation_config=config, logits_processor=processors, **extra)
                 for row in out[:, width:].tolist():
-                    cut = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
-                    completion_ids.append(row[:cut + 1] if cut is not None else row)
-                    truncated.append(cut is None)
+                    ids, cut_off = until_stop(row, self.stop_ids)
+                    completion_ids.append(ids)
+                    truncated.append(cut_off)
         finally:
             self.model.train(was_training)
+
+
+def until_stop(row: list[int], stop_ids) -> tuple[list[int], bool]:
+    """A completion up to and including its first stop token (what follows is padding), and
+    whether it has none (cut off at the length limit, or not finished yet)."""
+    cut = next((i for i, t in enumerate(row) if t in stop_ids), None)
+    return (row, True) if cut is None else (row[:cut + 1], False)
 
 
 class PartialTokens:
@@ -226,7 +234,6 @@ class PartialTokens:
         self.width = width
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        import time
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
@@ -337,8 +344,8 @@ def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, m
     kwargs = dict(lora_rank=vllm_lora_rank(cfg.model.lora_r), dtype=dtype, seed=cfg.train.seed,
                   max_model_len=context, max_num_seqs=seqs,
                   kv_cache_gb=int(kv),  # vLLM takes whole GiB
-                  gpu_memory_utilization=share, log_path=log_path, max_loras=max_loras)
-    if gen.vllm_mode == "colocate":
+                  gpu_memory_utilization=share, max_loras=max_loras)
+    if gen.vllm_mode == "colocate":  # its log is this process's own
         return ColocatedVLLMEngine(model, tokenizer, device, model_path,
                                    sleep=gen.vllm_enable_sleep_mode, **kwargs)
-    return VLLMEngine(model, tokenizer, device, model_path, **kwargs)
+    return VLLMEngine(model, tokenizer, device, model_path, log_path=log_path, **kwargs)

@@ -124,15 +124,13 @@ def colocated_python(run_dir: Path) -> str | None:
     """The Python of the vLLM environment when the run asks for vLLM inside its training process
     (generation.vllm_mode colocate, engine not transformers) and this Python has no vLLM; else
     None (this Python trains it)."""
-    import importlib.util
-
-    from .engine_choice import vllm_python
+    from .engine_choice import vllm_importable, vllm_python
     try:
         gen = RunConfig.load(Path(run_dir) / "config.yaml").generation
     except Exception:  # a broken config fails in the worker, with its one-line reason
         return None
     if gen.vllm_mode != "colocate" or gen.engine == "transformers" \
-            or importlib.util.find_spec("vllm") is not None:
+            or vllm_importable():
         return None
     return vllm_python()
 

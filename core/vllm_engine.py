@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .engine_choice import vllm_python
+from .engine_choice import vllm_importable, vllm_python
 from .generation import Generation
 from .models import save_adapter_files, stop_token_ids
 from .runs import PROJECT_ROOT, child_env, usable_cpus
@@ -49,6 +49,7 @@ def _threads() -> str:
 class VLLMEngine:
     name = "vllm"
     mode = "server"  # generation.vllm_mode
+    sleep = False    # asleep between batches (colocated on a GPU only)
 
     def __init__(self, model, tokenizer, device: torch.device, model_path: str, *,
                  lora_rank: int = 0, dtype: str = "bfloat16", seed: int = 0,
@@ -248,12 +249,6 @@ class VLLMEngine:
             pass
 
 
-def vllm_importable() -> bool:
-    """Whether this Python has vLLM (what the colocated mode needs)."""
-    import importlib.util
-    return importlib.util.find_spec("vllm") is not None
-
-
 class ColocatedVLLMEngine(VLLMEngine):
     """vLLM inside the training process (generation.vllm_mode: colocate), as TRL's colocate mode
     runs it: the same requests as the vLLM process answers (core.vllm_server.Server), called
@@ -269,7 +264,7 @@ class ColocatedVLLMEngine(VLLMEngine):
                  lora_rank: int = 0, dtype: str = "bfloat16", seed: int = 0,
                  max_model_len: int = 2048, max_num_seqs: int = 64,
                  kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.0,
-                 log_path: str | Path | None = None, max_loras: int = 1, sleep: bool = False):
+                 max_loras: int = 1, sleep: bool = False):
         self.llm = None
         if not vllm_importable():
             raise VLLMError("generation.vllm_mode colocate runs vLLM inside the training "
@@ -277,7 +272,6 @@ class ColocatedVLLMEngine(VLLMEngine):
                             "environment's Python (.venv-vllm/bin/python -m core train ...), or "
                             "set generation.vllm_mode to server.")
         self._setup(model, tokenizer, device, lora_rank)
-        self.log_path = Path(log_path) if log_path else self._dir / "vllm.log"
         self.sleep = bool(sleep and device.type == "cuda")
         # vLLM reads its CPU settings from the environment; the caller's own settings win
         for name, value in (("VLLM_CPU_OMP_THREADS_BIND", _threads()),
@@ -333,7 +327,4 @@ class ColocatedVLLMEngine(VLLMEngine):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __del__(self):
-        pass
 

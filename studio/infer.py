@@ -170,21 +170,26 @@ def generate_vllm(req: dict, warm: WarmModels) -> dict:
     return out
 
 
+def _by_side(texts: list[str], sides: list[str], questions: int, n: int) -> dict:
+    """Answers in batch order (side major, then question, n each) as {side: [[n texts] per
+    question]}, the shape of generate()'s result."""
+    per_side = questions * n
+    return {side: [texts[k * per_side + i * n:k * per_side + (i + 1) * n]
+                   for i in range(questions)] for k, side in enumerate(sides)}
+
+
 def _partial_sender(tokenizer, stop_ids, sides: list[str], questions: int, n: int):
     """engine.on_partial for a request: each side's answers so far, in the result's shape,
     sent as {"partial": {...}} (a batch split in parts is not shown part by part)."""
-    rows = len(sides) * questions * n
+    from core.generation import until_stop
     stops = set(stop_ids)
 
     def send(tokens: list[list[int]]) -> None:
-        if len(tokens) != rows:
+        if len(tokens) != len(sides) * questions * n:
             return
-        cut = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))]
-               for row in tokens]
-        texts = tokenizer.batch_decode(cut, skip_special_tokens=True)
-        per_side = questions * n
-        _say(partial={side: [texts[k * per_side + i * n:k * per_side + (i + 1) * n]
-                             for i in range(questions)] for k, side in enumerate(sides)})
+        texts = tokenizer.batch_decode([until_stop(row, stops)[0] for row in tokens],
+                                       skip_special_tokens=True)
+        _say(partial=_by_side(texts, sides, questions, n))
     return send
 
 
@@ -225,10 +230,10 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     if req.get("stream"):  # the answers so far, as they are written
         engine.on_partial = _partial_sender(tokenizer, engine.stop_ids, sides, len(prompts), n)
 
-    def sample() -> list[list[str]]:
+    def sample() -> dict:
         gen = engine.generate(prompts, n, int(req.get("max_new_tokens") or 64),
                               float(req.get("temperature") or 0.7))
-        return [gen.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return _by_side(gen.texts, sides, len(prompts), n)
 
     torch.manual_seed(int(req.get("seed") or 0))
     _say(progress=t("chat.progress.generating"))
@@ -239,15 +244,11 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
         gen = engine.generate(prompts + prompts, n, int(req.get("max_new_tokens") or 64),
                               float(req.get("temperature") or 0.7),
                               adapter_names=[adapter] * rows + ["__base__"] * rows)
-        return {side: [gen.texts[k * rows + i * n:k * rows + (i + 1) * n]
-                       for i in range(len(prompts))]
-                for k, side in enumerate(("adapter", "base"))}
-    if adapter:
-        return {"adapter": sample()}
-    if hasattr(model, "peft_config"):
-        with model.disable_adapter():
-            return {"base": sample()}
-    return {"base": sample()}
+        return _by_side(gen.texts, sides, len(prompts), n)
+    if adapter or not hasattr(model, "peft_config"):
+        return sample()
+    with model.disable_adapter():
+        return sample()
 
 
 def prepare(req: dict) -> dict:

@@ -196,10 +196,9 @@ def test_passes_split_memory_not_the_loss(tiny_model_dir, tmp_path, loss_type):
 
 def test_colocated_vllm_needs_vllm_in_the_training_python(tiny_model_dir, tmp_path):
     """generation.vllm_mode colocate in a Python without vLLM: one line that says what to do."""
-    import importlib.util
-
+    from core.engine_choice import vllm_importable
     from core.vllm_engine import VLLMError
-    if importlib.util.find_spec("vllm") is not None:
+    if vllm_importable():
         pytest.skip("this Python has vLLM")
     cfg = tiny_config(tiny_model_dir)
     cfg.generation.engine, cfg.generation.vllm_mode = "vllm", "colocate"
