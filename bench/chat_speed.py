@@ -3,15 +3,18 @@
 The chat ("Try and export") shows the trained adapter's answer beside the base model's. On a CPU
 the studio's model process answers with transformers; a 4-bit model answers there from float32
 copies of its dequantized weights when they fit (core.models.Float32GenerationWeights), except
-on CPUs with AVX512-BF16, where bitsandbytes' packed bf16 layout answers. vLLM answers instead on a GPU when it is installed
-(one process serving every adapter). Measured here, each for the same question and forced
+on CPUs with AVX512-BF16, where bitsandbytes' packed bf16 layout answers (its output head from
+a bf16 copy). vLLM answers instead on a GPU when it is installed (one process serving every
+adapter). Measured here, each for the same question and forced
 answer length (64 tokens from the adapter, then 64 from the base model, 3 questions, the first
 left out as warm-up):
 
 - transformers on the 4-bit layers, as trained (`generation.fast_cpu_4bit: false`);
 - transformers on the float32 copies ("unpacked"), one answer after the other;
 - the same with the adapter's and the base model's answer in one batch (peft's mixed adapters:
-  the chat now, on CPUs without AVX512-BF16);
+  the chat now);
+- on CPUs with AVX512-BF16 (where the copies are the packed layout), the same batch with the
+  output head in float32, as before its bf16 copy;
 - vLLM in float32 and in bfloat16 (`generation`-style process, the adapter from its folder),
   when `.venv-vllm` exists.
 
@@ -62,7 +65,8 @@ def make_adapter(folder: Path) -> None:
     loaded.model.save_pretrained(folder)
 
 
-def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False) -> dict:
+def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False,
+                      float32_head: bool = False) -> dict:
     import torch
     from peft import PeftModel
 
@@ -76,6 +80,8 @@ def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False) -> d
     # (core.models.Float32GenerationWeights); else the 4-bit layers themselves
     loaded = load_model(ModelConfig(source="default", precision="4bit"), lora=False,
                         fast_cpu_generation=unpack)
+    if float32_head:  # the packed layout's output head as it was: float32
+        loaded.generation_weights._head = None
     model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a").eval()
     ready = time.perf_counter() - start
     engine = TransformersEngine(model, loaded.tokenizer, loaded.device,
@@ -120,6 +126,14 @@ def vllm_path(adapter: Path, dtype: str) -> dict:
             "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
 
 
+def packed_layout() -> bool:
+    """Whether this CPU answers from bitsandbytes' packed bf16 layout (AVX512-BF16)."""
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "chat_speed_cpu.json"))
@@ -128,7 +142,8 @@ def main() -> int:
 
     result = {"benchmark": "chat_speed", "date": time.strftime("%Y-%m-%d"),
               "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
-                          "python": platform.python_version()},
+                          "python": platform.python_version(),
+                          "avx512_bf16": packed_layout()},
               "load_average_1min": {"before": round(os.getloadavg()[0], 2)},
               "what": f"one question: {TOKENS} tokens from the adapter, then {TOKENS} from the "
                       f"base model; median of questions 2 and 3", "paths": {}}
@@ -139,6 +154,9 @@ def main() -> int:
         result["paths"]["transformers_unpacked_float32"] = transformers_path(adapter, unpack=True)
         result["paths"]["transformers_unpacked_one_batch"] = transformers_path(
             adapter, unpack=True, one_batch=True)
+        if packed_layout():  # the output head in bf16 (the chat now) or float32 (before)
+            result["paths"]["transformers_packed_one_batch_float32_head"] = transformers_path(
+                adapter, unpack=True, one_batch=True, float32_head=True)
         if vllm_python() is not None:
             for dtype in ("float32", "bfloat16"):
                 result["paths"][f"vllm_{dtype}"] = vllm_path(adapter, dtype)

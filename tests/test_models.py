@@ -123,6 +123,24 @@ def test_packed_generation_copy_matches_training_layout(tiny_model_dir):
     # the packed kernel computes in bf16: close to the fp32 training layout, not bit-equal
     assert (packed - reference).abs().max() < 0.05 * reference.abs().max()
 
+    # the output head answers from a bf16 copy inside the context, from its own weight outside
+    head = model.get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    with torch.no_grad(), loaded.generation_context():
+        assert "forward" in vars(head)
+        model(input_ids=ids)
+    assert "forward" not in vars(head) and seen == [torch.float32]
+    hook.remove()
+    # a head whose weight changed in place (tied embeddings trained) is copied again
+    with torch.no_grad():
+        head.weight.mul_(2.0)
+        doubled = model(input_ids=ids).logits
+        with loaded.generation_context():
+            packed_doubled = model(input_ids=ids).logits
+    assert (packed_doubled - doubled).abs().max() < 0.05 * doubled.abs().max()
+    assert (packed_doubled - packed).abs().max() > 0.1 * packed.abs().max()
+
 
 def test_dynamic_4bit_keeps_the_layers_that_lose_most_unquantized_and_trains(tiny_model_dir,
                                                                               tmp_path,
