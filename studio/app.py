@@ -99,8 +99,9 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                 train_ui = step_train.build(form, machine.gpus)
                 steps_nav(tabs, ("rewards", "app.nav.back_rewards"),
                           ("export", "app.nav.next_export"))
-            with gr.Tab(L("app.tab.export"), id="export", elem_id="tab-export"):
+            with gr.Tab(L("app.tab.export"), id="export", elem_id="tab-export") as export_tab:
                 export_ui = step_export.build()
+                export_ui["tab"] = export_tab
                 steps_nav(tabs, ("train", "app.nav.back_train"), None)
             if policy.shared:
                 with gr.Tab(L("app.tab.classroom"), id="classroom", elem_id="tab-classroom",

@@ -197,7 +197,8 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     """{"questions", "system", "num", "max_new_tokens", "temperature", "adapter", "compare_base",
     "stream"} -> {"adapter": [[text]*num per question], "base": [...] (when compared); "engine":
     "vllm" when vLLM answered}. With "stream" (transformers), {"partial": the same shape} lines
-    show the answers as they are written."""
+    show the answers as they are written. With no questions it only loads the model and the
+    adapter (the page does that before the first question): {"loaded": true, "engine": ...}."""
     import torch
 
     from core.engine_choice import chat_engine
@@ -210,6 +211,10 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     if chat_engine(torch.cuda.is_available()) == "vllm" and not warm.vllm_failed:
         from core.vllm_engine import VLLMError
         try:
+            if not req.get("questions"):
+                adapter = req.get("adapter") or None
+                warm.vllm(req, _adapter_rank(adapter) if adapter else 0)
+                return {"loaded": True, "engine": "vllm"}
             return generate_vllm(req, warm)
         except VLLMError as exc:  # answered by transformers from now on in this process
             warm.vllm_failed = True
@@ -219,6 +224,8 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
         _say(progress=t("chat.progress.preparing"))
         resolve_source(req.get("source") or "default")
     loaded, adapter = warm.get(req)
+    if not req.get("questions"):
+        return {"loaded": True, "engine": "transformers"}
     model, tokenizer = loaded.model, loaded.tokenizer
     model.eval()
     engine = TransformersEngine(model, tokenizer, loaded.device,

@@ -141,11 +141,37 @@ class JobPool:
         self._lock = threading.Lock()
         self._idle_workers: list[WarmWorker] = []
         self.busy = 0
+        self._loading: dict[tuple, threading.Event] = {}  # model key -> its preload ends
 
-    def run(self, request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]:
+    def preload(self, request: dict, timeout: float = 900) -> Iterator[tuple[str, object]]:
+        """Load a chat request's model and adapter in a warm worker before its first question
+        (`request` without questions), like run() but only when a slot is free right now and
+        nobody is loading that model already: yields nothing otherwise. A question for the
+        model waits for its preload instead of loading it a second time."""
+        key = model_key(request)
+        with self._lock:
+            if key in self._loading or not self._slots.acquire(blocking=False):
+                return
+            self._loading[key] = threading.Event()
+        self._slots.release()  # run() takes it again (free unless someone came in between)
+        try:
+            yield from self.run({**request, "questions": []}, timeout, preloading=True)
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+
+    def run(self, request: dict, timeout: float = 900, preloading: bool = False
+            ) -> Iterator[tuple[str, object]]:
         """The job inside a slot: yields ("progress", text) while waiting and working."""
         request = {"lang": current(), **request}  # the child speaks the page's language
         deadline = time.monotonic() + self.wait
+        if not preloading and request.get("job", "generate") == "generate":
+            with self._lock:
+                loading = self._loading.get(model_key(request))
+            while loading is not None and not loading.wait(timeout=2.0):
+                if time.monotonic() > deadline:
+                    raise JobError(t("jobs.busy"))
+                yield "progress", t("chat.progress.loading_model")
         while not self._slots.acquire(timeout=2.0):
             if time.monotonic() > deadline:
                 raise JobError(t("jobs.busy"))

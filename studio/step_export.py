@@ -127,9 +127,11 @@ def build() -> dict:
     ask = gr.Button(L("chat.ask"), elem_id="chat-ask")
     chat_status = gr.Markdown(elem_id="chat-status")
     with gr.Row():
+        # a copy button on each answer, no toolbar over the newest question
         trained = gr.Chatbot(label=L("chat.trained.label"), elem_id="chat-trained",
-                             height=260)
-        base = gr.Chatbot(label=L("chat.base.label"), elem_id="chat-base", height=260)
+                             height=340, buttons=["copy"])
+        base = gr.Chatbot(label=L("chat.base.label"), elem_id="chat-base", height=340,
+                          buttons=["copy"])
     gr.Markdown(L("eval.section"), elem_id="eval-section")
     eval_btn = gr.Button(L("eval.button"), elem_id="eval-run")
     eval_status = gr.Markdown(elem_id="eval-status")
@@ -210,26 +212,50 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
 
     ui["run"].change(studio.handler(on_run_checkpoints), ui["run"], ui["checkpoint"])
 
-    def on_ask(user, ref, choice, question, hist_t, hist_b):
-        hist_t, hist_b = list(hist_t or []), list(hist_b or [])
-        if not ref or not (question or "").strip():
-            yield t("chat.need_run_and_question"), gr.skip(), gr.skip()
-            return
+    def chat_request(user, ref, choice, questions: list[str]) -> tuple[dict, int | None, str]:
+        """The model request for the chat on a run's checkpoint: (request, step, run name)."""
         run_dir = user.run_dir(ref)
         adapter, step = chosen_adapter(run_dir, choice)
-        if step is None:
-            answered = t("chat.answered.final", run=run_dir.name)
-        else:
-            answered = t("chat.answered.step", step=step, run=run_dir.name)
         cfg = RunConfig.load(run_dir / "config.yaml")
         req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
                "dynamic_keep_share": cfg.model.dynamic_keep_share,
                "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
                "adapter": str(adapter), "compare_base": True,
-               "questions": [question.strip()[:4000]], "num": 1,
+               "questions": questions, "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
                "temperature": cfg.grpo.temperature, "stream": True,
                "threads": model_threads(training=bool(studio.manager.running()))}
+        return req, step, run_dir.name
+
+    def on_preload(user, ref, choice):
+        """Load the chosen checkpoint's model while the user types: the first answer then
+        waits for no load. Only when a model slot is free; says nothing otherwise."""
+        if not ref:
+            return
+        try:
+            req, step, run = chat_request(user, ref, choice, [])
+        except (OSError, ValueError, ConfigError, AccessError):
+            return  # the run or checkpoint is gone: the question will say so
+        try:
+            for kind, value in studio.jobs.preload(req):
+                if kind == "progress":
+                    yield f"⏳ {value}… " + t("chat.preload.why")
+                elif kind == "result":
+                    yield ("✅ " + t("chat.ready.final", run=run) if step is None
+                           else "✅ " + t("chat.ready.step", step=step, run=run))
+        except JobError:
+            yield ""  # the question will load it and say what went wrong
+
+    def on_ask(user, ref, choice, question, hist_t, hist_b):
+        hist_t, hist_b = list(hist_t or []), list(hist_b or [])
+        if not ref or not (question or "").strip():
+            yield t("chat.need_run_and_question"), gr.skip(), gr.skip()
+            return
+        req, step, run = chat_request(user, ref, choice, [question.strip()[:4000]])
+        if step is None:
+            answered = t("chat.answered.final", run=run)
+        else:
+            answered = t("chat.answered.step", step=step, run=run)
         user_turn = {"role": "user", "content": question}
         try:
             for kind, value in studio.jobs.run(req):
@@ -250,6 +276,10 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         except JobError as exc:
             yield f"❌ {exc}", gr.skip(), gr.skip()
 
+    # the model loads when a checkpoint is chosen (also by picking a run) and when the tab opens
+    for trigger in (ui["checkpoint"].change, ui["tab"].select):
+        trigger(studio.handler(on_preload), [ui["run"], ui["checkpoint"]], ui["chat_status"],
+                concurrency_limit=4, trigger_mode="always_last")
     ui["ask"].click(studio.handler(on_ask),
                     [ui["run"], ui["checkpoint"], ui["question"], ui["trained"], ui["base"]],
                     [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4)

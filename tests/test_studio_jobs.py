@@ -145,6 +145,46 @@ def test_warm_workers_keep_the_model_between_questions(tiny_model_dir, tmp_path)
     assert pool.reap() == 1 and pool.warm() == 0 and not worker.alive
 
 
+def test_a_preloaded_model_answers_the_first_question_without_loading(tiny_model_dir, tmp_path):
+    """The page loads the model when a checkpoint is chosen: a question asked while that load
+    runs waits for it and goes to the same process (one load, not two); a second preload of the
+    same model meanwhile does nothing; a preload finds no free slot: it does nothing."""
+    import threading
+    import time
+
+    from studio.jobs import JobPool
+
+    pool = JobPool(size=2, idle=0.1)
+    req = _compare_request(tiny_model_dir, tmp_path, max_new_tokens=4)
+    preloaded, asked = [], []
+    try:
+        loader = threading.Thread(target=lambda: preloaded.extend(pool.preload(req)))
+        loader.start()
+        deadline = time.monotonic() + 60
+        while not pool._loading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool._loading, "the preload did not start"
+        assert list(pool.preload(req)) == []  # the same model is loading already
+        asked = list(pool.run(req))  # asked during the load: waits for it
+        loader.join(120)
+        assert preloaded[-1] == ("result", {"loaded": True, "engine": "transformers"})
+        assert "Loading the model" in [v for k, v in preloaded if k == "progress"]
+        assert asked[-1][0] == "result" and set(asked[-1][1]) == {"adapter", "base"}
+        said = [v for k, v in asked if k == "progress"]
+        assert "Loading the adapter" not in said and "Preparing" not in " ".join(said)
+        assert len(pool._idle_workers) == 1 and pool.warm() == 1  # one process did both
+        # no free slot: the preload gives way at once
+        taken = [pool._slots.acquire(blocking=False) for _ in range(2)]
+        assert all(taken)
+        t0 = time.monotonic()
+        assert list(pool.preload(req)) == [] and time.monotonic() - t0 < 1
+        for _ in taken:
+            pool._slots.release()
+    finally:
+        time.sleep(0.2)
+        pool.reap()
+
+
 def test_the_evaluate_job_scores_held_out_questions_for_the_page_and_the_model_card(
         tiny_model_dir, tmp_path):
     """Step 5's "Did it learn?": base and trained scored in a model process in the page's

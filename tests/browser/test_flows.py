@@ -9,8 +9,9 @@ import pytest
 from core.runs import RunManager
 from studio.presets import quick_demo_config
 
-from .conftest import (answered, ask_run, download, fill, open_with_sample_data, pick,
-                       run_state, run_step, shot, tab, tiny_run, wait_text, wait_until)
+from .conftest import (answered, download, fill, open_with_sample_data, pick,
+                       run_state, run_step, shot, tab, tiny_run, wait_text, wait_until,
+                       wait_value)
 
 pytestmark = pytest.mark.model
 
@@ -61,7 +62,13 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     assert manager.wait(run_dir, timeout=240) == 0, (run_dir / "worker.log").read_text()[-2000:]
     tab(page, "5 · Try and export")
     question = "What is 2 + 3?"
-    ask_run(page, "chat-run", question)
+    # choosing the run loads its model while the user types: the first answer waits for no load
+    page.click("#export-refresh")
+    wait_value(page, "#export-run input", "chat-run")
+    wait_text(page, "#chat-status", "Ready: the final adapter of", timeout=120)
+    shot(page, "flows-5-ready")
+    fill(page, "chat-question", question)
+    page.click("#chat-ask")
     wait_until(lambda: (answered(page, "chat-trained", question) and
                         answered(page, "chat-base", question))
           or "❌" in _text(page, "#chat-status"), 240, "both answers")
