@@ -5,10 +5,13 @@ walk the quick path a beginner takes: the built-in sample data, the proposed rew
 demo, Start. Measured, in one run on the built-in model:
 
 - seconds from pressing Start to the first point on the charts (step 1 done and drawn);
-- seconds per answer in "Try and export" (the trained adapter and the base model side by side)
-  for the first question (the model process starts and loads) and the second one (it stays
-  loaded), until both answers are complete, and until both show their first words (they are
-  written word by word). Target on a 2-core CPU: the second answer at most 0.1x the first.
+- seconds from choosing the run in "Try and export" until the page says the model is ready
+  (choosing a checkpoint starts a model process that loads it while the user types);
+- seconds per answer (the trained adapter and the base model side by side) for the first
+  question, asked once it is ready, and the second one (the model stays loaded), until both
+  answers are complete, and until both show their first words (they are written word by word);
+  and what a beginner who asks at once waits for the first answer: the load, then the answer.
+  Target on a 2-core CPU: the second answer at most 0.1x the first asked at once.
 
 The JSON names the machine and its load before and after (a busy machine makes every figure
 longer).
@@ -99,8 +102,11 @@ def main() -> int:
                                 in ("stopped", "finished")), 900, "the run to stop")
 
             page.click("#tab-export-button")
-            page.click("#export-refresh")
-            time.sleep(2)
+            chosen = time.time()
+            page.click("#export-refresh")  # picks the run: its model loads while one types
+            ready = wait_until(lambda: "Ready" in page.inner_text("#chat-status"), 900,
+                               "the model to be loaded")
+            result["choosing_to_ready_s"] = round(ready - chosen, 1)
             answers, words = [], []
             for question in QUESTIONS:
                 page.locator("#chat-question textarea, #chat-question input").first.fill(question)
@@ -122,6 +128,11 @@ def main() -> int:
             result["try_it_answer_s"] = {"first": answers[0], "second": answers[1]}
             result["try_it_first_words_s"] = {"first": words[0], "second": words[1]}
             result["second_over_first"] = round(answers[1] / answers[0], 3)
+            # a beginner who asks before the load ends waits for the rest of it, then the answer
+            result["first_answer_asked_at_once_s"] = round(result["choosing_to_ready_s"]
+                                                           + answers[0], 1)
+            result["second_over_first_asked_at_once"] = round(
+                answers[1] / result["first_answer_asked_at_once_s"], 3)
             result["target_second_over_first"] = 0.1
             result["answered_by"] = page.inner_text("#chat-status").strip()[:200]
             browser.close()

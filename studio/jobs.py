@@ -232,13 +232,17 @@ class JobPool:
         raise JobError(t("jobs.no_result"))
 
 
-def model_threads(training: bool) -> int:
+def model_threads(training: bool, streamed: bool = False) -> int:
     """Threads for a model job: every core this server may use when nothing trains, half of
-    them while a run trains next to it."""
+    them while a run trains next to it. A streamed answer leaves one core to the server and
+    the browser that show it word by word: on 2 cores a chat answer pair took 4.6 s on one
+    thread against 6.0 s on both (bench/beginner_latency.py)."""
     from core.runs import usable_cpus
 
     cores = len(usable_cpus())
-    return cores if not training else max(1, cores // 2)
+    if training:
+        return max(1, cores // 2)
+    return max(1, cores - 1) if streamed else cores
 
 
 def default_job_slots(available_bytes: float, gpu: bool) -> int:

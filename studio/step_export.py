@@ -224,7 +224,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                "questions": questions, "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
                "temperature": cfg.grpo.temperature, "stream": True,
-               "threads": model_threads(training=bool(studio.manager.running()))}
+               "threads": model_threads(training=bool(studio.manager.running()), streamed=True)}
         return req, step, run_dir.name
 
     def on_preload(user, ref, choice):
