@@ -278,6 +278,7 @@ class PackedGenerationWeights:
         self._head = head if isinstance(head, torch.nn.Linear) and \
             head.weight.dtype == torch.float32 and head.weight.device.type == "cpu" else None
         self._head_copy, self._head_version = None, None
+        self._depth = 0
 
     def __len__(self) -> int:
         return len(self._layouts)
@@ -298,16 +299,21 @@ class PackedGenerationWeights:
 
     @contextmanager
     def active(self):
-        self._use(1)
-        if self._head is not None:
-            weight, bias = self._bf16_head()
-            self._head.forward = functools.partial(_bf16_linear, weight=weight, bias=bias)
+        if self._depth == 0:  # a nested use keeps the copies until the outer one ends
+            head = self._bf16_head() if self._head is not None else None  # before any swap
+            self._use(1)
+            if head is not None:
+                self._head.forward = functools.partial(_bf16_linear, weight=head[0],
+                                                       bias=head[1])
+        self._depth += 1
         try:
             yield
         finally:
-            self._use(0)
-            if self._head is not None:
-                vars(self._head).pop("forward", None)
+            self._depth -= 1
+            if self._depth == 0:
+                self._use(0)
+                if self._head is not None:
+                    vars(self._head).pop("forward", None)
 
 
 def _bf16_linear(x: torch.Tensor, *, weight: torch.Tensor, bias) -> torch.Tensor:

@@ -150,11 +150,11 @@ class JobPool:
         model waits for its preload instead of loading it a second time."""
         key = model_key(request)
         with self._lock:
-            if key in self._loading or not self._slots.acquire(blocking=False):
+            # only on an idle pool: a preload never slows an answer being written
+            if self.busy or key in self._loading or not self._slots.acquire(blocking=False):
                 return
             self._loading[key] = threading.Event()
-        self._slots.release()  # run() takes it again (free unless someone came in between)
-        try:
+        try:  # the slot taken here is the job's
             yield from self.run({**request, "questions": []}, timeout, preloading=True)
         finally:
             with self._lock:
@@ -172,7 +172,7 @@ class JobPool:
                 if time.monotonic() > deadline:
                     raise JobError(t("jobs.busy"))
                 yield "progress", t("chat.progress.loading_model")
-        while not self._slots.acquire(timeout=2.0):
+        while not preloading and not self._slots.acquire(timeout=2.0):  # a preload holds one
             if time.monotonic() > deadline:
                 raise JobError(t("jobs.busy"))
             yield "progress", t("jobs.waiting", busy=self.size)

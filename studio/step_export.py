@@ -210,7 +210,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         options = checkpoint_choices(user.run_dir(ref))
         return gr.update(choices=options, value=options[0][1] if options else None)
 
-    ui["run"].change(studio.handler(on_run_checkpoints), ui["run"], ui["checkpoint"])
+    checkpoints_shown = ui["run"].change(studio.handler(on_run_checkpoints), ui["run"],
+                                         ui["checkpoint"])
 
     def chat_request(user, ref, choice, questions: list[str]) -> tuple[dict, int | None, str]:
         """The model request for the chat on a run's checkpoint: (request, step, run name)."""
@@ -229,8 +230,10 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
 
     def on_preload(user, ref, choice):
         """Load the chosen checkpoint's model while the user types: the first answer then
-        waits for no load. Only when a model slot is free; says nothing otherwise."""
-        if not ref:
+        waits for no load. Only when no model job runs, no run trains and a slot is free:
+        otherwise the question loads it, as it always could."""
+        yield ""  # whatever the line said was about the run or checkpoint chosen before
+        if not ref or studio.manager.running():
             return
         try:
             req, step, run = chat_request(user, ref, choice, [])
@@ -276,10 +279,11 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         except JobError as exc:
             yield f"❌ {exc}", gr.skip(), gr.skip()
 
-    # the model loads when a checkpoint is chosen (also by picking a run) and when the tab opens
-    for trigger in (ui["checkpoint"].change, ui["tab"].select):
+    # the model loads when a run (once its checkpoints are listed) or a checkpoint is chosen,
+    # and when the tab opens
+    for trigger in (checkpoints_shown.then, ui["checkpoint"].input, ui["tab"].select):
         trigger(studio.handler(on_preload), [ui["run"], ui["checkpoint"]], ui["chat_status"],
-                concurrency_limit=4, trigger_mode="always_last")
+                concurrency_limit=4, show_progress="hidden")
     ui["ask"].click(studio.handler(on_ask),
                     [ui["run"], ui["checkpoint"], ui["question"], ui["trained"], ui["base"]],
                     [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4)

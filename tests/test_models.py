@@ -125,13 +125,13 @@ def test_packed_generation_copy_matches_training_layout(tiny_model_dir):
 
     # the output head answers from a bf16 copy inside the context, from its own weight outside
     head = model.get_output_embeddings()
-    seen = []
-    hook = head.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     with torch.no_grad(), loaded.generation_context():
-        assert "forward" in vars(head)
-        model(input_ids=ids)
-    assert "forward" not in vars(head) and seen == [torch.float32]
-    hook.remove()
+        assert vars(head)["forward"].keywords["weight"].dtype == torch.bfloat16
+        with loaded.generation_context():  # nested: the outer use keeps its copies
+            pass
+        assert "forward" in vars(head) and all(m.weight.quant_state.packing_format_for_cpu
+                                               for m in layers)
+    assert "forward" not in vars(head)
     # a head whose weight changed in place (tied embeddings trained) is copied again
     with torch.no_grad():
         head.weight.mul_(2.0)
