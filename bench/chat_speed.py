@@ -128,10 +128,8 @@ def vllm_path(adapter: Path, dtype: str) -> dict:
 
 def packed_layout() -> bool:
     """Whether this CPU answers from bitsandbytes' packed bf16 layout (AVX512-BF16)."""
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from bitsandbytes.functional import has_avx512bf16
+    return bool(has_avx512bf16())
 
 
 def main() -> int:

@@ -247,7 +247,31 @@ def own_unquantized_tensors(model) -> None:
                     module._buffers[name] = buf.clone()
 
 
-class PackedGenerationWeights:
+class _SwappedInForGeneration:
+    """Copies swapped in around generation by `active()`; a nested use keeps them until the
+    outer one ends. Subclasses say how to swap in (`_swap_in`) and back (`_swap_out`)."""
+
+    _depth = 0
+
+    @contextmanager
+    def active(self):
+        if self._depth == 0:
+            self._swap_in()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._swap_out()
+
+
+def _linear_on_copy(x: torch.Tensor, *, weight: torch.Tensor, bias) -> torch.Tensor:
+    """A linear layer computed on a copy of its weight in the copy's dtype."""
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+
+class PackedGenerationWeights(_SwappedInForGeneration):
     """A second copy of the frozen 4-bit weights in bitsandbytes' fast CPU inference layout.
 
     On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer for a fast bf16 kernel the first
@@ -278,7 +302,6 @@ class PackedGenerationWeights:
         self._head = head if isinstance(head, torch.nn.Linear) and \
             head.weight.dtype == torch.float32 and head.weight.device.type == "cpu" else None
         self._head_copy, self._head_version = None, None
-        self._depth = 0
 
     def __len__(self) -> int:
         return len(self._layouts)
@@ -297,30 +320,19 @@ class PackedGenerationWeights:
             self._head_version = version
         return self._head_copy
 
-    @contextmanager
-    def active(self):
-        if self._depth == 0:  # a nested use keeps the copies until the outer one ends
-            head = self._bf16_head() if self._head is not None else None  # before any swap
-            self._use(1)
-            if head is not None:
-                self._head.forward = functools.partial(_bf16_linear, weight=head[0],
-                                                       bias=head[1])
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._use(0)
-                if self._head is not None:
-                    vars(self._head).pop("forward", None)
+    def _swap_in(self) -> None:
+        head = self._bf16_head() if self._head is not None else None  # before any swap
+        self._use(1)
+        if head is not None:
+            self._head.forward = functools.partial(_linear_on_copy, weight=head[0], bias=head[1])
+
+    def _swap_out(self) -> None:
+        self._use(0)
+        if self._head is not None:
+            vars(self._head).pop("forward", None)
 
 
-def _bf16_linear(x: torch.Tensor, *, weight: torch.Tensor, bias) -> torch.Tensor:
-    return torch.nn.functional.linear(x.to(torch.bfloat16), weight, bias).to(x.dtype)
-
-
-class Float32GenerationWeights:
+class Float32GenerationWeights(_SwappedInForGeneration):
     """Float32 copies of the frozen 4-bit weights, swapped in around generation on CPUs without
     bitsandbytes' packed bf16 layout.
 
@@ -334,7 +346,7 @@ class Float32GenerationWeights:
     def __init__(self, layers: list):
         from bitsandbytes.functional import dequantize_4bit
 
-        self._copies, self._depth = [], 0
+        self._copies = []
         with torch.no_grad():
             for m in layers:
                 weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.float32)
@@ -344,23 +356,13 @@ class Float32GenerationWeights:
     def __len__(self) -> int:
         return len(self._copies)
 
-    @contextmanager
-    def active(self):
-        if self._depth == 0:  # a nested use keeps the copies until the outer one ends
-            for m, weight, bias in self._copies:
-                m.forward = functools.partial(_float32_linear, weight=weight, bias=bias)
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                for m, *_ in self._copies:
-                    vars(m).pop("forward", None)
+    def _swap_in(self) -> None:
+        for m, weight, bias in self._copies:
+            m.forward = functools.partial(_linear_on_copy, weight=weight, bias=bias)
 
-
-def _float32_linear(x: torch.Tensor, *, weight: torch.Tensor, bias) -> torch.Tensor:
-    return torch.nn.functional.linear(x.to(torch.float32), weight, bias).to(x.dtype)
+    def _swap_out(self) -> None:
+        for m, *_ in self._copies:
+            vars(m).pop("forward", None)
 
 
 def fits_float32_copy(model, device: torch.device, share: float = 0.25) -> bool:
