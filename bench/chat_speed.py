@@ -11,8 +11,9 @@ left out as warm-up):
 
 - transformers on the 4-bit layers, as trained (`generation.fast_cpu_4bit: false`);
 - transformers on the float32 copies ("unpacked"), one answer after the other;
-- the same with the adapter's and the base model's answer in one batch (peft's mixed adapters:
-  the chat now);
+- the same with the adapter's and the base model's answer in one batch (peft's mixed adapters,
+  with the LoRA layers computed by core.models.LeanLoraForGeneration: the chat now);
+- the same batch with the LoRA layers through peft's own forward, as before;
 - on CPUs with AVX512-BF16 (where the copies are the packed layout), the same batch with the
   output head in float32, as before its bf16 copy;
 - vLLM in float32 and in bfloat16 (`generation`-style process, the adapter from its folder),
@@ -66,7 +67,7 @@ def make_adapter(folder: Path) -> None:
 
 
 def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False,
-                      float32_head: bool = False) -> dict:
+                      float32_head: bool = False, peft_lora: bool = False) -> dict:
     import torch
     from peft import PeftModel
 
@@ -86,6 +87,7 @@ def transformers_path(adapter: Path, unpack: bool, one_batch: bool = False,
     ready = time.perf_counter() - start
     engine = TransformersEngine(model, loaded.tokenizer, loaded.device,
                                 weights=loaded.generation_context)
+    engine.lean_lora = not peft_lora  # peft's own LoRA forward, as before LeanLoraForGeneration
     times = []
     for prompt in _prompts(loaded.tokenizer):
         t = time.perf_counter()
@@ -152,6 +154,9 @@ def main() -> int:
         result["paths"]["transformers_unpacked_float32"] = transformers_path(adapter, unpack=True)
         result["paths"]["transformers_unpacked_one_batch"] = transformers_path(
             adapter, unpack=True, one_batch=True)
+        # the chat's LoRA layers through peft's own forward (before LeanLoraForGeneration)
+        result["paths"]["transformers_unpacked_one_batch_peft_lora"] = transformers_path(
+            adapter, unpack=True, one_batch=True, peft_lora=True)
         if packed_layout():  # the output head in bf16 (the chat now) or float32 (before)
             result["paths"]["transformers_packed_one_batch_float32_head"] = transformers_path(
                 adapter, unpack=True, one_batch=True, float32_head=True)

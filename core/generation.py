@@ -13,7 +13,7 @@ from typing import Callable, ContextManager, Protocol
 
 import torch
 
-from .models import stop_token_ids
+from .models import LeanLoraForGeneration, stop_token_ids
 
 
 @dataclass
@@ -127,6 +127,8 @@ class TransformersEngine:
         # each row's tokens so far (of the batch now generating), at most every 0.3 s: for
         # answers that appear as they are written
         self.on_partial: Callable[[list[list[int]]], None] | None = None
+        # LoRA layers with less Python around them while sampling (LeanLoraForGeneration)
+        self.lean_lora = True
 
     def batch_size_for(self, seq_len: int) -> int:
         """How many sequences of seq_len tokens fit: KV cache plus one step of logits each."""
@@ -183,36 +185,45 @@ class TransformersEngine:
         self.model.eval()
         counter = TokenCounter(self.stop_ids, self.on_tokens) if self.on_tokens else None
         watcher = PartialTokens(self.on_partial) if self.on_partial else None
+        lean = LeanLoraForGeneration(self.model) if self.lean_lora else None
         try:
-            for start in range(0, len(expanded), batch):
-                chunk = expanded[start:start + batch]
-                config, processors = self._sampling(
-                    max_new_tokens, temperature, top_p, top_k, min_new_tokens,
-                    row_seeds[start:start + batch] if row_seeds is not None else None)
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, p in enumerate(chunk):  # left padding
-                    ids[i, width - len(p):] = torch.tensor(p)
-                    mask[i, width - len(p):] = 1
-                extra = {}
-                if adapter_names is not None:
-                    extra["adapter_names"] = adapter_names[start:start + batch]
-                criteria = [c for c in (counter, watcher) if c is not None]
-                if criteria:
-                    from transformers import StoppingCriteriaList
-                    for c in criteria:
-                        c.new_chunk(width)
-                    extra["stopping_criteria"] = StoppingCriteriaList(criteria)
-                out = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    generation_config=config, logits_processor=processors, **extra)
-                for row in out[:, width:].tolist():
-                    ids, cut_off = until_stop(row, self.stop_ids)
-                    completion_ids.append(ids)
-                    truncated.append(cut_off)
+            with lean.active() if lean else nullcontext():
+                self._sample_chunks(expanded, batch, max_new_tokens, temperature, top_p, top_k,
+                                    completion_ids, truncated, min_new_tokens, row_seeds,
+                                    adapter_names, counter, watcher)
         finally:
             self.model.train(was_training)
+
+    def _sample_chunks(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
+                       completion_ids, truncated, min_new_tokens, row_seeds, adapter_names,
+                       counter, watcher) -> None:
+        for start in range(0, len(expanded), batch):
+            chunk = expanded[start:start + batch]
+            config, processors = self._sampling(
+                max_new_tokens, temperature, top_p, top_k, min_new_tokens,
+                row_seeds[start:start + batch] if row_seeds is not None else None)
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, p in enumerate(chunk):  # left padding
+                ids[i, width - len(p):] = torch.tensor(p)
+                mask[i, width - len(p):] = 1
+            extra = {}
+            if adapter_names is not None:
+                extra["adapter_names"] = adapter_names[start:start + batch]
+            criteria = [c for c in (counter, watcher) if c is not None]
+            if criteria:
+                from transformers import StoppingCriteriaList
+                for c in criteria:
+                    c.new_chunk(width)
+                extra["stopping_criteria"] = StoppingCriteriaList(criteria)
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                generation_config=config, logits_processor=processors, **extra)
+            for row in out[:, width:].tolist():
+                ids, cut_off = until_stop(row, self.stop_ids)
+                completion_ids.append(ids)
+                truncated.append(cut_off)
 
 
 def until_stop(row: list[int], stop_ids) -> tuple[list[int], bool]:

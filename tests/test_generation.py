@@ -1,5 +1,7 @@
 """The transformers engine's sampler: the same distribution as torch.multinomial, and the
 sampling knobs (temperature, top-k, top-p) with their usual meaning, on a real tiny model."""
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -99,6 +101,47 @@ def test_adapters_and_the_base_model_answer_in_one_batch(tiny_model_dir, tmp_pat
     assert adapter != plain  # the adapter changes the answers
     mixed = greedy(prompts + prompts, adapter_names=["a", "a", "__base__", "__base__"])
     assert mixed == adapter + plain
+
+
+@pytest.mark.parametrize("precision", ["4bit", "32bit"])
+def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, precision):
+    """Sampling runs the LoRA layers through LeanLoraForGeneration: the same logits as peft's
+    own forward for the adapter, a batch mixing it with the base model, adapters disabled, and
+    a batch with a second adapter (which falls back to peft)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    from core.models import LeanLoraForGeneration
+
+    for name, seed in (("a", 7), ("b", 8)):
+        trained = load_model(ModelConfig(source=str(tiny_model_dir), precision=precision,
+                                         lora_r=4), seed=0)
+        with torch.no_grad():
+            for key, p in trained.model.named_parameters():
+                if "lora_B" in key:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+        trained.model.save_pretrained(tmp_path / name)
+    base = load_model(ModelConfig(source=str(tiny_model_dir), precision=precision), lora=False)
+    model = PeftModel.from_pretrained(base.model, str(tmp_path / "a"), adapter_name="a").eval()
+    model.load_adapter(str(tmp_path / "b"), adapter_name="b")
+    lean = LeanLoraForGeneration(model)
+    assert len(lean) == sum(isinstance(m, LoraLayer) for m in model.modules()) > 0
+    ids = torch.tensor([[1, 20, 300, 5], [1, 7, 9, 11]])
+
+    def logits(use_lean: bool, **kw) -> torch.Tensor:
+        with torch.no_grad(), (lean.active() if use_lean else nullcontext()):
+            return model(input_ids=ids, **kw).logits
+
+    with model.disable_adapter():
+        plain = logits(False)
+        assert torch.equal(logits(True), plain)
+    for kw in ({}, {"adapter_names": ["a", "__base__"]}, {"adapter_names": ["b", "a"]}):
+        ref, got = logits(False, **kw), logits(True, **kw)
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), kw
+        assert (got[0] - plain[0]).abs().max() > 0.01 * plain.abs().max()  # the adapter counts
+    mixed = logits(True, adapter_names=["a", "__base__"])
+    assert (mixed[1] - plain[1]).abs().max() <= 1e-5 * plain.abs().max()  # the base row
+    assert not vars(next(m for m in model.modules() if isinstance(m, LoraLayer))).get("forward")
 
 
 def test_auto_engine_keeps_transformers_on_a_cpu(monkeypatch):
