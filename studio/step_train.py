@@ -101,7 +101,9 @@ def active_run(user: User, statuses):
     """The user's own newest run that is training or waiting, among the listed `statuses`."""
     if not user.can_train:
         return None
-    return next((st for st in statuses if (st.alive or st.state == "queued")
+    # a run that has written its end is over, though its process may take a moment to exit
+    return next((st for st in statuses if (st.state == "queued" or
+                                           (st.alive and st.state in ACTIVE))
                  and user.owns(st.run_dir)), None)
 
 
@@ -539,21 +541,36 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             return [""]
         return [gr.skip()]
 
+    # the banner at the top of the page, defined below: no outputs without one
+    banner_outs = [] if banner is None else [banner[0], banner[1], banner[3]]
+
+    def banner_update(user, statuses) -> list:
+        if banner is None:
+            return []
+        line, ref = run_banner(user, statuses)
+        return [gr.update(visible=bool(line)), line, ref]
+
     def on_tick(user, wt, message):
         new, metrics, samples = catch_up(wt, manager)
         after = stopped_message(new, message)
         if new == wt:
             if new.get("progress") and new.get("state") in w.RUNNING:
                 # the time left shrinks while a phase runs on with nothing new to read
-                return [gr.skip(), w.progress_html(new)] + [gr.skip()] * (len(view) - 2) + after
-            return [gr.skip()] * len(view) + after
-        return render(new, charts=metrics, samples=samples, cache=charts) + after
+                return ([gr.skip(), w.progress_html(new)] + [gr.skip()] * (len(view) - 2) + after
+                        + [gr.skip()] * len(banner_outs))
+            return [gr.skip()] * len(view) + after + [gr.skip()] * len(banner_outs)
+        # the watched run moved on (a step, or its end): the banner follows at once rather
+        # than at its next quarter-minute refresh
+        moved = (new.get("state"), new.get("step")) != (wt.get("state"), wt.get("step"))
+        top = (banner_update(user, studio.runs_of(user)) if moved
+               else [gr.skip()] * len(banner_outs))
+        return render(new, charts=metrics, samples=samples, cache=charts) + after + top
 
     timer = gr.Timer(2.0)
     # in the page's language (studio.handler); a failure changes nothing until the next tick
-    timer.tick(quietly(studio.handler(on_tick), len(view) + 1), [watch, ui["message"]],
-               view + [ui["message"]], show_progress="hidden", queue=False,
-               api_name="watch_tick")
+    timer.tick(quietly(studio.handler(on_tick), len(view) + 1 + len(banner_outs)),
+               [watch, ui["message"]], view + [ui["message"]] + banner_outs,
+               show_progress="hidden", queue=False, api_name="watch_tick")
 
     def on_pick(user, ref):
         if not ref:
@@ -571,14 +588,6 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
     ui["refresh"].click(studio.handler(on_refresh), None, runs_out, queue=False,
                         api_name="runs_list")
     # the runs table and the banner, every 15 s and when a page opens, from one listing
-    banner_outs = [] if banner is None else [banner[0], banner[1], banner[3]]
-
-    def banner_update(user, statuses) -> list:
-        if banner is None:
-            return []
-        line, ref = run_banner(user, statuses)
-        return [gr.update(visible=bool(line)), line, ref]
-
     def on_quarter(user):
         statuses = studio.runs_of(user)
         return [runs_update(user, statuses=statuses)[0]] + banner_update(user, statuses)

@@ -136,6 +136,9 @@ def test_reload_and_restart_keep_the_form_and_a_banner_names_the_run(studio, pag
     wait_until(lambda: run_step(page) >= 1, 60, "the run to show")
     page.click("#train-stop")
     wait_until(lambda: run_state(page) == "stopped", 240, "the run to stop")
+    # the banner goes with the run's end (the same refresh), not at its next quarter minute
+    wait_until(lambda: not page.locator("#banner-run").is_visible(), 3,
+               "the banner to go once the run stopped")
 
     # the time a step takes is now known on this machine, and said before the next Start
     fill(page, "knob-grpo-max_completion_length", 64)
