@@ -213,7 +213,9 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
         try:
             if not req.get("questions"):
                 adapter = req.get("adapter") or None
-                warm.vllm(req, _adapter_rank(adapter) if adapter else 0)
+                engine = warm.vllm(req, _adapter_rank(adapter) if adapter else 0)
+                if adapter:  # vLLM reads an adapter with its first request: one token now
+                    engine.answer([_prompt_ids(engine.tokenizer, "Hi", "")], [adapter], 1)
                 return {"loaded": True, "engine": "vllm"}
             return generate_vllm(req, warm)
         except VLLMError as exc:  # answered by transformers from now on in this process
