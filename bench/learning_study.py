@@ -92,7 +92,7 @@ EXAMPLE02 = ROOT / "examples" / "02-word-problems-reasoning.yaml"
 CONFIGS = {"example02": EXAMPLE02, "example02_t0.8": EXAMPLE02, "example02_tags": EXAMPLE02}
 SETTINGS["example02"] = ("examples/02-word-problems-reasoning.yaml as shipped (working in a "
                          "sentence, then 'The answer is N'; 4 questions x 6 answers of up to "
-                         "64 tokens)", {}, False)
+                         "64 tokens)", {}, True)
 SETTINGS["example02_t0.8"] = ("the second example at temperature 0.8",
                               {"grpo.temperature": 0.8}, False)
 SETTINGS["example02_tags"] = (
