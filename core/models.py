@@ -379,16 +379,24 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
     model (peft's `adapter_names`, "__base__" rows) multiplies the adapter's term by a per-row
     scale that is 0 for base rows, instead of splitting the batch. Anything else (another
     adapter in the batch, adapters disabled or merged meanwhile) takes peft's own forward.
+    The factors are transposed copies made when sampling starts (the weights do not change
+    while it runs; training changes them between generations, and each generation copies them
+    again). Rounding follows peft: a plain linear base adds the LoRA term in the factors'
+    precision and rounds once; a quantized base and a mixed batch round the term first.
     """
 
     BASE = "__base__"  # peft's name for a row answered by the base model
 
     def __init__(self, model):
+        import bitsandbytes as bnb
         from peft.tuners.lora import LoraLayer
 
         self._layers = []
+        quantized = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
         for m in model.modules():
-            if not isinstance(m, LoraLayer) or not hasattr(m, "base_layer"):
+            # a linear base only (peft also wraps embeddings, convolutions, attention modules)
+            if not isinstance(m, LoraLayer) or \
+                    not isinstance(getattr(m, "base_layer", None), (torch.nn.Linear, *quantized)):
                 continue
             active = m.active_adapters
             if len(active) != 1 or m.merged or getattr(m, "fan_in_fan_out", False):
@@ -398,7 +406,7 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
                     getattr(m, "lora_bias", {}).get(name) or \
                     not isinstance(m.lora_A[name], torch.nn.Linear):
                 continue
-            self._layers.append((m, name))
+            self._layers.append((m, name, isinstance(m.base_layer, quantized)))
         self._row_scales: dict = {}
 
     def __len__(self) -> int:
@@ -416,7 +424,7 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
             self._row_scales[key] = scale
         return scale
 
-    def _forward(self, x, *args, layer, adapter, a_t, b_t, **kwargs):
+    def _forward(self, x, *args, layer, adapter, quantized, a_t, b_t, **kwargs):
         names = kwargs.pop("adapter_names", None)
         if layer.disable_adapters or layer.merged or layer.active_adapters != [adapter]:
             return type(layer).forward(layer, x, *args, adapter_names=names, **kwargs)
@@ -429,7 +437,9 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
                 return type(layer).forward(layer, x, *args, adapter_names=names, **kwargs)
             h, scaling = h * scale, 1.0
         if result.dtype != b_t.dtype:
-            return result + ((h @ b_t) * scaling).to(result.dtype)
+            if quantized or names is not None:  # peft rounds the term first here
+                return result + ((h @ b_t) * scaling).to(result.dtype)
+            return (result + (h @ b_t) * scaling).to(result.dtype)
         # the large half added onto the base output in one call
         return torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]),
                            b_t, alpha=scaling).view(result.shape)
@@ -438,15 +448,19 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
         # the factors transposed once per generation (a matmul by a transposed view of a
         # rank-16 factor is slower than by a contiguous one); the weights do not change while
         # sampling, and the next generation copies them again
-        with torch.no_grad():
-            for m, adapter in self._layers:
-                m.forward = functools.partial(
-                    self._forward, layer=m, adapter=adapter,
-                    a_t=m.lora_A[adapter].weight.detach().t().contiguous(),
-                    b_t=m.lora_B[adapter].weight.detach().t().contiguous())
+        try:
+            with torch.no_grad():
+                for m, adapter, quantized in self._layers:
+                    m.forward = functools.partial(
+                        self._forward, layer=m, adapter=adapter, quantized=quantized,
+                        a_t=m.lora_A[adapter].weight.detach().t().contiguous(),
+                        b_t=m.lora_B[adapter].weight.detach().t().contiguous())
+        except BaseException:  # e.g. out of memory halfway: no layer keeps a lean forward
+            self._swap_out()
+            raise
 
     def _swap_out(self) -> None:
-        for m, _ in self._layers:
+        for m, *_ in self._layers:
             vars(m).pop("forward", None)
         self._row_scales.clear()
 

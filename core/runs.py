@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
-from .events import read_events, write_atomic
+from .events import EVENTS_FILE, read_events, write_atomic
 
 # Touched to ask a worker to stop after its step (the trainer checks for it). Defined here, not
 # in the trainer, so that watching runs never imports the trainer and torch.
@@ -51,6 +51,14 @@ class RunStatus:
     error: str | None = None
     traceback: str | None = None
     position: int | None = None  # place in the line while it waits to start
+
+
+def _newer(a: Path, b: Path) -> bool:
+    """Whether file a was written after file b (False when either is missing)."""
+    try:
+        return a.stat().st_mtime_ns > b.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _slug(text: str) -> str:
@@ -400,6 +408,10 @@ class RunManager:
             state, message = "queued", f"Waiting to start: number {place} in line."
         elif not alive and state not in ("created", "stopped", "finished", "failed"):
             state, message = "interrupted", "The worker ended without finishing; resume it."
+        elif alive and state in ("stopped", "finished", "failed") and \
+                _newer(run_dir / PID_FILE, run_dir / EVENTS_FILE):
+            # resumed: its worker started after the last event and has written nothing yet
+            state, message = "created", "Starting"
         try:
             name = RunConfig.load(run_dir / "config.yaml").name
         except Exception:

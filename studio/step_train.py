@@ -561,7 +561,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             return [gr.skip()] * len(view) + after + [gr.skip()] * len(banner_outs)
         # the watched run moved on (a step, or its end): the banner follows at once rather
         # than at its next quarter-minute refresh
-        moved = (new.get("state"), new.get("step")) != (wt.get("state"), wt.get("step"))
+        moved = any(new.get(k) != wt.get(k) for k in ("state", "step", "position"))
         top = (banner_update(user, studio.runs_of(user)) if moved
                else [gr.skip()] * len(banner_outs))
         return render(new, charts=metrics, samples=samples, cache=charts) + after + top

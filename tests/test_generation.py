@@ -103,11 +103,12 @@ def test_adapters_and_the_base_model_answer_in_one_batch(tiny_model_dir, tmp_pat
     assert mixed == adapter + plain
 
 
-@pytest.mark.parametrize("precision", ["4bit", "32bit"])
-def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, precision):
+@pytest.mark.parametrize("precision", ["4bit", "16bit", "32bit"])
+def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, precision,
+                                                 monkeypatch):
     """Sampling runs the LoRA layers through LeanLoraForGeneration: the same logits as peft's
     own forward for the adapter, a batch mixing it with the base model, adapters disabled, and
-    a batch with a second adapter (which falls back to peft)."""
+    a batch with a second adapter (which falls back to peft, and only that one)."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
@@ -127,6 +128,11 @@ def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, preci
     lean = LeanLoraForGeneration(model)
     assert len(lean) == sum(isinstance(m, LoraLayer) for m in model.modules()) > 0
     ids = torch.tensor([[1, 20, 300, 5], [1, 7, 9, 11]])
+    layer_type = type(next(m for m in model.modules() if isinstance(m, LoraLayer)))
+    peft_calls = []
+    peft_forward = layer_type.forward
+    monkeypatch.setattr(layer_type, "forward",
+                        lambda self, *a, **k: peft_calls.append(1) or peft_forward(self, *a, **k))
 
     def logits(use_lean: bool, **kw) -> torch.Tensor:
         with torch.no_grad(), (lean.active() if use_lean else nullcontext()):
@@ -136,7 +142,10 @@ def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, preci
         plain = logits(False)
         assert torch.equal(logits(True), plain)
     for kw in ({}, {"adapter_names": ["a", "__base__"]}, {"adapter_names": ["b", "a"]}):
-        ref, got = logits(False, **kw), logits(True, **kw)
+        ref = logits(False, **kw)
+        peft_calls.clear()
+        got = logits(True, **kw)
+        assert bool(peft_calls) == ("b" in kw.get("adapter_names", [])), kw  # lean unless "b"
         assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), kw
         assert (got[0] - plain[0]).abs().max() > 0.01 * plain.abs().max()  # the adapter counts
     mixed = logits(True, adapter_names=["a", "__base__"])

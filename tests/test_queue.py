@@ -46,6 +46,13 @@ def test_one_at_a_time_in_order_across_a_restart(tiny_model_dir, tmp_path):
     restarted.stop(runs[1])
     assert wait_for(lambda: not restarted.is_alive(runs[1]))
     assert manager.status(runs[0]).state == "stopped"
+    # resumed, it counts as starting at once, before its worker has written anything (the
+    # page's banner names it), and as stopped again once it has stopped
+    manager.start(runs[0], resume=True)
+    assert manager.status(runs[0]).state == "created"
+    manager.stop(runs[0])
+    assert wait_for(lambda: not manager.is_alive(runs[0]))
+    assert manager.status(runs[0]).state == "stopped"
 
 
 def test_memory_admission_counts_runs_already_going(tiny_model_dir, tmp_path):
