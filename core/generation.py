@@ -155,7 +155,9 @@ class TransformersEngine:
         batch = self.batch_size_for(longest + max_new_tokens)
         completion_ids: list[list[int]] = []
         truncated: list[bool] = []
-        with self.weights():
+        # LoRA layers with less Python around them too, unless switched off (the bench)
+        lean = LeanLoraForGeneration(self.model).active() if self.lean_lora else nullcontext()
+        with self.weights(), lean:
             self._sample(expanded, batch, max_new_tokens, temperature, top_p, top_k,
                          completion_ids, truncated, min_new_tokens, row_seeds, adapter_names)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -185,45 +187,36 @@ class TransformersEngine:
         self.model.eval()
         counter = TokenCounter(self.stop_ids, self.on_tokens) if self.on_tokens else None
         watcher = PartialTokens(self.on_partial) if self.on_partial else None
-        lean = LeanLoraForGeneration(self.model) if self.lean_lora else None
         try:
-            with lean.active() if lean else nullcontext():
-                self._sample_chunks(expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                                    completion_ids, truncated, min_new_tokens, row_seeds,
-                                    adapter_names, counter, watcher)
+            for start in range(0, len(expanded), batch):
+                chunk = expanded[start:start + batch]
+                config, processors = self._sampling(
+                    max_new_tokens, temperature, top_p, top_k, min_new_tokens,
+                    row_seeds[start:start + batch] if row_seeds is not None else None)
+                width = max(len(p) for p in chunk)
+                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for i, p in enumerate(chunk):  # left padding
+                    ids[i, width - len(p):] = torch.tensor(p)
+                    mask[i, width - len(p):] = 1
+                extra = {}
+                if adapter_names is not None:
+                    extra["adapter_names"] = adapter_names[start:start + batch]
+                criteria = [c for c in (counter, watcher) if c is not None]
+                if criteria:
+                    from transformers import StoppingCriteriaList
+                    for c in criteria:
+                        c.new_chunk(width)
+                    extra["stopping_criteria"] = StoppingCriteriaList(criteria)
+                out = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                    generation_config=config, logits_processor=processors, **extra)
+                for row in out[:, width:].tolist():
+                    ids, cut_off = until_stop(row, self.stop_ids)
+                    completion_ids.append(ids)
+                    truncated.append(cut_off)
         finally:
             self.model.train(was_training)
-
-    def _sample_chunks(self, expanded, batch, max_new_tokens, temperature, top_p, top_k,
-                       completion_ids, truncated, min_new_tokens, row_seeds, adapter_names,
-                       counter, watcher) -> None:
-        for start in range(0, len(expanded), batch):
-            chunk = expanded[start:start + batch]
-            config, processors = self._sampling(
-                max_new_tokens, temperature, top_p, top_k, min_new_tokens,
-                row_seeds[start:start + batch] if row_seeds is not None else None)
-            width = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, p in enumerate(chunk):  # left padding
-                ids[i, width - len(p):] = torch.tensor(p)
-                mask[i, width - len(p):] = 1
-            extra = {}
-            if adapter_names is not None:
-                extra["adapter_names"] = adapter_names[start:start + batch]
-            criteria = [c for c in (counter, watcher) if c is not None]
-            if criteria:
-                from transformers import StoppingCriteriaList
-                for c in criteria:
-                    c.new_chunk(width)
-                extra["stopping_criteria"] = StoppingCriteriaList(criteria)
-            out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                generation_config=config, logits_processor=processors, **extra)
-            for row in out[:, width:].tolist():
-                ids, cut_off = until_stop(row, self.stop_ids)
-                completion_ids.append(ids)
-                truncated.append(cut_off)
 
 
 def until_stop(row: list[int], stop_ids) -> tuple[list[int], bool]:

@@ -372,10 +372,9 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
     then costs more in Python (argument checks, a defensive clone of the base output, the
     dropout module, casts, and for a batch that mixes adapters a gather and scatter of each
     adapter's rows) than the two small matmuls themselves: 72 of 167 us per layer on the
-    built-in model (2 rows, bench/chat_speed.py). Here each plain LoRA layer (one adapter, no
-    DoRA or other variant, not merged, not fan-in-fan-out) computes
-    `base(x) + B(A(x)) * scaling` directly on its own weights (never stale: training updates
-    them in place), eval mode assumed (no dropout). A batch mixing the adapter with the base
+    built-in model (2 rows, one thread, profiled; bench/chat_speed.py times the whole answer).
+    Here each plain LoRA layer (one adapter, no DoRA or other variant, not merged, not
+    fan-in-fan-out) computes `base(x) + B(A(x)) * scaling`, eval mode assumed (no dropout). A batch mixing the adapter with the base
     model (peft's `adapter_names`, "__base__" rows) multiplies the adapter's term by a per-row
     scale that is 0 for base rows, instead of splitting the batch. Anything else (another
     adapter in the batch, adapters disabled or merged meanwhile) takes peft's own forward.
