@@ -37,31 +37,34 @@ class GenerationEngine(Protocol):
                  min_new_tokens: int = 0) -> Generation: ...
 
 
-def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
-    """probs [B, V] (rows summing to about 1, zeros allowed) -> one token id per row [B].
+def sample_gumbel_max(scores: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """scores [B, V] (logits; -inf for a token never to be drawn) -> one token id per row [B].
 
-    The same draw as torch.multinomial(probs, 1): one uniform number per row (from torch's
-    random stream, or `uniforms` [B]), found in the cumulative sum by binary search. A
-    zero-probability token is never returned.
+    The same distribution as torch.multinomial(softmax(scores), 1), drawn as the Gumbel-max
+    trick: the argmax of scores plus -log(-log(u)) for one uniform number u per token (from
+    torch's random stream, or `uniforms` [B, V], which it overwrites). Unlike a draw from the
+    cumulative sum, whose 49k boundaries each move with the last bit of every logit, a draw
+    changes only when the two best perturbed scores are within that last bit of each other:
+    the same seed gives the same token when another batch shape or padding rounds the logits
+    differently (runs on several processes, core.distributed).
     """
-    cdf = probs.cumsum(-1)                                               # [B, V]
     if uniforms is None:
-        uniforms = torch.rand(probs.shape[0], device=probs.device, dtype=cdf.dtype)
-    u = uniforms.to(device=probs.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
-    picked = torch.searchsorted(cdf, u, right=True).squeeze(-1)          # c[i-1] <= u < c[i]
-    # u can round up to the total: then the last token with p > 0, not one past the end
-    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).float().argmax(-1)
-    return torch.minimum(picked, last)
+        uniforms = torch.rand(scores.shape, device=scores.device, dtype=torch.float32)
+    # u = 0 would make the noise -inf and could leave a row with nothing to draw
+    noise = uniforms.clamp_(min=torch.finfo(uniforms.dtype).tiny).log_().neg_().log_().neg_()
+    return noise.add_(scores).argmax(-1)
 
 
-class InverseCdfSampling:
+class SeededSampling:
     """A logits processor that samples the next token itself and leaves generate() one choice.
 
-    generate(do_sample=True) draws with torch.multinomial, which on CPU costs about 15 ms a
-    decoding step for 16 rows of a 49k vocabulary (about 1 s of a training step); a cumulative
-    sum and a binary search draw from the same distribution in about 0.4 ms. generate then runs
-    greedy over scores that are 0 for the sampled token and -inf elsewhere. Temperature, top-k
-    and top-p are applied here with transformers' own warpers, in the order sampling uses.
+    generate(do_sample=True) draws with torch.multinomial, which on CPU costs about 17 ms a
+    decoding step for 16 rows of a 49k vocabulary; the Gumbel-max draw here
+    (sample_gumbel_max) takes 5-7 ms, about 1 ms more than a draw from the cumulative sum,
+    which rounding moved (bench/sampling.py).
+    generate then runs greedy over scores that are 0 for the sampled token and -inf elsewhere.
+    Temperature, top-k and top-p are applied here with transformers' own warpers, in the order
+    sampling uses.
 
     With `seeds` (one per row), each row draws its uniform numbers from a random stream of its
     own: a completion then depends on its seed alone, never on which other rows share its batch
@@ -69,29 +72,30 @@ class InverseCdfSampling:
     """
 
     def __init__(self, temperature: float, top_p: float, top_k: int,
-                 seeds: list[int] | None = None, max_new_tokens: int = 0):
+                 seeds: list[int] | None = None):
         from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-        # every row's uniform numbers for the whole answer, drawn at once: [rows, tokens]
-        self.uniforms = (torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
-                                                 generator=torch.Generator().manual_seed(s))
-                                      for s in seeds]) if seeds is not None else None)
-        self.position = 0
+        self.seeds = seeds
+        self.generators: list[torch.Generator] | None = None  # made on the scores' device
         self.temperature = temperature
         self.warpers = ([TopKLogitsWarper(top_k)] if top_k and top_k > 0 else []) + \
             ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+
+    def _uniforms(self, scores: torch.Tensor) -> torch.Tensor | None:
+        if self.seeds is None:
+            return None
+        if self.generators is None:
+            self.generators = [torch.Generator(scores.device).manual_seed(s) for s in self.seeds]
+        uniforms = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+        for row, generator in zip(uniforms, self.generators):
+            row.uniform_(generator=generator)  # one stream per row: the batch does not matter
+        return uniforms
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float() / self.temperature
         for warper in self.warpers:
             scores = warper(input_ids, scores)
-        uniforms = None
-        if self.uniforms is not None:
-            if self.uniforms.device != scores.device:  # one copy to the GPU per batch
-                self.uniforms = self.uniforms.to(scores.device)
-            uniforms = self.uniforms[:, self.position]
-            self.position += 1
-        choice = sample_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
+        choice = sample_gumbel_max(scores, self._uniforms(scores))
         return torch.full_like(scores, float("-inf")).scatter_(-1, choice[:, None], 0.0)
 
 
@@ -147,7 +151,7 @@ class TransformersEngine:
                  row_seeds: list[int] | None = None,
                  adapter_names: list[str] | None = None) -> Generation:
         """num_generations completions of each prompt. row_seeds: one per completion (prompt
-        major), for sampling that does not depend on the batch (InverseCdfSampling).
+        major), for sampling that does not depend on the batch (SeededSampling).
         adapter_names: one per completion, the peft adapter that writes it ("__base__": the
         base model), so that several adapters answer in one batch."""
         expanded = [p for p in prompts for _ in range(num_generations)]
@@ -166,7 +170,7 @@ class TransformersEngine:
     def _sampling(self, max_new_tokens, temperature, top_p, top_k, min_new_tokens=0,
                   seeds=None):
         """(generation config, logits processors): only what this engine asks for, never the
-        model's own sampling defaults. On CPU, or with a seed per row, InverseCdfSampling draws
+        model's own sampling defaults. On CPU, or with a seed per row, SeededSampling draws
         and generate() picks its choice greedily; elsewhere generate() samples."""
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -175,8 +179,7 @@ class TransformersEngine:
                       pad_token_id=self.pad_id, use_cache=True)
         if self.device.type == "cpu" or seeds is not None:
             return (GenerationConfig(do_sample=False, **common),
-                    LogitsProcessorList([InverseCdfSampling(temperature, top_p, top_k, seeds,
-                                                            max_new_tokens)]))
+                    LogitsProcessorList([SeededSampling(temperature, top_p, top_k, seeds)]))
         return (GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p,
                                  top_k=top_k, **common), LogitsProcessorList())
 
