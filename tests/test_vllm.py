@@ -147,6 +147,12 @@ def test_studio_chat_through_vllm_keeps_one_process(engines, tmp_path, monkeypat
         preload = list(worker.ask(dict(req, questions=[]), timeout=900))
         assert preload[-1][1] == {"loaded": True, "engine": "vllm"}
         assert any("vLLM" in v for k, v in preload if k == "progress")
+        # proof that vLLM read the weights then: spoil the file behind its back (same time
+        # stamp, so nothing asks vLLM to read it again); the questions still get the adapter
+        weights = Path(folder) / "adapter_model.safetensors"
+        stamp = weights.stat()
+        weights.write_bytes(b"not safetensors" * 100)
+        os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         asked = []
         for question in ("What is 2 + 3?", "What is 7 + 8?"):
             steps = list(worker.ask({**req, "questions": [question]}, timeout=900))
