@@ -374,9 +374,10 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
     adapter's rows) than the two small matmuls themselves: 72 of 167 us per layer on the
     built-in model (2 rows, one thread, profiled; bench/chat_speed.py times the whole answer).
     Here each plain LoRA layer (one adapter, no DoRA or other variant, not merged, not
-    fan-in-fan-out) computes `base(x) + B(A(x)) * scaling`, eval mode assumed (no dropout). A batch mixing the adapter with the base
-    model (peft's `adapter_names`, "__base__" rows) multiplies the adapter's term by a per-row
-    scale that is 0 for base rows, instead of splitting the batch. Anything else (another
+    fan-in-fan-out) computes `base(x) + B(A(x)) * scaling`, eval mode assumed (no dropout). A
+    batch mixing the adapter with the base model (peft's `adapter_names`, "__base__" rows)
+    scales the adapter's term per row and adds nothing to the base rows (not even a NaN of a
+    broken adapter), instead of splitting the batch. Anything else (another
     adapter in the batch, adapters disabled or merged meanwhile) takes peft's own forward.
     The factors are transposed copies made when sampling starts (the weights do not change
     while it runs; training changes them between generations, and each generation copies them
@@ -412,16 +413,18 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
         return len(self._layers)
 
     def _row_scale(self, names, adapter: str, scaling: float, like: torch.Tensor):
+        """(each row's scaling, which rows have the adapter) for a mixed batch, shaped to
+        multiply `like` by row; None when another adapter is in the batch."""
         key = (tuple(names), adapter, scaling, like.dtype, like.device, like.ndim)
-        scale = self._row_scales.get(key)
-        if scale is None:
+        found = self._row_scales.get(key)
+        if found is None:
             if any(n not in (adapter, self.BASE) for n in names):
                 return None  # another adapter in the batch: peft's own forward
             scale = torch.tensor([scaling if n == adapter else 0.0 for n in names],
                                  dtype=like.dtype, device=like.device)
             scale = scale.view(-1, *([1] * (like.ndim - 1)))
-            self._row_scales[key] = scale
-        return scale
+            found = self._row_scales[key] = (scale, scale != 0)
+        return found
 
     def _forward(self, x, *args, layer, adapter, quantized, a_t, b_t, **kwargs):
         names = kwargs.pop("adapter_names", None)
@@ -431,12 +434,16 @@ class LeanLoraForGeneration(_SwappedInForGeneration):
         h = x.to(a_t.dtype) @ a_t  # rows x r: the small half of the low-rank product
         scaling = layer.scaling[adapter]
         if names is not None:
-            scale = self._row_scale(names, adapter, scaling, h)
-            if scale is None:
+            rows = self._row_scale(names, adapter, scaling, h)
+            if rows is None:
                 return type(layer).forward(layer, x, *args, adapter_names=names, **kwargs)
-            h, scaling = h * scale, 1.0
+            scale, has_adapter = rows
+            # the base rows get nothing added, as with peft (which leaves them out): an adapter
+            # whose weights went NaN or inf must not spoil the base model's answer beside it
+            term = torch.where(has_adapter, (h @ b_t) * scale, 0.0)
+            return result + term.to(result.dtype)  # peft rounds the term first here
         if result.dtype != b_t.dtype:
-            if quantized or names is not None:  # peft rounds the term first here
+            if quantized:  # peft rounds the term first here
                 return result + ((h @ b_t) * scaling).to(result.dtype)
             return (result + (h @ b_t) * scaling).to(result.dtype)
         # the large half added onto the base output in one call

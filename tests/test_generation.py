@@ -162,6 +162,13 @@ def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, preci
         assert (got[0] - plain[0]).abs().max() > 0.01 * plain.abs().max()  # the adapter counts
     mixed = logits(True, adapter_names=["a", "__base__"])
     assert (mixed[1] - plain[1]).abs().max() <= 1e-5 * plain.abs().max()  # the base row
+    # an adapter whose weights went NaN (a run that diverged) leaves the base row as it was
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if ".a." in key and "lora_" in key:
+                p.fill_(float("nan"))
+    broken = logits(True, adapter_names=["a", "__base__"])
+    assert broken[0].isnan().any() and torch.equal(broken[1], mixed[1])
     assert not vars(next(m for m in model.modules() if isinstance(m, LoraLayer))).get("forward")
 
 
