@@ -71,7 +71,6 @@ class CumulativeSumSampling(SeededSampling):
 
     def __call__(self, input_ids, scores):
         scores = scores.float() / self.temperature
-        uniforms = None
         if self.uniforms is not None:
             uniforms = self.uniforms[:, self.position % self.uniforms.shape[1]]
             self.position += 1
