@@ -83,7 +83,7 @@ for _level in (1, 2, 3, 4):
     SETTINGS[f"quality{_level}"] = (
         f"the studio's quality/speed slider at {_level}: "
         + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in QUALITY_LEVELS[_level].items()),
-        {**SHIPPED_NOW, **QUALITY_LEVELS[_level]}, False)
+        {**SHIPPED_NOW, **QUALITY_LEVELS[_level]}, True)
 
 
 # Settings on another example than the classroom demo: name -> its config (run as shipped,
