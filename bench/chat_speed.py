@@ -17,7 +17,10 @@ left out as warm-up):
 - on CPUs with AVX512-BF16 (where the copies are the packed layout), the same batch with the
   output head in float32, as before its bf16 copy;
 - vLLM in float32 and in bfloat16 (`generation`-style process, the adapter from its folder),
-  when `.venv-vllm` exists.
+  when `.venv-vllm` exists;
+- llama.cpp (core.gguf_chat, what the chat uses on a CPU where it is installed): the run's
+  4-bit base as an f16 GGUF and the adapter converted by llama.cpp's converter, on all cores
+  and on one (what the chat takes on 2 cores).
 
 And what each costs before its first answer: loading (and making the copies), or starting vLLM.
 
@@ -128,6 +131,42 @@ def vllm_path(adapter: Path, dtype: str) -> dict:
             "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
 
 
+def llama_cpp_path(adapter: Path, threads: int) -> dict:
+    """The chat's llama.cpp engine (core.gguf_chat): the run's 4-bit base as an f16 GGUF (made
+    once per model, timed apart) and the adapter converted by llama.cpp's converter."""
+    import torch
+
+    from core.config import ModelConfig
+    from core.gguf_chat import GgufChat, base_gguf, cache_folder
+    from core.models import load_tokenizer
+
+    cfg = ModelConfig(source="default", precision="4bit")
+    start = time.perf_counter()
+    made = not (cache_folder(cfg) / "base.gguf").exists()
+    folder = base_gguf(cfg)
+    once = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    chat = GgufChat(folder, threads)
+    models = [chat.model(str(adapter)), chat.model(None)]
+    ready = time.perf_counter() - start
+    tokenizer = load_tokenizer(str(folder))
+    times = []
+    try:
+        for prompt in _prompts(tokenizer):
+            t = time.perf_counter()
+            for model in models:
+                rows, _ = chat.answer(model, [prompt], 1, TOKENS, 1.0, seed=1,
+                                      min_new_tokens=TOKENS)
+                assert len(rows[0]) == TOKENS
+            times.append(time.perf_counter() - t)
+    finally:
+        chat.close()
+    return {"threads": threads, "gguf_made_once_s": round(once, 1) if made else None,
+            "ready_s": round(ready, 1), "answer_pair_s": [round(x, 2) for x in times],
+            "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
+
+
 def packed_layout() -> bool:
     """Whether this CPU answers from bitsandbytes' packed bf16 layout (AVX512-BF16)."""
     from bitsandbytes.functional import has_avx512bf16
@@ -138,7 +177,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "chat_speed_cpu.json"))
     args = p.parse_args()
-    from core.engine_choice import vllm_python
+    from core.engine_choice import llama_cpp_ready, vllm_python
 
     result = {"benchmark": "chat_speed", "date": time.strftime("%Y-%m-%d"),
               "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
@@ -160,6 +199,9 @@ def main() -> int:
         if packed_layout():  # the output head in bf16 (the chat now) or float32 (before)
             result["paths"]["transformers_packed_one_batch_float32_head"] = transformers_path(
                 adapter, unpack=True, one_batch=True, float32_head=True)
+        if llama_cpp_ready():  # all cores, and the one the studio's chat takes on 2 cores
+            for threads in sorted({len(os.sched_getaffinity(0)), 1}, reverse=True):
+                result["paths"][f"llama_cpp_{threads}_threads"] = llama_cpp_path(adapter, threads)
         if vllm_python() is not None:
             for dtype in ("float32", "bfloat16"):
                 result["paths"][f"vllm_{dtype}"] = vllm_path(adapter, dtype)

@@ -78,13 +78,29 @@ def choose_engine(cfg, gpu: bool) -> tuple[str, str]:
 
 
 def chat_engine(gpu: bool) -> str:
-    """Which engine answers the studio's chat and previews: vLLM on a GPU when it is installed
-    (one process keeps the base model and serves every adapter asked for, several in one
-    batch); transformers on a CPU, where vLLM starts in about half a minute, takes about 3x
-    the memory and answered no faster (bench/results/chat_speed_cpu.json), unless
-    AHA_VLLM_CHAT_ON_CPU=1."""
-    if vllm_python() is None:
-        return "transformers"
-    if gpu or os.environ.get("AHA_VLLM_CHAT_ON_CPU") == "1":
+    """Which engine answers the studio's chat and previews: AHA_CHAT_ENGINE when set
+    (transformers, llama.cpp or vllm); else vLLM on a GPU when it is installed (one process keeps
+    the base model and serves every adapter asked for, several in one batch); on a CPU llama.cpp
+    when it is installed (scripts/setup_export.sh; core.gguf_chat: an answer pair 2.3x as fast
+    as transformers here, bench/results/chat_speed_cpu_avx512bf16.json), else transformers. vLLM
+    answers on a CPU only when AHA_VLLM_CHAT_ON_CPU=1: it starts in about half a minute, takes
+    about 3x the memory and answered no faster (bench/results/chat_speed_cpu.json)."""
+    chosen = os.environ.get("AHA_CHAT_ENGINE", "").strip().lower()
+    if chosen in ("transformers", "llama.cpp", "vllm"):
+        if chosen == "vllm" and vllm_python() is None:
+            return "transformers"
+        if chosen == "llama.cpp" and not llama_cpp_ready():
+            return "transformers"
+        return chosen
+    if vllm_python() is not None and (gpu or os.environ.get("AHA_VLLM_CHAT_ON_CPU") == "1"):
         return "vllm"
+    if not gpu and llama_cpp_ready():
+        return "llama.cpp"
     return "transformers"
+
+
+def llama_cpp_ready() -> bool:
+    """Whether llama.cpp and its converters are installed (what the chat's llama.cpp engine
+    needs)."""
+    from .gguf_chat import ready
+    return ready()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GGUF export: llama.cpp's quantizer and loader (llama-cpp-python, built from source by pip) and
-# llama.cpp's own converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders),
+# GGUF export and the chat's llama.cpp engine: llama.cpp's quantizer and loader (llama-cpp-python,
+# built from source by pip) and llama.cpp's own converters (convert_hf_to_gguf.py, and
+# convert_lora_to_gguf.py for the chat's adapters, with their conversion/ and gguf-py/ folders),
 # taken from the same llama-cpp-python release and unpacked into .venv/share/aha-llama.cpp.
 # Idempotent. Usage: scripts/setup_export.sh   (also: scripts/setup.sh --export)
 # Another llama.cpp checkout can be used instead: AHA_LLAMA_CPP=/path/to/llama.cpp
@@ -12,7 +13,8 @@ VERSION=$(sed -n 's/^llama-cpp-python==//p' requirements-export.txt)
 dest=.venv/share/aha-llama.cpp
 stamp=$dest/.installed
 want="llama-cpp-python==$VERSION $(sha256sum requirements-export.txt | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import llama_cpp" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$dest/convert_lora_to_gguf.py" ] &&
+    python -c "import llama_cpp" 2>/dev/null; then
   exit 0
 fi
 # the library without llava (not needed here; it halves the build)
@@ -29,7 +31,7 @@ trap 'rm -rf "$tmp"' EXIT
 python -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$VERSION"
 top="llama_cpp_python-$VERSION/vendor/llama.cpp"
 tar -xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp" \
-  "$top/convert_hf_to_gguf.py" "$top/conversion" "$top/gguf-py" "$top/LICENSE"
+  "$top/convert_hf_to_gguf.py" "$top/convert_lora_to_gguf.py" "$top/conversion" "$top/gguf-py" "$top/LICENSE"
 rm -rf "$dest"
 mkdir -p "$(dirname "$dest")"
 mv "$tmp/$top" "$dest"

@@ -44,8 +44,31 @@ class WarmModels:
     def __init__(self, keep: int = 1, adapters: int = 4):
         self.keep, self.max_adapters = keep, adapters
         self.vllm_failed = False  # vLLM failed once in this process: transformers answers
+        self.gguf_failed = False  # the same for llama.cpp
         self.bases: dict = {}      # key -> {"loaded", "adapters": {adapter key: name}}
         self._vllm, self._vllm_key = None, None  # the vLLM process and the model it serves
+        self._gguf, self._gguf_key = None, None  # the llama.cpp models and the model they are
+
+    def gguf(self, req: dict):
+        """The llama.cpp chat (core.gguf_chat) for the request's model: its llama.cpp copy made
+        once per model (kept in the cache folder), then loaded once per serving process."""
+        from core.gguf_chat import GgufChat, base_gguf
+        from studio.jobs import model_key
+
+        key = model_key(req)
+        if self._gguf is None or self._gguf_key != key:
+            if self._gguf is not None:
+                self._gguf.close()
+                self._gguf = None
+            _say(progress=t("chat.progress.finding"))
+            folder = base_gguf(_model_config(req),
+                               lambda: _say(progress=t("chat.progress.making_gguf")))
+            _say(progress=t("chat.progress.loading_model"))
+            threads = int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2))
+            self._gguf, self._gguf_key = GgufChat(folder, threads, self.max_adapters), key
+        if req.get("threads"):
+            self._gguf.threads = int(req["threads"])  # each answer uses its request's threads
+        return self._gguf
 
     def vllm(self, req: dict, rank: int):
         """The vLLM process answering for this base model (started, or started again with room
@@ -83,6 +106,9 @@ class WarmModels:
         if self._vllm is not None:
             self._vllm.close()
             self._vllm = None
+        if self._gguf is not None:
+            self._gguf.close()
+            self._gguf = None
 
     def get(self, req: dict):
         """(loaded model, adapter name or None) for a request; loads what is missing."""
@@ -170,6 +196,46 @@ def generate_vllm(req: dict, warm: WarmModels) -> dict:
     return out
 
 
+def generate_gguf(req: dict, warm: WarmModels) -> dict:
+    """generate() answered by llama.cpp (core.gguf_chat): the adapter's answers, then the base
+    model's, streamed as they are written when asked."""
+    from core.models import load_tokenizer
+
+    chat = warm.gguf(req)
+    adapter = req.get("adapter") or None
+    sides = (["adapter", "base"] if req.get("compare_base") else ["adapter"]) if adapter \
+        else ["base"]
+    models = {}
+    for side in sides:
+        models[side] = chat.model(adapter if side == "adapter" else None,
+                                  lambda: _say(progress=t("chat.progress.converting_adapter")))
+    if not req.get("questions"):
+        return {"loaded": True, "engine": "llama.cpp"}
+    tokenizer = load_tokenizer(str(chat.folder), req.get("chat_template") or None)
+    prompts = [_prompt_ids(tokenizer, q, req.get("system") or "") for q in req["questions"]]
+    n = int(req.get("num") or 1)
+    rows = [[] for _ in range(len(sides) * len(prompts) * n)]
+    send = _partial_sender(tokenizer, chat.stops, sides, len(prompts), n) \
+        if req.get("stream") else None
+    _say(progress=t("chat.progress.generating"))
+    for k, side in enumerate(sides):
+        first = k * len(prompts) * n
+
+        def on_tokens(row: int, tokens: list[int], first=first) -> None:
+            rows[first + row] = tokens
+            if send is not None and len(tokens) % 4 == 1:  # every few tokens: the page keeps up
+                send(rows)
+        temperature = req.get("temperature")  # 0: greedy
+        out, _ = chat.answer(models[side], prompts, n, int(req.get("max_new_tokens") or 64),
+                             0.7 if temperature is None else float(temperature),
+                             seed=int(req.get("seed") or 0), on_tokens=on_tokens)
+        rows[first:first + len(out)] = out
+    result = _by_side(tokenizer.batch_decode(rows, skip_special_tokens=True), sides,
+                      len(prompts), n)
+    result["engine"] = "llama.cpp"
+    return result
+
+
 def _by_side(texts: list[str], sides: list[str], questions: int, n: int) -> dict:
     """Answers in batch order (side major, then question, n each) as {side: [[n texts] per
     question]}, the shape of generate()'s result."""
@@ -203,6 +269,7 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
 
     from core.engine_choice import chat_engine
     from core.generation import TransformersEngine
+    from core.gguf_chat import GgufChatError, too_large
     from core.models import resolve_source
 
     # half the cores: a run may be training next to this
@@ -222,6 +289,14 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
             warm.vllm_failed = True
             warm.close()
             _say(progress=t("chat.progress.vllm_failed", error=str(exc)[:200]))
+    elif chat_engine(torch.cuda.is_available()) == "llama.cpp" and not warm.gguf_failed and \
+            not too_large(_model_config(req)):
+        try:
+            return generate_gguf(req, warm)
+        except (GgufChatError, OSError) as exc:  # transformers answers from now on here
+            warm.gguf_failed = True
+            warm.close()
+            _say(progress=t("chat.progress.gguf_failed", error=str(exc)[:200]))
     if not warm.bases:
         _say(progress=t("chat.progress.preparing"))
         resolve_source(req.get("source") or "default")

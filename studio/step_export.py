@@ -273,6 +273,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                 else:
                     if value.get("engine") == "vllm":
                         answered = t("chat.answered.vllm", answered=answered)
+                    elif value.get("engine") == "llama.cpp":
+                        answered = t("chat.answered.llama_cpp", answered=answered)
                     hist_t += [user_turn, {"role": "assistant", "content": value["adapter"][0][0]}]
                     hist_b += [user_turn, {"role": "assistant", "content": value["base"][0][0]}]
                     yield answered, hist_t, hist_b

@@ -1,7 +1,15 @@
-"""Model work in a child process (studio.infer through studio.jobs), on a tiny real model."""
+"""Model work in a child process (studio.infer through studio.jobs), on a tiny real model.
+
+The chat here is transformers' (what answers where llama.cpp is not installed); the llama.cpp
+chat has its own tests (test_gguf_chat.py)."""
 import pytest
 
 from studio.jobs import JobError, run_job, run_job_quietly
+
+
+@pytest.fixture(autouse=True)
+def _transformers_answers(monkeypatch):
+    monkeypatch.setenv("AHA_CHAT_ENGINE", "transformers")  # the model processes inherit it
 
 
 def test_generate_reports_progress_then_completions(tiny_model_dir):

@@ -1,0 +1,313 @@
+"""The chat's llama.cpp engine on a CPU: a run's model answered by llama.cpp, made by llama.cpp's
+own converters.
+
+- The base: the model the run trains on, as its training loads it (for a 4-bit run, the NF4
+  numbers its quantized layers compute with, dequantized exactly), written once per model by
+  `convert_hf_to_gguf.py` as an f16 GGUF into a cache folder (`base_gguf`).
+- Each adapter: `convert_lora_to_gguf.py` on its checkpoint folder (float32, so nothing is
+  rounded), once per folder and file time, into a temporary folder of the serving process.
+- `GgufChat` keeps the base and up to `max_adapters` adapters loaded (each a llama.cpp context on
+  the same memory-mapped base file) and samples with the trainer's rule: temperature only (no
+  top-k, top-p or min-p, no repetition penalty), greedy at temperature 0, each answer from its
+  own seed.
+
+On this project's 2-core CPU an answer pair of 64 tokens each took 1.4 s against 3.2 s for
+transformers on bitsandbytes' packed layout (bench/chat_speed.py), and the greedy answers of a
+trained demo adapter on 30 held-out questions were the same as the evaluation's (transformers)
+in 30 of 30; the base model's in 18 of 30, with the same 13 right (f16 weights and llama.cpp's
+matmuls round differently from the bf16 compute of the transformers path).
+Needs llama-cpp-python and llama.cpp's converters (scripts/setup_export.sh).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+FORMAT = 1  # bump when what base_gguf writes changes: older cache folders are not reused
+LORA_CONVERTER = "convert_lora_to_gguf.py"
+
+
+class GgufChatError(RuntimeError):
+    """llama.cpp could not answer: the caller answers with transformers instead."""
+
+
+def ready() -> bool:
+    """Whether llama.cpp and both of its converters are installed here."""
+    import importlib.util
+
+    from .export import converter
+    script = converter()
+    return importlib.util.find_spec("llama_cpp") is not None and script is not None and \
+        (script.parent / LORA_CONVERTER).exists()
+
+
+def _stamp(path: str) -> list:
+    """What identifies a model folder's weights: its files' names, sizes and times."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [path]
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".json"))
+
+
+MAX_PARAMETERS = 600_000_000  # larger models keep transformers (see too_large)
+
+
+def too_large(model_cfg) -> bool:
+    """Whether the model is past MAX_PARAMETERS, counted from its config without loading it.
+    Its llama.cpp copy is f16 (so that the NF4 numbers survive): a token reads 4x the bytes of
+    the 4-bit layers transformers answers from, which paid off for the built-in 135M model here
+    (bench/chat_speed.py) but is not measured for larger ones; their copy would also take GBs."""
+    from functools import lru_cache
+
+    @lru_cache(maxsize=8)
+    def count(path: str) -> int:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        return sum(p.numel() for p in model.parameters())
+
+    from .models import resolve_source
+    try:
+        return count(resolve_source(model_cfg.source)) > MAX_PARAMETERS
+    except Exception:  # not countable (no such model, an unknown kind): transformers answers
+        return True     # and says what is wrong, as before
+
+
+def cache_folder(model_cfg) -> Path:
+    """The folder of a model's llama.cpp copy: keyed by where its weights are, their files, the
+    precision and keep share it trains at, the llama.cpp release and this module's format."""
+    from .export import LLAMA_CPP_VERSION
+    from .models import cache_dir, resolve_source
+
+    path = resolve_source(model_cfg.source)
+    key = json.dumps([path, _stamp(path), model_cfg.precision,
+                      float(model_cfg.dynamic_keep_share), LLAMA_CPP_VERSION, FORMAT])
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).name or "model")[:40]
+    return cache_dir() / "gguf" / f"{name}-{model_cfg.precision}-" \
+        f"{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def base_gguf(model_cfg, progress: Callable[[], None] = lambda: None) -> Path:
+    """The cache folder holding `base.gguf` (the model as its training loads it) and the
+    config.json and tokenizer files the adapter converter and the prompts need; made once.
+    `progress` is called before the slow part (about half a minute for the built-in model)."""
+    target = cache_folder(model_cfg)
+    if (target / "base.gguf").exists():
+        return target
+    progress()
+    import torch
+
+    from .export import ExportError, convert_to_gguf
+    from .models import load_model, stop_token_ids
+
+    loaded = load_model(model_cfg, lora=False, fast_cpu_generation=False,
+                        device=torch.device("cpu"))
+    model = loaded.model
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = model.dequantize()  # bitsandbytes' own dequantization: the numbers it trains on
+    stops = stop_token_ids(loaded.tokenizer, model)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    model.generation_config.pad_token_id = loaded.tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # built beside the target and renamed, so a crash never leaves half a copy behind
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        hf = tmp / "hf"
+        model.save_pretrained(hf)
+        loaded.tokenizer.save_pretrained(hf)
+        del model, loaded
+        try:
+            convert_to_gguf(hf, tmp / "base.gguf", target.name)
+        except ExportError as exc:
+            raise GgufChatError(str(exc)) from None
+        for f in hf.iterdir():  # all but the weights: the LoRA converter reads the config
+            if f.suffix != ".safetensors":
+                f.rename(tmp / f.name)
+        shutil.rmtree(hf)
+        (tmp / "stops.json").write_text(json.dumps(stops))
+        try:
+            tmp.rename(target)
+        except OSError:  # made meanwhile by another process: theirs is as good
+            if not (target / "base.gguf").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_adapter(adapter: str | Path, base: Path, out: Path) -> None:
+    """llama.cpp's `convert_lora_to_gguf.py` on a peft adapter folder, run in this process: its
+    imports (torch, the converter's model classes) then cost once, about 3.6 s, and each later
+    adapter about 0.1 s, against 6.7 s for every one in a child process (measured here). Its
+    output goes to stderr; stdout carries this process's answers."""
+    import contextlib
+    import runpy
+
+    from .export import converter
+
+    script = converter().parent / LORA_CONVERTER
+    argv, path = sys.argv, list(sys.path)
+    sys.path.insert(0, str(script.parent))  # its own modules, as when it runs as a script
+    sys.argv = [str(script), "--base", str(base), "--outtype", "f32", "--outfile", str(out),
+                str(adapter)]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            runpy.run_path(str(script), run_name="__main__")
+        status = 0
+    except SystemExit as exc:
+        status = exc.code or 0
+    except Exception as exc:  # the converter's own checks raise (an unsupported layer, ...)
+        reason = re.sub(r"(/[^\s/:'\"]+)+/?", "…", str(exc).splitlines()[0] if str(exc) else
+                        type(exc).__name__)  # no paths of this machine
+        raise GgufChatError(f"the adapter could not be converted: {reason[:200]}") from None
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    if status or not out.exists():
+        raise GgufChatError(f"the adapter could not be converted (exit status {status})")
+
+
+def unsupported(adapter: str | Path) -> str | None:
+    """Why llama.cpp would answer wrongly for this adapter, or None: its converter writes one
+    alpha and llama.cpp scales by alpha / rank, so rsLoRA, per-layer ranks or alphas and DoRA
+    would come out silently different."""
+    try:
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return "the adapter's adapter_config.json cannot be read"
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        return "the adapter is not a LoRA adapter"
+    for key, what in (("use_rslora", "rsLoRA"), ("use_dora", "DoRA"),
+                      ("rank_pattern", "per-layer ranks"), ("alpha_pattern", "per-layer alphas")):
+        if config.get(key):
+            return f"llama.cpp does not apply {what} adapters"
+    return None
+
+
+class GgufChat:
+    """A model kept loaded in llama.cpp for the chat: its base and its adapters by folder and
+    file time (a checkpoint written again is converted again), at most `max_adapters`."""
+
+    def __init__(self, folder: Path, threads: int, max_adapters: int = 4, n_ctx: int = 4096):
+        from .export import _silence_llama_cpp
+
+        _silence_llama_cpp()
+        self.folder, self.threads, self.max_adapters = folder, threads, max_adapters
+        self.stops = set(json.loads((folder / "stops.json").read_text()))
+        try:
+            limit = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+        except (OSError, ValueError):
+            limit = None
+        self.n_ctx = min(n_ctx, int(limit)) if limit else n_ctx
+        self._tmp = Path(tempfile.mkdtemp(prefix="aha-lora-"))
+        self._models: dict = {}  # None (the base) or adapter key -> llama.cpp model
+
+    def _load(self, lora: Path | None):
+        from llama_cpp import Llama
+        try:
+            return Llama(model_path=str(self.folder / "base.gguf"), n_ctx=self.n_ctx,
+                         n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
+                         lora_path=str(lora) if lora else None, seed=0)
+        except (ValueError, RuntimeError) as exc:  # llama.cpp refused the file
+            raise GgufChatError(str(exc)[:200]) from None
+
+    @staticmethod
+    def adapter_key(adapter: str) -> tuple:
+        weights = Path(adapter) / "adapter_model.safetensors"
+        return (str(Path(adapter).resolve()),
+                weights.stat().st_mtime_ns if weights.exists() else 0)
+
+    def has(self, adapter: str | None) -> bool:
+        return (self.adapter_key(adapter) if adapter else None) in self._models
+
+    def model(self, adapter: str | None, progress: Callable[[], None] = lambda: None):
+        """The llama.cpp model answering for `adapter` (None: the base), loaded when missing."""
+        key = self.adapter_key(adapter) if adapter else None
+        found = self._models.pop(key, None)
+        if found is None:
+            lora = None
+            if adapter:
+                refused = unsupported(adapter)
+                if refused:
+                    raise GgufChatError(refused)
+                progress()
+                lora = self._tmp / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.gguf"
+                convert_adapter(adapter, self.folder, lora)
+            found = self._load(lora)
+            if lora:
+                lora.unlink(missing_ok=True)  # read into memory by now
+            adapters = [k for k in self._models if k is not None]
+            while adapters and len(adapters) >= self.max_adapters:  # least recently used first
+                self._models.pop(adapters.pop(0)).close()
+        self._models[key] = found
+        return found
+
+    def answer(self, model, prompts: list[list[int]], n: int, max_new_tokens: int,
+               temperature: float, seed: int = 0,
+               on_tokens: Callable[[int, list[int]], None] | None = None,
+               min_new_tokens: int = 0) -> tuple[list[list[int]], list[bool]]:
+        """n answers per prompt (prompt major): (token ids without the stop token, whether each
+        was cut at max_new_tokens). `on_tokens(row, tokens so far)` is called as they come;
+        `min_new_tokens` keeps the stop tokens out until that many are written (benchmarks)."""
+        import llama_cpp
+
+        rows, cut = [], []
+        greedy = temperature <= 0
+        # the threads of this request (fewer while a run trains beside it)
+        llama_cpp.llama_set_n_threads(model.ctx, self.threads, self.threads)
+        processors = None
+        if min_new_tokens > 0:
+            import numpy as np
+            from llama_cpp import LogitsProcessorList
+
+            stops = sorted(self.stops | {model.token_eos()})
+            written = [0]
+
+            def no_stop_yet(_ids, scores):
+                if written[0] < min_new_tokens:
+                    scores = scores.copy()
+                    scores[stops] = -np.inf
+                return scores
+            processors = LogitsProcessorList([no_stop_yet])
+        for i, prompt in enumerate(prompts):
+            if len(prompt) + max_new_tokens > self.n_ctx:
+                raise GgufChatError(f"the question and answer would not fit into {self.n_ctx} "
+                                    f"tokens")
+            for j in range(n):
+                model.set_seed((int(seed) * 1_000_003 + i * n + j) % 2**31)
+                tokens, stopped = [], False
+                if processors is not None:
+                    written[0] = 0
+                for token in model.generate(prompt, top_k=0, top_p=1.0, min_p=0.0,
+                                            typical_p=1.0, temp=0.0 if greedy else temperature,
+                                            repeat_penalty=1.0, reset=True,
+                                            logits_processor=processors):
+                    if token in self.stops or llama_cpp.llama_vocab_is_eog(model._model.vocab,
+                                                                            token):
+                        stopped = True
+                        break
+                    tokens.append(token)
+                    if processors is not None:
+                        written[0] = len(tokens)
+                    if on_tokens is not None:
+                        on_tokens(len(rows), tokens)
+                    if len(tokens) >= max_new_tokens:
+                        break
+                rows.append(tokens)
+                cut.append(not stopped)
+        return rows, cut
+
+    def close(self) -> None:
+        for m in self._models.values():
+            m.close()
+        self._models.clear()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
