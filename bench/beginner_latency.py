@@ -13,6 +13,10 @@ demo, Start. Measured, in one run on the built-in model:
   and what a beginner who asks at once waits for the first answer: the load, then the answer.
   Target on a 2-core CPU: the second answer at most 0.1x the first asked at once.
 
+Where llama.cpp is installed the chat answers through it (core.gguf_chat); its copy of the
+built-in model is made once per machine (kept in the cache folder), so the JSON says whether it
+was there before this run (then "ready" holds the adapter's conversion and the load only).
+
 The JSON names the machine and its load before and after (a busy machine makes every figure
 longer).
 
@@ -66,6 +70,11 @@ def main() -> int:
                               stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     load_before = os.getloadavg()
+    from core.config import ModelConfig
+    from core.engine_choice import chat_engine
+    from core.gguf_chat import cache_folder
+    copy_made_before = (cache_folder(ModelConfig(source="default", precision="4bit"))
+                        / "base.gguf").exists()
     result: dict = {}
     try:
         wait_until(lambda: _answers(url), 120, "the studio to start")
@@ -153,6 +162,7 @@ def main() -> int:
            "load_average_1min": {"before": round(load_before[0], 2),
                                  "after": round(os.getloadavg()[0], 2)},
            "path": "sample data, proposed rewards, quick demo preset, built-in model",
+           "chat_engine": chat_engine(False), "llama_cpp_copy_made_before": copy_made_before,
            **result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -192,6 +193,19 @@ def unsupported(adapter: str | Path) -> str | None:
     return None
 
 
+def free_threads(wanted: int) -> int:
+    """The threads an answer takes: the request's (fewer while a run trains beside it), and no
+    more than the cores the last minute's load left idle. llama.cpp's threads wait for each
+    other by spinning, so on a busy CPU more threads are slower: with both cores of this 2-core
+    machine busy with training, 48 tokens took 1.0-1.2 s on one thread, 2.6-4.1 s on two."""
+    try:
+        busy = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return max(1, wanted)
+    return max(1, min(wanted, cores - int(round(busy))))
+
+
 class GgufChat:
     """A model kept loaded in llama.cpp for the chat: its base and its adapters by folder and
     file time (a checkpoint written again is converted again), at most `max_adapters`."""
@@ -209,6 +223,8 @@ class GgufChat:
         self.n_ctx = min(n_ctx, int(limit)) if limit else n_ctx
         self._tmp = Path(tempfile.mkdtemp(prefix="aha-lora-"))
         self._models: dict = {}  # None (the base) or adapter key -> llama.cpp model
+        self._tokenizers: dict = {}  # chat template -> tokenizer
+        self.share_cpu = True  # fewer threads when the CPU is busy (free_threads)
 
     def _load(self, lora: Path | None):
         from llama_cpp import Llama
@@ -218,6 +234,16 @@ class GgufChat:
                          lora_path=str(lora) if lora else None, seed=0)
         except (ValueError, RuntimeError) as exc:  # llama.cpp refused the file
             raise GgufChatError(str(exc)[:200]) from None
+
+    def tokenizer(self, chat_template: str | None = None):
+        """The model's tokenizer (with the run's chat template), loaded once."""
+        from .models import load_tokenizer
+
+        found = self._tokenizers.get(chat_template)
+        if found is None:
+            found = self._tokenizers[chat_template] = load_tokenizer(str(self.folder),
+                                                                     chat_template)
+        return found
 
     @staticmethod
     def adapter_key(adapter: str) -> tuple:
@@ -250,59 +276,68 @@ class GgufChat:
         self._models[key] = found
         return found
 
-    def answer(self, model, prompts: list[list[int]], n: int, max_new_tokens: int,
+    def answer(self, models: list, prompts: list[list[int]], n: int, max_new_tokens: int,
                temperature: float, seed: int = 0,
                on_tokens: Callable[[int, list[int]], None] | None = None,
                min_new_tokens: int = 0) -> tuple[list[list[int]], list[bool]]:
-        """n answers per prompt (prompt major): (token ids without the stop token, whether each
-        was cut at max_new_tokens). `on_tokens(row, tokens so far)` is called as they come;
-        `min_new_tokens` keeps the stop tokens out until that many are written (benchmarks)."""
+        """n answers per prompt from each model (model major, then prompt, n each): (token ids
+        without the stop token, whether each was cut at max_new_tokens). The models write the
+        same answer slot in turn, a token each, so that side-by-side answers grow together;
+        answer j of prompt i draws from the same seed in every model (only the model differs).
+        `on_tokens(row, tokens so far)` is called as they come; `min_new_tokens` keeps the stop
+        tokens out until that many are written (benchmarks)."""
         import llama_cpp
 
-        rows, cut = [], []
+        per_model = len(prompts) * n
+        rows: list[list[int]] = [[] for _ in range(len(models) * per_model)]
+        cut = [True] * len(rows)
         greedy = temperature <= 0
-        # the threads of this request (fewer while a run trains beside it)
-        llama_cpp.llama_set_n_threads(model.ctx, self.threads, self.threads)
-        processors = None
-        if min_new_tokens > 0:
-            import numpy as np
-            from llama_cpp import LogitsProcessorList
-
-            stops = sorted(self.stops | {model.token_eos()})
-            written = [0]
-
-            def no_stop_yet(_ids, scores):
-                if written[0] < min_new_tokens:
-                    scores = scores.copy()
-                    scores[stops] = -np.inf
-                return scores
-            processors = LogitsProcessorList([no_stop_yet])
-        for i, prompt in enumerate(prompts):
+        threads = free_threads(self.threads) if self.share_cpu else self.threads
+        for model in models:
+            llama_cpp.llama_set_n_threads(model.ctx, threads, threads)
+        for prompt in prompts:
             if len(prompt) + max_new_tokens > self.n_ctx:
                 raise GgufChatError(f"the question and answer would not fit into {self.n_ctx} "
                                     f"tokens")
+
+        def processors(row: int):
+            if min_new_tokens <= 0:
+                return None
+            import numpy as np
+            from llama_cpp import LogitsProcessorList
+
+            stops = sorted(self.stops | {models[0].token_eos()})
+
+            def no_stop_yet(_ids, scores):
+                if len(rows[row]) < min_new_tokens:
+                    scores = scores.copy()
+                    scores[stops] = -np.inf
+                return scores
+            return LogitsProcessorList([no_stop_yet])
+
+        for i, prompt in enumerate(prompts):
             for j in range(n):
-                model.set_seed((int(seed) * 1_000_003 + i * n + j) % 2**31)
-                tokens, stopped = [], False
-                if processors is not None:
-                    written[0] = 0
-                for token in model.generate(prompt, top_k=0, top_p=1.0, min_p=0.0,
-                                            typical_p=1.0, temp=0.0 if greedy else temperature,
-                                            repeat_penalty=1.0, reset=True,
-                                            logits_processor=processors):
-                    if token in self.stops or llama_cpp.llama_vocab_is_eog(model._model.vocab,
-                                                                            token):
-                        stopped = True
-                        break
-                    tokens.append(token)
-                    if processors is not None:
-                        written[0] = len(tokens)
-                    if on_tokens is not None:
-                        on_tokens(len(rows), tokens)
-                    if len(tokens) >= max_new_tokens:
-                        break
-                rows.append(tokens)
-                cut.append(not stopped)
+                live = {}
+                for k, model in enumerate(models):
+                    row = k * per_model + i * n + j
+                    model.set_seed((int(seed) * 1_000_003 + i * n + j) % 2**31)
+                    live[row] = (model, model.generate(
+                        prompt, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+                        temp=0.0 if greedy else temperature, repeat_penalty=1.0, reset=True,
+                        logits_processor=processors(row)))
+                while live:
+                    for row, (model, tokens) in list(live.items()):
+                        token = next(tokens, None)
+                        if token is None or token in self.stops or \
+                                llama_cpp.llama_vocab_is_eog(model._model.vocab, token):
+                            cut[row] = False
+                            del live[row]
+                            continue
+                        rows[row].append(token)
+                        if on_tokens is not None:
+                            on_tokens(row, rows[row])
+                        if len(rows[row]) >= max_new_tokens:
+                            del live[row]
         return rows, cut
 
     def close(self) -> None:

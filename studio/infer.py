@@ -197,39 +197,38 @@ def generate_vllm(req: dict, warm: WarmModels) -> dict:
 
 
 def generate_gguf(req: dict, warm: WarmModels) -> dict:
-    """generate() answered by llama.cpp (core.gguf_chat): the adapter's answers, then the base
-    model's, streamed as they are written when asked."""
-    from core.models import load_tokenizer
+    """generate() answered by llama.cpp (core.gguf_chat): the adapter's and the base model's
+    answers written side by side, a token each in turn, streamed as they grow when asked."""
+    import time
 
     chat = warm.gguf(req)
     adapter = req.get("adapter") or None
     sides = (["adapter", "base"] if req.get("compare_base") else ["adapter"]) if adapter \
         else ["base"]
-    models = {}
-    for side in sides:
-        models[side] = chat.model(adapter if side == "adapter" else None,
-                                  lambda: _say(progress=t("chat.progress.converting_adapter")))
+    models = [chat.model(adapter if side == "adapter" else None,
+                         lambda: _say(progress=t("chat.progress.converting_adapter")))
+              for side in sides]
     if not req.get("questions"):
         return {"loaded": True, "engine": "llama.cpp"}
-    tokenizer = load_tokenizer(str(chat.folder), req.get("chat_template") or None)
+    tokenizer = chat.tokenizer(req.get("chat_template") or None)
     prompts = [_prompt_ids(tokenizer, q, req.get("system") or "") for q in req["questions"]]
     n = int(req.get("num") or 1)
     rows = [[] for _ in range(len(sides) * len(prompts) * n)]
     send = _partial_sender(tokenizer, chat.stops, sides, len(prompts), n) \
         if req.get("stream") else None
-    _say(progress=t("chat.progress.generating"))
-    for k, side in enumerate(sides):
-        first = k * len(prompts) * n
+    last = [0.0]
 
-        def on_tokens(row: int, tokens: list[int], first=first) -> None:
-            rows[first + row] = tokens
-            if send is not None and len(tokens) % 4 == 1:  # every few tokens: the page keeps up
-                send(rows)
-        temperature = req.get("temperature")  # 0: greedy
-        out, _ = chat.answer(models[side], prompts, n, int(req.get("max_new_tokens") or 64),
-                             0.7 if temperature is None else float(temperature),
-                             seed=int(req.get("seed") or 0), on_tokens=on_tokens)
-        rows[first:first + len(out)] = out
+    def on_tokens(row: int, tokens: list[int]) -> None:
+        rows[row] = tokens
+        if send is not None and time.monotonic() - last[0] >= 0.2:  # the page keeps up
+            send(rows)
+            last[0] = time.monotonic()
+
+    _say(progress=t("chat.progress.generating"))
+    temperature = req.get("temperature")  # 0: greedy
+    rows, _ = chat.answer(models, prompts, n, int(req.get("max_new_tokens") or 64),
+                          0.7 if temperature is None else float(temperature),
+                          seed=int(req.get("seed") or 0), on_tokens=on_tokens)
     result = _by_side(tokenizer.batch_decode(rows, skip_special_tokens=True), sides,
                       len(prompts), n)
     result["engine"] = "llama.cpp"
