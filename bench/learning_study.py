@@ -85,6 +85,12 @@ for _level in (1, 2, 3, 4):
         + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in QUALITY_LEVELS[_level].items()),
         {**SHIPPED_NOW, **QUALITY_LEVELS[_level]}, True)
 
+# Level 1 as it was before the 100-step sweep: 1 question a step (one seed of 3 collapsed).
+SETTINGS["quality1_1q"] = ("the slider's level 1 as it was: 4 answers to 1 question a step, "
+                           "32 tokens", {**SHIPPED_NOW, "grpo.num_generations": 4,
+                                         "grpo.prompts_per_step": 1,
+                                         "grpo.max_completion_length": 32}, True)
+
 
 # Settings on another example than the classroom demo: name -> its config (run as shipped,
 # plus the overrides; the demo's SHIPPED values are not applied to them).
