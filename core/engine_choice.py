@@ -81,7 +81,7 @@ def chat_engine(gpu: bool) -> str:
     """Which engine answers the studio's chat and previews: AHA_CHAT_ENGINE when set
     (transformers, llama.cpp or vllm); else vLLM on a GPU when it is installed (one process keeps
     the base model and serves every adapter asked for, several in one batch); on a CPU llama.cpp
-    when it is installed (scripts/setup_export.sh; core.gguf_chat: an answer pair 2.3x as fast
+    when it is installed (scripts/setup_export.sh; core.gguf_chat: an answer pair 1.96x as fast
     as transformers here, bench/results/chat_speed_cpu_avx512bf16.json), else transformers. vLLM
     answers on a CPU only when AHA_VLLM_CHAT_ON_CPU=1: it starts in about half a minute, takes
     about 3x the memory and answered no faster (bench/results/chat_speed_cpu.json)."""

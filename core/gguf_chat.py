@@ -3,15 +3,17 @@ own converters.
 
 - The base: the model the run trains on, as its training loads it (for a 4-bit run, the NF4
   numbers its quantized layers compute with, dequantized exactly), written once per model by
-  `convert_hf_to_gguf.py` as an f16 GGUF into a cache folder (`base_gguf`).
+  `convert_hf_to_gguf.py` as an f16 GGUF into a cache folder (`base_gguf`; one process builds
+  it, others wait for it).
 - Each adapter: `convert_lora_to_gguf.py` on its checkpoint folder (float32, so nothing is
-  rounded), once per folder and file time, into a temporary folder of the serving process.
-- `GgufChat` keeps the base and up to `max_adapters` adapters loaded (each a llama.cpp context on
-  the same memory-mapped base file) and samples with the trainer's rule: temperature only (no
-  top-k, top-p or min-p, no repetition penalty), greedy at temperature 0, each answer from its
-  own seed.
+  rounded), once per folder and file time.
+- `GgufChat` keeps two llama.cpp contexts on the one memory-mapped base file, one answering as
+  the base model and one with the chosen adapter applied (up to `max_adapters` adapters loaded,
+  switched without reloading anything), and samples with the trainer's rule: temperature only
+  (no top-k, top-p or min-p, no repetition penalty), greedy at temperature 0, each answer from
+  its own seed.
 
-On this project's 2-core CPU an answer pair of 64 tokens each took 1.4 s against 3.2 s for
+On this project's 2-core CPU an answer pair of 64 tokens each took 1.65 s against 3.24 s for
 transformers on bitsandbytes' packed layout (bench/chat_speed.py), and the greedy answers of a
 trained demo adapter on 30 held-out questions were the same as the evaluation's (transformers)
 in 30 of 30; the base model's in 18 of 30, with the same 13 right (f16 weights and llama.cpp's
@@ -20,6 +22,7 @@ Needs llama-cpp-python and llama.cpp's converters (scripts/setup_export.sh).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,12 +33,22 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-FORMAT = 1  # bump when what base_gguf writes changes: older cache folders are not reused
+FORMAT = 2  # bump when what base_gguf writes changes: older cache folders are not reused
 LORA_CONVERTER = "convert_lora_to_gguf.py"
 
 
 class GgufChatError(RuntimeError):
-    """llama.cpp could not answer: the caller answers with transformers instead."""
+    """llama.cpp could not answer: the caller answers with transformers instead, for this
+    request only (`request_only`: this adapter or this question) or from now on."""
+
+    def __init__(self, message: str, request_only: bool = False):
+        super().__init__(no_paths(message))
+        self.request_only = request_only
+
+
+def no_paths(text: str) -> str:
+    """A message without this machine's paths in it (the page shows it)."""
+    return re.sub(r"(/[^\s/:'\"]+)+/?", "…", str(text))[:300]
 
 
 def ready() -> bool:
@@ -57,7 +70,7 @@ def _stamp(path: str) -> list:
                   for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".json"))
 
 
-MAX_PARAMETERS = 600_000_000  # larger models keep transformers (see too_large)
+MAX_PARAMETERS = 500_000_000  # larger models keep transformers (see too_large)
 
 
 def too_large(model_cfg) -> bool:
@@ -65,22 +78,21 @@ def too_large(model_cfg) -> bool:
     Its llama.cpp copy is f16 (so that the NF4 numbers survive): a token reads 4x the bytes of
     the 4-bit layers transformers answers from, which paid off for the built-in 135M model here
     (bench/chat_speed.py) but is not measured for larger ones; their copy would also take GBs."""
-    from functools import lru_cache
-
-    @lru_cache(maxsize=8)
-    def count(path: str) -> int:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-        return sum(p.numel() for p in model.parameters())
-
     from .models import resolve_source
     try:
-        return count(resolve_source(model_cfg.source)) > MAX_PARAMETERS
+        return _parameters(resolve_source(model_cfg.source)) > MAX_PARAMETERS
     except Exception:  # not countable (no such model, an unknown kind): transformers answers
         return True     # and says what is wrong, as before
+
+
+@functools.lru_cache(maxsize=16)
+def _parameters(path: str) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return sum(p.numel() for p in model.parameters())
 
 
 def cache_folder(model_cfg) -> Path:
@@ -101,14 +113,53 @@ def base_gguf(model_cfg, progress: Callable[[], None] = lambda: None) -> Path:
     """The cache folder holding `base.gguf` (the model as its training loads it) and the
     config.json and tokenizer files the adapter converter and the prompts need; made once.
     `progress` is called before the slow part (about half a minute for the built-in model)."""
+    import fcntl
+
     target = cache_folder(model_cfg)
     if (target / "base.gguf").exists():
         return target
-    progress()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        if _try_lock(lock):
+            if (target / "base.gguf").exists():
+                return target
+        else:  # another process builds it: wait for theirs
+            progress()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (target / "base.gguf").exists():
+                return target
+        _sweep(target.parent)
+        progress()
+        _build(model_cfg, target)
+    return target
+
+
+def _try_lock(lock) -> bool:
+    import fcntl
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _sweep(parent: Path, hours: float = 1.0) -> None:
+    """Half-built copies left by a process that was killed while building (older than an hour;
+    a build takes about half a minute for the built-in model)."""
+    import time
+    for old in parent.glob(".*-*"):
+        try:
+            if old.is_dir() and time.time() - old.stat().st_mtime > hours * 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _build(model_cfg, target: Path) -> None:
     import torch
 
     from .export import ExportError, convert_to_gguf
-    from .models import load_model, stop_token_ids
+    from .models import load_model, load_tokenizer, resolve_source, stop_token_ids
 
     loaded = load_model(model_cfg, lora=False, fast_cpu_generation=False,
                         device=torch.device("cpu"))
@@ -118,13 +169,13 @@ def base_gguf(model_cfg, progress: Callable[[], None] = lambda: None) -> Path:
     stops = stop_token_ids(loaded.tokenizer, model)
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = loaded.tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
     # built beside the target and renamed, so a crash never leaves half a copy behind
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         hf = tmp / "hf"
         model.save_pretrained(hf)
-        loaded.tokenizer.save_pretrained(hf)
+        # the model's own tokenizer: each run's chat template is applied when it asks
+        load_tokenizer(resolve_source(model_cfg.source)).save_pretrained(hf)
         del model, loaded
         try:
             convert_to_gguf(hf, tmp / "base.gguf", target.name)
@@ -135,14 +186,11 @@ def base_gguf(model_cfg, progress: Callable[[], None] = lambda: None) -> Path:
                 f.rename(tmp / f.name)
         shutil.rmtree(hf)
         (tmp / "stops.json").write_text(json.dumps(stops))
-        try:
-            tmp.rename(target)
-        except OSError:  # made meanwhile by another process: theirs is as good
-            if not (target / "base.gguf").exists():
-                raise
+        if target.exists():  # a copy without its file, from before: replaced
+            shutil.rmtree(target)
+        tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def convert_adapter(adapter: str | Path, base: Path, out: Path) -> None:
@@ -167,13 +215,14 @@ def convert_adapter(adapter: str | Path, base: Path, out: Path) -> None:
     except SystemExit as exc:
         status = exc.code or 0
     except Exception as exc:  # the converter's own checks raise (an unsupported layer, ...)
-        reason = re.sub(r"(/[^\s/:'\"]+)+/?", "…", str(exc).splitlines()[0] if str(exc) else
-                        type(exc).__name__)  # no paths of this machine
-        raise GgufChatError(f"the adapter could not be converted: {reason[:200]}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GgufChatError(f"the adapter could not be converted: {reason[:200]}",
+                            request_only=True) from None
     finally:
         sys.argv, sys.path[:] = argv, path
     if status or not out.exists():
-        raise GgufChatError(f"the adapter could not be converted (exit status {status})")
+        raise GgufChatError(f"the adapter could not be converted (exit status {status})",
+                            request_only=True)
 
 
 def unsupported(adapter: str | Path) -> str | None:
@@ -193,25 +242,52 @@ def unsupported(adapter: str | Path) -> str | None:
     return None
 
 
-def free_threads(wanted: int) -> int:
-    """The threads an answer takes: the request's (fewer while a run trains beside it), and no
-    more than the cores the last minute's load left idle. llama.cpp's threads wait for each
-    other by spinning, so on a busy CPU more threads are slower: with both cores of this 2-core
-    machine busy with training, 48 tokens took 1.0-1.2 s on one thread, 2.6-4.1 s on two."""
+def _alive(pid: int) -> bool:
     try:
-        busy = os.getloadavg()[0]
-        cores = len(os.sched_getaffinity(0))
-    except (OSError, AttributeError):
-        return max(1, wanted)
-    return max(1, min(wanted, cores - int(round(busy))))
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's: alive
+
+
+class CpuShare:
+    """The threads an answer takes: the request's (fewer while a run trains beside it), and no
+    more than the cores the last minute's load left idle, not counting this process's own part
+    of that load. llama.cpp's threads wait for each other by spinning, so on a busy CPU more
+    threads are slower: with both cores of this 2-core machine busy with training, 48 tokens
+    took 1.0-1.2 s on one thread, 2.6-4.1 s on two."""
+
+    def __init__(self):
+        import time
+        self._mark = (time.monotonic(), time.process_time())
+
+    def threads(self, wanted: int) -> int:
+        import time
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._mark
+        self._mark = (now, cpu)
+        # this process's share of the load: its CPU seconds per second since the last answer
+        own = (cpu - cpu_then) / (now - then) if 0 < now - then < 60 else 0.0
+        try:
+            busy = max(0.0, os.getloadavg()[0] - own)
+            cores = len(os.sched_getaffinity(0))
+        except (OSError, AttributeError):
+            return max(1, wanted)
+        return max(1, min(wanted, cores - int(round(busy))))
 
 
 class GgufChat:
-    """A model kept loaded in llama.cpp for the chat: its base and its adapters by folder and
-    file time (a checkpoint written again is converted again), at most `max_adapters`."""
+    """A model kept loaded in llama.cpp for the chat: two contexts on its one memory-mapped file
+    (llama-cpp-python reads the whole file into memory for a context made with an adapter, so
+    the adapters are applied to a plain context instead), the base model's and one that answers
+    with the chosen adapter; adapters by folder and file time (a checkpoint written again is
+    converted again), at most `max_adapters` loaded."""
 
-    def __init__(self, folder: Path, threads: int, max_adapters: int = 4, n_ctx: int = 4096):
+    def __init__(self, folder: Path, threads: int, max_adapters: int = 4, n_ctx: int = 2048):
         from .export import _silence_llama_cpp
+        from .models import cache_dir
 
         _silence_llama_cpp()
         self.folder, self.threads, self.max_adapters = folder, threads, max_adapters
@@ -221,19 +297,29 @@ class GgufChat:
         except (OSError, ValueError):
             limit = None
         self.n_ctx = min(n_ctx, int(limit)) if limit else n_ctx
-        self._tmp = Path(tempfile.mkdtemp(prefix="aha-lora-"))
-        self._models: dict = {}  # None (the base) or adapter key -> llama.cpp model
+        work = cache_dir() / "gguf" / "adapters"
+        work.mkdir(parents=True, exist_ok=True)
+        for old in work.glob("*-*"):  # left by a model process that was killed
+            pid = old.name.split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=work))
+        self.share_cpu = True  # fewer threads when the CPU is busy (CpuShare)
+        self._cpu = CpuShare()
+        self._base = self._load()
+        self._tuned = None        # the context answering with an adapter, made when first asked
+        self._adapters: dict = {}  # adapter key -> llama.cpp adapter, least recently used first
+        self._applied = None      # the key of the adapter the tuned context answers with
         self._tokenizers: dict = {}  # chat template -> tokenizer
-        self.share_cpu = True  # fewer threads when the CPU is busy (free_threads)
 
-    def _load(self, lora: Path | None):
+    def _load(self):
         from llama_cpp import Llama
         try:
             return Llama(model_path=str(self.folder / "base.gguf"), n_ctx=self.n_ctx,
                          n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
-                         lora_path=str(lora) if lora else None, seed=0)
+                         seed=0)
         except (ValueError, RuntimeError) as exc:  # llama.cpp refused the file
-            raise GgufChatError(str(exc)[:200]) from None
+            raise GgufChatError(str(exc)) from None
 
     def tokenizer(self, chat_template: str | None = None):
         """The model's tokenizer (with the run's chat template), loaded once."""
@@ -247,34 +333,66 @@ class GgufChat:
 
     @staticmethod
     def adapter_key(adapter: str) -> tuple:
-        weights = Path(adapter) / "adapter_model.safetensors"
-        return (str(Path(adapter).resolve()),
-                weights.stat().st_mtime_ns if weights.exists() else 0)
-
-    def has(self, adapter: str | None) -> bool:
-        return (self.adapter_key(adapter) if adapter else None) in self._models
+        folder = Path(adapter)
+        stamps = [(f.name, f.stat().st_mtime_ns) for f in sorted(folder.glob("adapter_model.*"))]
+        return (str(folder.resolve()), tuple(stamps))
 
     def model(self, adapter: str | None, progress: Callable[[], None] = lambda: None):
-        """The llama.cpp model answering for `adapter` (None: the base), loaded when missing."""
-        key = self.adapter_key(adapter) if adapter else None
-        found = self._models.pop(key, None)
+        """What answers for `adapter` (None: the base model), converted and loaded when missing;
+        pass it to answer()."""
+        import llama_cpp
+
+        if not adapter:
+            return (self._base, None)
+        key = self.adapter_key(adapter)
+        found = self._adapters.pop(key, None)
         if found is None:
-            lora = None
-            if adapter:
-                refused = unsupported(adapter)
-                if refused:
-                    raise GgufChatError(refused)
-                progress()
-                lora = self._tmp / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.gguf"
+            refused = unsupported(adapter)
+            if refused:
+                raise GgufChatError(refused, request_only=True)
+            progress()
+            if self._tuned is None:
+                self._tuned = self._load()
+            lora = self._tmp / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.gguf"
+            try:
                 convert_adapter(adapter, self.folder, lora)
-            found = self._load(lora)
-            if lora:
+                found = llama_cpp.llama_adapter_lora_init(self._tuned.model,
+                                                          str(lora).encode("utf-8"))
+            finally:
                 lora.unlink(missing_ok=True)  # read into memory by now
-            adapters = [k for k in self._models if k is not None]
-            while adapters and len(adapters) >= self.max_adapters:  # least recently used first
-                self._models.pop(adapters.pop(0)).close()
-        self._models[key] = found
-        return found
+            if not found:
+                raise GgufChatError("llama.cpp could not load the converted adapter",
+                                    request_only=True)
+            while len(self._adapters) >= self.max_adapters:  # least recently used first
+                old_key, old = next(iter(self._adapters.items()))
+                del self._adapters[old_key]
+                if self._applied == old_key:
+                    self._apply(None)
+                llama_cpp.llama_adapter_lora_free(old)
+        self._adapters[key] = found
+        return (self._tuned, key)
+
+    def _apply(self, key) -> None:
+        """The tuned context answers with adapter `key` (None: with none); what it had computed
+        for another adapter is dropped."""
+        import ctypes
+
+        import llama_cpp
+
+        if key == self._applied:
+            return
+        ctx = self._tuned.ctx
+        if key is None:
+            status = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[key])
+            status = llama_cpp.llama_set_adapters_lora(ctx, adapters, 1,
+                                                       (ctypes.c_float * 1)(1.0))
+        if status:
+            raise GgufChatError(f"llama.cpp could not apply the adapter (status {status})")
+        self._tuned.reset()             # no cached prompt computed with the other adapter
+        self._tuned._ctx.kv_cache_clear()
+        self._applied = key
 
     def answer(self, models: list, prompts: list[list[int]], n: int, max_new_tokens: int,
                temperature: float, seed: int = 0,
@@ -288,17 +406,18 @@ class GgufChat:
         tokens out until that many are written (benchmarks)."""
         import llama_cpp
 
+        models = [self._ready(m) for m in models]
         per_model = len(prompts) * n
         rows: list[list[int]] = [[] for _ in range(len(models) * per_model)]
         cut = [True] * len(rows)
         greedy = temperature <= 0
-        threads = free_threads(self.threads) if self.share_cpu else self.threads
+        threads = self._cpu.threads(self.threads) if self.share_cpu else self.threads
         for model in models:
             llama_cpp.llama_set_n_threads(model.ctx, threads, threads)
         for prompt in prompts:
             if len(prompt) + max_new_tokens > self.n_ctx:
                 raise GgufChatError(f"the question and answer would not fit into {self.n_ctx} "
-                                    f"tokens")
+                                    f"tokens", request_only=True)
 
         def processors(row: int):
             if min_new_tokens <= 0:
@@ -340,9 +459,21 @@ class GgufChat:
                             del live[row]
         return rows, cut
 
+    def _ready(self, model: tuple):
+        """The llama.cpp model of a model() handle, its adapter applied."""
+        llm, key = model
+        if key is not None:
+            if key not in self._adapters:
+                raise GgufChatError("the adapter was unloaded meanwhile", request_only=True)
+            self._apply(key)
+        return llm
+
     def close(self) -> None:
-        for m in self._models.values():
-            m.close()
-        self._models.clear()
+        """Frees both contexts and the model (llama.cpp frees the adapters with it)."""
+        for llm in (self._tuned, self._base):
+            if llm is not None:
+                llm.close()
+        self._tuned = None
+        self._adapters.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
 

@@ -268,7 +268,7 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
 
     from core.engine_choice import chat_engine
     from core.generation import TransformersEngine
-    from core.gguf_chat import GgufChatError, too_large
+    from core.gguf_chat import GgufChatError, no_paths, too_large, unsupported
     from core.models import resolve_source
 
     # half the cores: a run may be training next to this
@@ -290,12 +290,16 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
             _say(progress=t("chat.progress.vllm_failed", error=str(exc)[:200]))
     elif chat_engine(torch.cuda.is_available()) == "llama.cpp" and not warm.gguf_failed and \
             not too_large(_model_config(req)):
+        refused = unsupported(req["adapter"]) if req.get("adapter") else None
         try:
+            if refused:  # this adapter only: transformers answers it
+                raise GgufChatError(refused, request_only=True)
             return generate_gguf(req, warm)
-        except (GgufChatError, OSError) as exc:  # transformers answers from now on here
-            warm.gguf_failed = True
-            warm.close()
-            _say(progress=t("chat.progress.gguf_failed", error=str(exc)[:200]))
+        except Exception as exc:  # transformers answers: this request, or from now on here
+            if not (isinstance(exc, GgufChatError) and exc.request_only):
+                warm.gguf_failed = True
+                warm.close()
+            _say(progress=t("chat.progress.gguf_failed", error=no_paths(exc)[:200]))
     if not warm.bases:
         _say(progress=t("chat.progress.preparing"))
         resolve_source(req.get("source") or "default")

@@ -170,7 +170,7 @@ def test_the_chat_engine_follows_the_setting_and_what_is_installed(monkeypatch, 
     # each model at each precision has its own llama.cpp copy
     folders = {cache_folder(ModelConfig(source="default", precision=p)) for p in ("4bit", "16bit")}
     assert len(folders) == 2
-    # a model past 0.6B parameters keeps transformers (counted from its config alone)
+    # a model past 0.5B parameters keeps transformers (counted from its config alone)
     assert not too_large(ModelConfig(source="default"))
     LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                 vocab_size=32000).save_pretrained(tmp_path / "large")
