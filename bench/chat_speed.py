@@ -155,7 +155,7 @@ def llama_cpp_path(adapter: Path, threads: int) -> dict:
     try:
         for prompt in _prompts(tokenizer):
             t = time.perf_counter()  # the two answers side by side, as the chat writes them
-            rows, _ = chat.answer(models, [prompt], 1, TOKENS, 1.0, seed=1,
+            rows = chat.answer(models, [prompt], 1, TOKENS, 1.0, seed=1,
                                   min_new_tokens=TOKENS)
             assert [len(r) for r in rows] == [TOKENS, TOKENS]
             times.append(time.perf_counter() - t)

@@ -250,6 +250,11 @@ def _gguf(adapter: Path, run_dir: Path, cfg: RunConfig, work: Path, stem: str, q
     return [target, modelfile] + [work / n for n in CARD_FILES]
 
 
+def no_paths(text: str) -> str:
+    """A message without this machine's paths in it (the page shows it), at most 300 characters."""
+    return re.sub(r"(/[^\s/:'\"]+)+/?", "…", str(text))[:300]
+
+
 def convert_to_gguf(model_dir: Path, out_file: Path, name: str) -> None:
     """llama.cpp's own converter, in a child process (it reads the safetensors and tokenizer of
     `model_dir` and writes one f16 GGUF with the chat template and special tokens)."""
@@ -263,8 +268,7 @@ def convert_to_gguf(model_dir: Path, out_file: Path, name: str) -> None:
                   child_env(HF_HUB_OFFLINE="1"), 3600)
     if proc.returncode != 0 or not out_file.exists():
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        reason = re.sub(r"(/[^\s/:'\"]+)+/?", "…", lines[-1] if lines else "no output")
-        raise ExportError("converter_failed", reason=reason[:300])  # no paths of this machine
+        raise ExportError("converter_failed", reason=no_paths(lines[-1] if lines else "no output"))
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:

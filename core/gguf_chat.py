@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .export import no_paths
+
 FORMAT = 2  # bump when what base_gguf writes changes: older cache folders are not reused
 LORA_CONVERTER = "convert_lora_to_gguf.py"
 
@@ -44,11 +46,6 @@ class GgufChatError(RuntimeError):
     def __init__(self, message: str, request_only: bool = False):
         super().__init__(no_paths(message))
         self.request_only = request_only
-
-
-def no_paths(text: str) -> str:
-    """A message without this machine's paths in it (the page shows it)."""
-    return re.sub(r"(/[^\s/:'\"]+)+/?", "…", str(text))[:300]
 
 
 def ready() -> bool:
@@ -242,16 +239,6 @@ def unsupported(adapter: str | Path) -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's: alive
-
-
 class CpuShare:
     """The threads an answer takes: the request's (fewer while a run trains beside it), and no
     more than the cores the last minute's load left idle, not counting this process's own part
@@ -288,6 +275,7 @@ class GgufChat:
     def __init__(self, folder: Path, threads: int, max_adapters: int = 4, n_ctx: int = 2048):
         from .export import _silence_llama_cpp
         from .models import cache_dir
+        from .runs import pid_alive
 
         _silence_llama_cpp()
         self.folder, self.threads, self.max_adapters = folder, threads, max_adapters
@@ -301,7 +289,7 @@ class GgufChat:
         work.mkdir(parents=True, exist_ok=True)
         for old in work.glob("*-*"):  # left by a model process that was killed
             pid = old.name.split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=work))
         self.share_cpu = True  # fewer threads when the CPU is busy (CpuShare)
@@ -397,9 +385,9 @@ class GgufChat:
     def answer(self, models: list, prompts: list[list[int]], n: int, max_new_tokens: int,
                temperature: float, seed: int = 0,
                on_tokens: Callable[[int, list[int]], None] | None = None,
-               min_new_tokens: int = 0) -> tuple[list[list[int]], list[bool]]:
-        """n answers per prompt from each model (model major, then prompt, n each): (token ids
-        without the stop token, whether each was cut at max_new_tokens). The models write the
+               min_new_tokens: int = 0) -> list[list[int]]:
+        """n answers per prompt from each model (model major, then prompt, n each): token ids
+        without the stop token, at most max_new_tokens each. The models write the
         same answer slot in turn, a token each, so that side-by-side answers grow together;
         answer j of prompt i draws from the same seed in every model (only the model differs).
         `on_tokens(row, tokens so far)` is called as they come; `min_new_tokens` keeps the stop
@@ -409,7 +397,6 @@ class GgufChat:
         models = [self._ready(m) for m in models]
         per_model = len(prompts) * n
         rows: list[list[int]] = [[] for _ in range(len(models) * per_model)]
-        cut = [True] * len(rows)
         greedy = temperature <= 0
         threads = self._cpu.threads(self.threads) if self.share_cpu else self.threads
         for model in models:
@@ -449,7 +436,6 @@ class GgufChat:
                         token = next(tokens, None)
                         if token is None or token in self.stops or \
                                 llama_cpp.llama_vocab_is_eog(model._model.vocab, token):
-                            cut[row] = False
                             del live[row]
                             continue
                         rows[row].append(token)
@@ -457,7 +443,7 @@ class GgufChat:
                             on_tokens(row, rows[row])
                         if len(rows[row]) >= max_new_tokens:
                             del live[row]
-        return rows, cut
+        return rows
 
     def _ready(self, model: tuple):
         """The llama.cpp model of a model() handle, its adapter applied."""

@@ -16,6 +16,11 @@ from pathlib import Path
 from studio.i18n import DEFAULT, pick, speaking, t
 
 
+def _threads(req: dict) -> int:
+    """A model job's threads: the request's, or half the cores (a run may be training beside)."""
+    return int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2))
+
+
 def _say(**fields) -> None:
     print(json.dumps(fields, ensure_ascii=False), flush=True)
 
@@ -64,10 +69,8 @@ class WarmModels:
             folder = base_gguf(_model_config(req),
                                lambda: _say(progress=t("chat.progress.making_gguf")))
             _say(progress=t("chat.progress.loading_model"))
-            threads = int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2))
-            self._gguf, self._gguf_key = GgufChat(folder, threads, self.max_adapters), key
-        if req.get("threads"):
-            self._gguf.threads = int(req["threads"])  # each answer uses its request's threads
+            self._gguf, self._gguf_key = GgufChat(folder, _threads(req), self.max_adapters), key
+        self._gguf.threads = _threads(req)  # each answer uses its request's threads
         return self._gguf
 
     def vllm(self, req: dict, rank: int):
@@ -226,7 +229,7 @@ def generate_gguf(req: dict, warm: WarmModels) -> dict:
 
     _say(progress=t("chat.progress.generating"))
     temperature = req.get("temperature")  # 0: greedy
-    rows, _ = chat.answer(models, prompts, n, int(req.get("max_new_tokens") or 64),
+    rows = chat.answer(models, prompts, n, int(req.get("max_new_tokens") or 64),
                           0.7 if temperature is None else float(temperature),
                           seed=int(req.get("seed") or 0), on_tokens=on_tokens)
     result = _by_side(tokenizer.batch_decode(rows, skip_special_tokens=True), sides,
@@ -271,10 +274,10 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     from core.gguf_chat import GgufChatError, no_paths, too_large, unsupported
     from core.models import resolve_source
 
-    # half the cores: a run may be training next to this
-    torch.set_num_threads(int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2)))
+    torch.set_num_threads(_threads(req))
     warm = warm or WarmModels()
-    if chat_engine(torch.cuda.is_available()) == "vllm" and not warm.vllm_failed:
+    chosen = chat_engine(torch.cuda.is_available())
+    if chosen == "vllm" and not warm.vllm_failed:
         from core.vllm_engine import VLLMError
         try:
             if not req.get("questions"):
@@ -288,7 +291,7 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
             warm.vllm_failed = True
             warm.close()
             _say(progress=t("chat.progress.vllm_failed", error=str(exc)[:200]))
-    elif chat_engine(torch.cuda.is_available()) == "llama.cpp" and not warm.gguf_failed and \
+    elif chosen == "llama.cpp" and not warm.gguf_failed and \
             not too_large(_model_config(req)):
         refused = unsupported(req["adapter"]) if req.get("adapter") else None
         try:
