@@ -30,6 +30,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -265,6 +266,30 @@ class CpuShare:
         return max(1, min(wanted, cores - int(round(busy))))
 
 
+def _side_by_side(step: Callable, live: dict) -> None:
+    """Each answer of `live` (row -> (model, token generator)) written on a thread of its own
+    until `step(row, model, tokens)` says it has ended; empties `live`. The first failure is
+    raised once all have stopped."""
+    failed: list[BaseException] = []
+
+    def write(row: int, model, tokens) -> None:
+        try:
+            while not failed and step(row, model, tokens):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(exc)
+
+    workers = [threading.Thread(target=write, args=(row, *pair), daemon=True)
+               for row, pair in live.items()]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    live.clear()
+    if failed:
+        raise failed[0]
+
+
 class GgufChat:
     """A model kept loaded in llama.cpp for the chat: two contexts on its one memory-mapped file
     (llama-cpp-python reads the whole file into memory for a context made with an adapter, so
@@ -388,8 +413,9 @@ class GgufChat:
                min_new_tokens: int = 0) -> list[list[int]]:
         """n answers per prompt from each model (model major, then prompt, n each): token ids
         without the stop token, at most max_new_tokens each. The models write the
-        same answer slot in turn, a token each, so that side-by-side answers grow together;
-        answer j of prompt i draws from the same seed in every model (only the model differs).
+        same answer slot together, so that side-by-side answers grow together: each on a thread
+        of its own when there are cores for both (1.3x as fast for a pair of 64 + 64 tokens on
+        2 idle cores here), else a token each in turn on one thread; answer j of prompt i draws from the same seed in every model (only the model differs).
         `on_tokens(row, tokens so far)` is called as they come; `min_new_tokens` keeps the stop
         tokens out until that many are written (benchmarks)."""
         import llama_cpp
@@ -399,8 +425,6 @@ class GgufChat:
         rows: list[list[int]] = [[] for _ in range(len(models) * per_model)]
         greedy = temperature <= 0
         threads = self._cpu.threads(self.threads) if self.share_cpu else self.threads
-        for model in models:
-            llama_cpp.llama_set_n_threads(model.ctx, threads, threads)
         for prompt in prompts:
             if len(prompt) + max_new_tokens > self.n_ctx:
                 raise GgufChatError(f"the question and answer would not fit into {self.n_ctx} "
@@ -421,27 +445,47 @@ class GgufChat:
                 return scores
             return LogitsProcessorList([no_stop_yet])
 
+        # two models on two or more free cores: each writes its answer on its own thread (llama.cpp
+        # lets go of Python while it computes), side by side; else one thread, a token each in turn
+        apart = len(models) > 1 and threads >= len(models)
+        per_thread = max(1, threads // len(models)) if apart else threads
+        for model in models:
+            llama_cpp.llama_set_n_threads(model.ctx, per_thread, per_thread)
+        lock = threading.Lock()
+
+        def step(row: int, model, tokens) -> bool:
+            """The next token of one answer; False once it has ended."""
+            token = next(tokens, None)
+            if token is None or token in self.stops or \
+                    llama_cpp.llama_vocab_is_eog(model._model.vocab, token):
+                return False
+            with lock:
+                rows[row].append(token)
+                if on_tokens is not None:
+                    on_tokens(row, rows[row])
+            return len(rows[row]) < max_new_tokens
+
         for i, prompt in enumerate(prompts):
             for j in range(n):
                 live = {}
                 for k, model in enumerate(models):
                     row = k * per_model + i * n + j
+                    # the prompt computed afresh each time: llama-cpp-python would reuse what it
+                    # computed for the last answer and compute only the prompt's last token,
+                    # whose numbers differ a little from the whole prompt's (so the same seed
+                    # could give another answer); a prompt costs a few milliseconds
+                    model.reset()
+                    model._ctx.kv_cache_clear()
                     model.set_seed((int(seed) * 1_000_003 + i * n + j) % 2**31)
                     live[row] = (model, model.generate(
                         prompt, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
                         temp=0.0 if greedy else temperature, repeat_penalty=1.0, reset=True,
                         logits_processor=processors(row)))
+                if apart:
+                    _side_by_side(step, live)
                 while live:
                     for row, (model, tokens) in list(live.items()):
-                        token = next(tokens, None)
-                        if token is None or token in self.stops or \
-                                llama_cpp.llama_vocab_is_eog(model._model.vocab, token):
-                            del live[row]
-                            continue
-                        rows[row].append(token)
-                        if on_tokens is not None:
-                            on_tokens(row, rows[row])
-                        if len(rows[row]) >= max_new_tokens:
+                        if not step(row, model, tokens):
                             del live[row]
         return rows
 

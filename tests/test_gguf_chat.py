@@ -176,3 +176,37 @@ def test_the_chat_engine_follows_the_setting_and_what_is_installed(monkeypatch, 
                 vocab_size=32000).save_pretrained(tmp_path / "large")
     assert too_large(ModelConfig(source=str(tmp_path / "large")))
     assert too_large(ModelConfig(source=str(tmp_path / "no-such-model")))
+
+
+def test_answers_written_on_two_threads_are_the_ones_written_in_turn(adapter):
+    """With a core for each model the adapter's and the base model's answers are written on two
+    threads at once; with one thread a token each in turn. Same seed, same answers either way,
+    and asked again (nothing reused from the answer before) still the same."""
+    from core.config import ModelConfig
+    from core.gguf_chat import GgufChat, _side_by_side, base_gguf
+    import core.gguf_chat as gguf_chat
+    from studio.infer import _prompt_ids
+
+    chat = GgufChat(base_gguf(ModelConfig(source="default", precision="4bit")), threads=2)
+    chat.share_cpu = False  # the threads asked for, whatever else the machine is doing
+    used = []
+
+    def spy(step, live):
+        used.append(len(live))
+        return _side_by_side(step, live)
+
+    try:
+        gguf_chat._side_by_side = spy
+        models = [chat.model(str(adapter)), chat.model(None)]
+        prompts = [_prompt_ids(chat.tokenizer(), q, SYSTEM) for q in QUESTIONS[:2]]
+        together = chat.answer(models, prompts, 2, TOKENS, 1.0, seed=3)
+        assert used == [2] * 4  # 2 questions x 2 answers, each pair on two threads
+        chat.threads = 1
+        in_turn = chat.answer(models, prompts, 2, TOKENS, 1.0, seed=3)
+        assert used == [2] * 4  # one thread: no more pairs on threads
+        assert in_turn == together
+        assert in_turn[:4] != in_turn[4:]  # the adapter's answers are not the base model's
+        assert len({tuple(r) for r in in_turn[4:]}) > 1  # each answer draws its own
+    finally:
+        gguf_chat._side_by_side = _side_by_side
+        chat.close()
