@@ -20,7 +20,8 @@ left out as warm-up):
   when `.venv-vllm` exists;
 - llama.cpp (core.gguf_chat, what the chat uses on a CPU where it is installed): the run's
   4-bit base as an f16 GGUF and the adapter converted by llama.cpp's converter, on all cores
-  and on one (what the chat takes on 2 cores).
+  (the two answers on a thread each, as the chat writes them, and a token each in turn as it
+  did before) and on one (what the chat takes on 2 cores while a run trains).
 
 And what each costs before its first answer: loading (and making the copies), or starting vLLM.
 
@@ -131,9 +132,11 @@ def vllm_path(adapter: Path, dtype: str) -> dict:
             "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
 
 
-def llama_cpp_path(adapter: Path, threads: int) -> dict:
+def llama_cpp_path(adapter: Path, threads: int, apart: bool = True) -> dict:
     """The chat's llama.cpp engine (core.gguf_chat): the run's 4-bit base as an f16 GGUF (made
-    once per model, timed apart) and the adapter converted by llama.cpp's converter."""
+    once per model, timed apart) and the adapter converted by llama.cpp's converter. With
+    `apart` (the chat) and 2+ threads the two answers are written on a thread each; without,
+    a token each in turn on all the threads (as before)."""
     import torch
 
     from core.config import ModelConfig
@@ -148,6 +151,7 @@ def llama_cpp_path(adapter: Path, threads: int) -> dict:
     start = time.perf_counter()
     chat = GgufChat(folder, threads)
     chat.share_cpu = False  # exactly `threads`, whatever the load this benchmark itself left
+    chat.apart = apart
     models = [chat.model(str(adapter)), chat.model(None)]
     ready = time.perf_counter() - start
     tokenizer = chat.tokenizer()
@@ -161,7 +165,8 @@ def llama_cpp_path(adapter: Path, threads: int) -> dict:
             times.append(time.perf_counter() - t)
     finally:
         chat.close()
-    return {"threads": threads, "gguf_made_once_s": round(once, 1) if made else None,
+    return {"threads": threads, "answers_on_a_thread_each": apart and threads > 1,
+            "gguf_made_once_s": round(once, 1) if made else None,
             "ready_s": round(ready, 1), "answer_pair_s": [round(x, 2) for x in times],
             "answer_pair_median_s": round(statistics.median(times[1:]), 2)}
 
@@ -198,9 +203,14 @@ def main() -> int:
         if packed_layout():  # the output head in bf16 (the chat now) or float32 (before)
             result["paths"]["transformers_packed_one_batch_float32_head"] = transformers_path(
                 adapter, unpack=True, one_batch=True, float32_head=True)
-        if llama_cpp_ready():  # all cores, and the one the studio's chat takes on 2 cores
-            for threads in sorted({len(os.sched_getaffinity(0)), 1}, reverse=True):
-                result["paths"][f"llama_cpp_{threads}_threads"] = llama_cpp_path(adapter, threads)
+        if llama_cpp_ready():  # all cores (a thread per answer, and the answers in turn as
+            # before), and the one the studio's chat takes on 2 cores while a run trains
+            cores = len(os.sched_getaffinity(0))
+            result["paths"][f"llama_cpp_{cores}_threads"] = llama_cpp_path(adapter, cores)
+            if cores > 1:
+                result["paths"][f"llama_cpp_{cores}_threads_in_turn"] = llama_cpp_path(
+                    adapter, cores, apart=False)
+                result["paths"]["llama_cpp_1_threads"] = llama_cpp_path(adapter, 1)
         if vllm_python() is not None:
             for dtype in ("float32", "bfloat16"):
                 result["paths"][f"vllm_{dtype}"] = vllm_path(adapter, dtype)

@@ -240,29 +240,76 @@ def unsupported(adapter: str | Path) -> str | None:
     return None
 
 
+def _cpu_reading() -> tuple[float, float, float] | None:
+    """(now, CPU seconds the whole machine spent busy, this process's CPU seconds), or None
+    where /proc/stat is not there. Work at lowered priority ("nice", such as a background build)
+    does not count: it gives way."""
+    import time
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...
+    busy = fields[0] + sum(fields[2:3]) + sum(fields[5:8])
+    return time.monotonic(), busy / hz, time.process_time()
+
+
 class CpuShare:
     """The threads an answer takes: the request's (fewer while a run trains beside it), and no
-    more than the cores the last minute's load left idle, not counting this process's own part
-    of that load. llama.cpp's threads wait for each other by spinning, so on a busy CPU more
-    threads are slower: with both cores of this 2-core machine busy with training, 48 tokens
-    took 1.0-1.2 s on one thread, 2.6-4.1 s on two."""
+    more than the cores other work leaves idle now. llama.cpp's threads wait for each other by
+    spinning, so on a busy CPU more threads are slower: with both cores of this 2-core machine
+    busy with training, 48 tokens took 1.0-1.2 s on one thread, 2.6-4.1 s on two.
 
-    def __init__(self):
+    "Now" is the last few seconds, watched by a thread that reads /proc/stat four times a second
+    (other processes' CPU time, this one's own taken out). The 1-minute load average, used where
+    there is no /proc/stat, still counts a run stopped a minute ago: asked right after a stop,
+    an answer pair then took 4.3 s on one thread where two write it in 2.2 s."""
+
+    def __init__(self, period: float = 0.25, span: float = 2.0):
         import time
         self._mark = (time.monotonic(), time.process_time())
+        self.period, self.span = period, span
+        self.busy: float | None = None  # cores other processes kept busy lately
+        self._stop = threading.Event()
+        if _cpu_reading() is not None:
+            threading.Thread(target=self._watch, daemon=True, name="cpu-share").start()
+
+    def _watch(self) -> None:
+        last = _cpu_reading()
+        weight = min(1.0, self.period / self.span)
+        while not self._stop.wait(self.period):
+            now = _cpu_reading()
+            if now is None or last is None or now[0] <= last[0]:
+                last = now
+                continue
+            others = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+            self.busy = others if self.busy is None else self.busy + weight * (others - self.busy)
+            last = now
+
+    def close(self) -> None:
+        self._stop.set()
 
     def threads(self, wanted: int) -> int:
         import time
-        now, cpu = time.monotonic(), time.process_time()
-        then, cpu_then = self._mark
-        self._mark = (now, cpu)
-        # this process's share of the load: its CPU seconds per second since the last answer
-        own = (cpu - cpu_then) / (now - then) if 0 < now - then < 60 else 0.0
         try:
-            busy = max(0.0, os.getloadavg()[0] - own)
             cores = len(os.sched_getaffinity(0))
         except (OSError, AttributeError):
             return max(1, wanted)
+        busy = self.busy
+        if busy is not None:  # the machine's busy cores, in the share of them this process has
+            busy *= cores / (os.cpu_count() or cores)
+        else:
+            now, cpu = time.monotonic(), time.process_time()
+            then, cpu_then = self._mark
+            self._mark = (now, cpu)
+            # this process's share of the load: its CPU seconds per second since the last answer
+            own = (cpu - cpu_then) / (now - then) if 0 < now - then < 60 else 0.0
+            try:
+                busy = max(0.0, os.getloadavg()[0] - own)
+            except OSError:
+                return max(1, wanted)
         return max(1, min(wanted, cores - int(round(busy))))
 
 
@@ -318,6 +365,7 @@ class GgufChat:
                 shutil.rmtree(old, ignore_errors=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=work))
         self.share_cpu = True  # fewer threads when the CPU is busy (CpuShare)
+        self.apart = True      # two models' answers on two threads when there are cores for both
         self._cpu = CpuShare()
         self._base = self._load()
         self._tuned = None        # the context answering with an adapter, made when first asked
@@ -447,7 +495,7 @@ class GgufChat:
 
         # two models on two or more free cores: each writes its answer on its own thread (llama.cpp
         # lets go of Python while it computes), side by side; else one thread, a token each in turn
-        apart = len(models) > 1 and threads >= len(models)
+        apart = self.apart and len(models) > 1 and threads >= len(models)
         per_thread = max(1, threads // len(models)) if apart else threads
         for model in models:
             llama_cpp.llama_set_n_threads(model.ctx, per_thread, per_thread)
@@ -500,6 +548,7 @@ class GgufChat:
 
     def close(self) -> None:
         """Frees both contexts and the model (llama.cpp frees the adapters with it)."""
+        self._cpu.close()
         for llm in (self._tuned, self._base):
             if llm is not None:
                 llm.close()
