@@ -291,7 +291,12 @@ class CpuShare:
     def close(self) -> None:
         self._stop.set()
 
-    def threads(self, wanted: int) -> int:
+    def threads(self, wanted: int, spinning: bool = True) -> int:
+        """Threads for `wanted`: fewer by the cores others keep busy, counted to the nearest
+        whole core for threads that spin while they wait for each other, only whole busy cores
+        for threads that wait for nothing (the two answers of a pair, a thread each: with half a
+        core taken by the page showing them they still wrote a pair in about half the time of
+        one thread)."""
         import time
         try:
             cores = len(os.sched_getaffinity(0))
@@ -310,7 +315,7 @@ class CpuShare:
                 busy = max(0.0, os.getloadavg()[0] - own)
             except OSError:
                 return max(1, wanted)
-        return max(1, min(wanted, cores - int(round(busy))))
+        return max(1, min(wanted, cores - int(round(busy) if spinning else busy)))
 
 
 def _side_by_side(step: Callable, live: dict) -> None:
@@ -462,8 +467,9 @@ class GgufChat:
         """n answers per prompt from each model (model major, then prompt, n each): token ids
         without the stop token, at most max_new_tokens each. The models write the
         same answer slot together, so that side-by-side answers grow together: each on a thread
-        of its own when there are cores for both (1.3x as fast for a pair of 64 + 64 tokens on
-        2 idle cores here), else a token each in turn on one thread; answer j of prompt i draws from the same seed in every model (only the model differs).
+        of its own when there are cores for both (1.28x as fast for a pair of 64 + 64 tokens on
+        2 idle cores here, bench/chat_speed.py), else a token each in turn on one thread; answer
+        j of prompt i draws from the same seed in every model (only the model differs).
         `on_tokens(row, tokens so far)` is called as they come; `min_new_tokens` keeps the stop
         tokens out until that many are written (benchmarks)."""
         import llama_cpp
@@ -472,7 +478,10 @@ class GgufChat:
         per_model = len(prompts) * n
         rows: list[list[int]] = [[] for _ in range(len(models) * per_model)]
         greedy = temperature <= 0
-        threads = self._cpu.threads(self.threads) if self.share_cpu else self.threads
+        # two models' answers can be written a thread each: threads that wait for nothing
+        could_apart = self.apart and len(models) > 1
+        threads = self._cpu.threads(self.threads, spinning=not could_apart) \
+            if self.share_cpu else self.threads
         for prompt in prompts:
             if len(prompt) + max_new_tokens > self.n_ctx:
                 raise GgufChatError(f"the question and answer would not fit into {self.n_ctx} "
@@ -495,7 +504,7 @@ class GgufChat:
 
         # two models on two or more free cores: each writes its answer on its own thread (llama.cpp
         # lets go of Python while it computes), side by side; else one thread, a token each in turn
-        apart = self.apart and len(models) > 1 and threads >= len(models)
+        apart = could_apart and threads >= len(models)
         per_thread = max(1, threads // len(models)) if apart else threads
         for model in models:
             llama_cpp.llama_set_n_threads(model.ctx, per_thread, per_thread)

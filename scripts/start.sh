@@ -2,6 +2,10 @@
 # Set up (if needed) and open the studio in the browser: http://127.0.0.1:7860 (embedded model,
 # works offline). Options go to app.py: --host, --port, --runs-dir.
 # To train the classroom demo headless instead: scripts/start.sh --headless [CONFIG]
+# Where llama.cpp is missing it is built in the background at the lowest CPU priority (about
+# 8 minutes on 2 cores, only with cores nothing else wants; log: .venv/llama-cpp-setup.log): the
+# chat answers with transformers until it is there, then with llama.cpp, about twice as fast.
+# AHA_NO_LLAMA_CPP=1 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,5 +16,13 @@ if [ "${1:-}" = "--headless" ]; then
   run_dir=${RUN_DIR:-runs/$(basename "$config" .yaml)-$(date +%Y%m%d-%H%M%S)}
   echo "Training $config -> $run_dir"
   exec python -m core train "$config" --run-dir "$run_dir"
+fi
+# one build at a time (a second start while it runs leaves it be)
+if [ -z "${AHA_NO_LLAMA_CPP:-}" ] && command -v flock > /dev/null &&
+    ! python -c "import core.gguf_chat as g, sys; sys.exit(not g.ready())" 2> /dev/null &&
+    flock -n .venv/llama-cpp-setup.lock true; then
+  echo "Building llama.cpp in the background for faster chat answers (log: .venv/llama-cpp-setup.log)"
+  nohup flock -n .venv/llama-cpp-setup.lock nice -n 19 bash scripts/setup_export.sh \
+    > .venv/llama-cpp-setup.log 2>&1 < /dev/null &
 fi
 exec python app.py "$@"

@@ -21,6 +21,12 @@ def _threads(req: dict) -> int:
     return int(req.get("threads") or max(1, (os.cpu_count() or 2) // 2))
 
 
+def _cores(req: dict) -> int:
+    """The cores a model job may take when its threads do not wait on each other: the
+    request's "cores" (all of the server's when no run trains), else its threads."""
+    return int(req.get("cores") or _threads(req))
+
+
 def _say(**fields) -> None:
     print(json.dumps(fields, ensure_ascii=False), flush=True)
 
@@ -69,8 +75,10 @@ class WarmModels:
             folder = base_gguf(_model_config(req),
                                lambda: _say(progress=t("chat.progress.making_gguf")))
             _say(progress=t("chat.progress.loading_model"))
-            self._gguf, self._gguf_key = GgufChat(folder, _threads(req), self.max_adapters), key
-        self._gguf.threads = _threads(req)  # each answer uses its request's threads
+            self._gguf, self._gguf_key = GgufChat(folder, _cores(req), self.max_adapters), key
+        # each answer takes its request's cores: llama.cpp writes the two answers of a pair on
+        # one thread each, which wait for nothing, so a streamed answer needs no core left over
+        self._gguf.threads = _cores(req)
         return self._gguf
 
     def vllm(self, req: dict, rank: int):

@@ -236,7 +236,9 @@ def model_threads(training: bool, streamed: bool = False) -> int:
     """Threads for a model job: every core this server may use when nothing trains, half of
     them while a run trains next to it. A streamed answer leaves one core to the server and
     the browser that show it word by word: on 2 cores a chat answer pair took 4.6 s on one
-    thread against 6.0 s on both (bench/beginner_latency.py)."""
+    thread against 6.0 s on both with transformers (bench/beginner_latency.py). llama.cpp's
+    chat writes the two answers of a pair on a thread each, which wait for nothing: it takes
+    the unstreamed count (the request's "cores")."""
     from core.runs import usable_cpus
 
     cores = len(usable_cpus())

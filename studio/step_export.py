@@ -218,6 +218,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         run_dir = user.run_dir(ref)
         adapter, step = chosen_adapter(run_dir, choice)
         cfg = RunConfig.load(run_dir / "config.yaml")
+        training = bool(studio.manager.running())
         req = {"job": "generate", "source": cfg.model.source, "precision": cfg.model.precision,
                "dynamic_keep_share": cfg.model.dynamic_keep_share,
                "chat_template": cfg.model.chat_template, "system": cfg.data.system_prompt,
@@ -225,7 +226,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                "questions": questions, "num": 1,
                "max_new_tokens": max(64, cfg.grpo.max_completion_length),
                "temperature": cfg.grpo.temperature, "stream": True,
-               "threads": model_threads(training=bool(studio.manager.running()), streamed=True)}
+               "threads": model_threads(training=training, streamed=True),
+               "cores": model_threads(training=training)}
         return req, step, run_dir.name
 
     def on_preload(user, ref, choice):
@@ -288,7 +290,8 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                 concurrency_limit=4, show_progress="hidden")
     ui["ask"].click(studio.handler(on_ask),
                     [ui["run"], ui["checkpoint"], ui["question"], ui["trained"], ui["base"]],
-                    [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4)
+                    [ui["chat_status"], ui["trained"], ui["base"]], concurrency_limit=4,
+                    show_progress="hidden")  # the status line says what it is doing
 
     def owned(user, ref, refusal: str = "export.error.not_owner") -> Path:
         """A run whose files this user may take: their own, any for a teacher (the published
