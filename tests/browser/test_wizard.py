@@ -74,6 +74,10 @@ def test_whole_wizard(studio, page, tmp_path):
     tab(page, "2 · Data")
     page.get_by_text("More data settings").click()
     fill(page, "knob-data-max_rows", 9)
+    # the page has the new value once it has saved it to the draft: clicked at once, Start once
+    # went out with the old one (the whole stretch from the failure took ~2 s on a fast run)
+    wait_until(lambda: str(_draft_field(runs_dir, "data.max_rows")) == "9", 30,
+               "the row limit saved")
     tab(page, "4 · Train")
     page.click("#train-start")
     wait_until(lambda: run_state(page) not in ("failed", ""), 30, "the new run to show")
@@ -152,3 +156,12 @@ def test_reload_reattaches_to_a_running_run(studio, page):
     shot(page, "reload-reattached")
     page.click("#train-stop")
     wait_until(lambda: run_state(page) == "stopped", what="the run to stop")
+
+
+def _draft_field(runs_dir, name: str):
+    """A field's value in the user's draft (studio/draft.py), None while it is not there."""
+    import json
+    try:
+        return json.loads((runs_dir / "draft.json").read_text())["fields"].get(name)
+    except (OSError, ValueError, KeyError):
+        return None
