@@ -240,20 +240,17 @@ def unsupported(adapter: str | Path) -> str | None:
     return None
 
 
-def _cpu_reading() -> tuple[float, float, float] | None:
-    """(now, CPU seconds the whole machine spent busy, this process's CPU seconds), or None
-    where /proc/stat is not there. Work at lowered priority ("nice", such as a background build)
-    does not count: it gives way."""
+def _cpu_reading() -> tuple[float, float, float]:
+    """(now, CPU seconds the whole machine spent busy, this process's CPU seconds), from
+    psutil's CPU times (every platform). Work at lowered priority ("nice", such as a background
+    build) does not count: it gives way."""
     import time
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        hz = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal ...
-    busy = fields[0] + sum(fields[2:3]) + sum(fields[5:8])
-    return time.monotonic(), busy / hz, time.process_time()
+
+    import psutil
+    t = psutil.cpu_times()
+    busy = t.user + t.system + sum(getattr(t, f, 0.0) for f in
+                                   ("irq", "softirq", "steal", "interrupt", "dpc"))
+    return time.monotonic(), busy, time.process_time()
 
 
 class CpuShare:
@@ -262,10 +259,10 @@ class CpuShare:
     spinning, so on a busy CPU more threads are slower: with both cores of this 2-core machine
     busy with training, 48 tokens took 1.0-1.2 s on one thread, 2.6-4.1 s on two.
 
-    "Now" is the last few seconds, watched by a thread that reads /proc/stat four times a second
-    (other processes' CPU time, this one's own taken out). The 1-minute load average, used where
-    there is no /proc/stat, still counts a run stopped a minute ago: asked right after a stop,
-    an answer pair then took 4.3 s on one thread where two write it in 2.2 s."""
+    "Now" is the last few seconds, watched by a thread that reads the CPU times four times a
+    second (other processes' CPU time, this one's own taken out). The 1-minute load average,
+    used before the first reading, still counts a run stopped a minute ago: asked right after a
+    stop, an answer pair then took 4.3 s on one thread where two write it in 2.2 s."""
 
     def __init__(self, period: float = 0.25, span: float = 2.0):
         import time
@@ -273,16 +270,14 @@ class CpuShare:
         self.period, self.span = period, span
         self.busy: float | None = None  # cores other processes kept busy lately
         self._stop = threading.Event()
-        if _cpu_reading() is not None:
-            threading.Thread(target=self._watch, daemon=True, name="cpu-share").start()
+        threading.Thread(target=self._watch, daemon=True, name="cpu-share").start()
 
     def _watch(self) -> None:
         last = _cpu_reading()
         weight = min(1.0, self.period / self.span)
         while not self._stop.wait(self.period):
             now = _cpu_reading()
-            if now is None or last is None or now[0] <= last[0]:
-                last = now
+            if now[0] <= last[0]:
                 continue
             others = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
             self.busy = others if self.busy is None else self.busy + weight * (others - self.busy)
@@ -320,8 +315,8 @@ class CpuShare:
 
 def _side_by_side(step: Callable, live: dict) -> None:
     """Each answer of `live` (row -> (model, token generator)) written on a thread of its own
-    until `step(row, model, tokens)` says it has ended; empties `live`. The first failure is
-    raised once all have stopped."""
+    until `step(row, model, tokens)` says it has ended. The first failure is raised once all
+    have stopped."""
     failed: list[BaseException] = []
 
     def write(row: int, model, tokens) -> None:
@@ -337,7 +332,6 @@ def _side_by_side(step: Callable, live: dict) -> None:
         w.start()
     for w in workers:
         w.join()
-    live.clear()
     if failed:
         raise failed[0]
 
@@ -540,6 +534,7 @@ class GgufChat:
                         logits_processor=processors(row)))
                 if apart:
                     _side_by_side(step, live)
+                    continue
                 while live:
                     for row, (model, tokens) in list(live.items()):
                         if not step(row, model, tokens):
