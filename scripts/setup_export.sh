@@ -9,6 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=$(sed -n 's/^llama-cpp-python==//p' requirements-export.txt)
 [ -x .venv/bin/python ] || bash scripts/setup.sh
+# one install at a time (scripts/start.sh may be building it in the background): a second one
+# waits for the first, then finds it done
+if command -v flock > /dev/null; then
+  exec 9> .venv/llama-cpp-setup.lock
+  flock 9
+fi
 . .venv/bin/activate
 dest=.venv/share/aha-llama.cpp
 stamp=$dest/.installed

@@ -17,12 +17,10 @@ if [ "${1:-}" = "--headless" ]; then
   echo "Training $config -> $run_dir"
   exec python -m core train "$config" --run-dir "$run_dir"
 fi
-# one build at a time (a second start while it runs leaves it be)
-if [ -z "${AHA_NO_LLAMA_CPP:-}" ] && command -v flock > /dev/null &&
-    ! python -c "import core.gguf_chat as g, sys; sys.exit(not g.ready())" 2> /dev/null &&
-    flock -n .venv/llama-cpp-setup.lock true; then
+# (setup_export.sh takes a lock: a second start while it builds waits, then finds it done)
+if [ -z "${AHA_NO_LLAMA_CPP:-}" ] &&
+    ! python -c "import core.gguf_chat as g, sys; sys.exit(not g.ready())" 2> /dev/null; then
   echo "Building llama.cpp in the background for faster chat answers (log: .venv/llama-cpp-setup.log)"
-  nohup flock -n .venv/llama-cpp-setup.lock nice -n 19 bash scripts/setup_export.sh \
-    > .venv/llama-cpp-setup.log 2>&1 < /dev/null &
+  nohup nice -n 19 bash scripts/setup_export.sh >> .venv/llama-cpp-setup.log 2>&1 < /dev/null &
 fi
 exec python app.py "$@"
