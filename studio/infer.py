@@ -198,8 +198,7 @@ def generate_vllm(req: dict, warm: WarmModels) -> dict:
     gen = engine.answer([prompts[i] for _, i in rows],
                         [adapter if side == "adapter" else None for side, _ in rows],
                         int(req.get("max_new_tokens") or 64),
-                        float(req.get("temperature") or 0.7), seed=int(req.get("seed") or 0),
-                        n=n)
+                        _temperature(req), seed=int(req.get("seed") or 0), n=n)
     out = {side: [[] for _ in prompts] for side in sides}
     for k, (side, i) in enumerate(rows):
         out[side][i] = gen.texts[k * n:(k + 1) * n]
@@ -236,14 +235,18 @@ def generate_gguf(req: dict, warm: WarmModels) -> dict:
             last[0] = time.monotonic()
 
     _say(progress=t("chat.progress.generating"))
-    temperature = req.get("temperature")  # 0: greedy
     rows = chat.answer(models, prompts, n, int(req.get("max_new_tokens") or 64),
-                          0.7 if temperature is None else float(temperature),
-                          seed=int(req.get("seed") or 0), on_tokens=on_tokens)
+                       _temperature(req), seed=int(req.get("seed") or 0), on_tokens=on_tokens)
     result = _by_side(tokenizer.batch_decode(rows, skip_special_tokens=True), sides,
                       len(prompts), n)
     result["engine"] = "llama.cpp"
     return result
+
+
+def _temperature(req: dict) -> float:
+    """The request's sampling temperature: 0.7 when it names none, 0 for greedy answers."""
+    temperature = req.get("temperature")
+    return 0.7 if temperature is None else max(0.0, float(temperature))
 
 
 def _by_side(texts: list[str], sides: list[str], questions: int, n: int) -> dict:
@@ -328,9 +331,12 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
     if req.get("stream"):  # the answers so far, as they are written
         engine.on_partial = _partial_sender(tokenizer, engine.stop_ids, sides, len(prompts), n)
 
+    # temperature 0 asks for the likeliest token every time: this engine's greedy is top-k 1
+    temperature = _temperature(req)
+    sampling = dict(temperature=temperature or 1.0, top_k=0 if temperature else 1)
+
     def sample() -> dict:
-        gen = engine.generate(prompts, n, int(req.get("max_new_tokens") or 64),
-                              float(req.get("temperature") or 0.7))
+        gen = engine.generate(prompts, n, int(req.get("max_new_tokens") or 64), **sampling)
         return _by_side(gen.texts, sides, len(prompts), n)
 
     torch.manual_seed(int(req.get("seed") or 0))
@@ -340,8 +346,7 @@ def generate(req: dict, warm: WarmModels | None = None) -> dict:
         # the same greedy tokens as one after the other, 1.2x faster here (bench/chat_speed.py)
         rows = len(prompts) * n
         gen = engine.generate(prompts + prompts, n, int(req.get("max_new_tokens") or 64),
-                              float(req.get("temperature") or 0.7),
-                              adapter_names=[adapter] * rows + ["__base__"] * rows)
+                              **sampling, adapter_names=[adapter] * rows + ["__base__"] * rows)
         return _by_side(gen.texts, sides, len(prompts), n)
     if adapter or not hasattr(model, "peft_config"):
         return sample()

@@ -24,6 +24,17 @@ def test_generate_reports_progress_then_completions(tiny_model_dir):
     assert all(isinstance(t, str) for group in result["base"] for t in group)
 
 
+def test_temperature_zero_answers_with_the_likeliest_tokens(tiny_model_dir):
+    """Temperature 0 is greedy (as in the llama.cpp and vLLM chats): every answer the same,
+    whatever the seed; at temperature 1 the tiny random model's answers differ."""
+    req = {"job": "generate", "source": str(tiny_model_dir), "precision": "32bit",
+           "questions": ["What is 2 + 2?"], "num": 3, "max_new_tokens": 8, "threads": 1}
+    greedy = [run_job_quietly({**req, "temperature": 0, "seed": s})["base"][0] for s in (1, 2)]
+    assert len(set(greedy[0])) == 1 and greedy[0] == greedy[1]
+    sampled = run_job_quietly({**req, "temperature": 1.0, "seed": 1})["base"][0]
+    assert len(set(sampled)) > 1
+
+
 def test_prepare_reads_the_model_size(tiny_model_dir):
     result = run_job_quietly({"job": "prepare", "source": str(tiny_model_dir)})
     assert result["model_type"] == "llama" and result["params"] > 0
