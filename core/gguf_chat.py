@@ -102,9 +102,13 @@ def cache_folder(model_cfg) -> Path:
     path = resolve_source(model_cfg.source)
     key = json.dumps([path, _stamp(path), model_cfg.precision,
                       float(model_cfg.dynamic_keep_share), LLAMA_CPP_VERSION, FORMAT])
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).name or "model")[:40]
-    return cache_dir() / "gguf" / f"{name}-{model_cfg.precision}-" \
+    return cache_dir() / "gguf" / f"{_prefix(path, model_cfg.precision)}" \
         f"{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _prefix(path: str, precision: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).name or "model")[:40]
+    return f"{name}-{precision}-"
 
 
 def base_gguf(model_cfg, progress: Callable[[], None] = lambda: None) -> Path:
@@ -129,6 +133,7 @@ def base_gguf(model_cfg, progress: Callable[[], None] = lambda: None) -> Path:
         _sweep(target.parent)
         progress()
         _build(model_cfg, target)
+        _retire(model_cfg, target)
     return target
 
 
@@ -148,6 +153,26 @@ def _sweep(parent: Path, hours: float = 1.0) -> None:
     for old in parent.glob(".*-*"):
         try:
             if old.is_dir() and time.time() - old.stat().st_mtime > hours * 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _retire(model_cfg, target: Path) -> None:
+    """Removes this model's older copies at this precision, made before its weights, the
+    llama.cpp release or FORMAT changed (each is hundreds of MB, never read again). A copy
+    names its model in source.txt; one without it is from before that file and has the same
+    model folder name. A process still answering from an old copy keeps its open file."""
+    from .models import resolve_source
+
+    source = resolve_source(model_cfg.source)
+    prefix = _prefix(source, model_cfg.precision)
+    for old in target.parent.glob(prefix + "*"):
+        if old == target or len(old.name) != len(target.name) or not (old / "base.gguf").exists():
+            continue
+        named = old / "source.txt"
+        try:
+            if not named.exists() or named.read_text() == source:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
@@ -184,6 +209,7 @@ def _build(model_cfg, target: Path) -> None:
                 f.rename(tmp / f.name)
         shutil.rmtree(hf)
         (tmp / "stops.json").write_text(json.dumps(stops))
+        (tmp / "source.txt").write_text(resolve_source(model_cfg.source))
         if target.exists():  # a copy without its file, from before: replaced
             shutil.rmtree(target)
         tmp.rename(target)

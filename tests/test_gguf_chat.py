@@ -210,3 +210,30 @@ def test_answers_written_on_two_threads_are_the_ones_written_in_turn(adapter):
     finally:
         gguf_chat._side_by_side = _side_by_side
         chat.close()
+
+
+def test_a_changed_model_leaves_no_stale_llama_cpp_copy_behind(tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    """Each llama.cpp copy is hundreds of MB for the built-in model: when a model's weights (or
+    the llama.cpp release, or the copy's format) change, its new copy replaces the old one. Another
+    model whose folder has the same name keeps its own copy."""
+    import shutil
+
+    from core.config import ModelConfig
+    from core.gguf_chat import base_gguf
+
+    monkeypatch.setenv("AHA_STUDIO_HOME", str(tmp_path / "home"))
+    mine, other = tmp_path / "mine" / "tiny", tmp_path / "other" / "tiny"
+    shutil.copytree(tiny_model_dir, mine)
+    shutil.copytree(tiny_model_dir, other)
+    first = base_gguf(ModelConfig(source=str(mine), precision="32bit"))
+    theirs = base_gguf(ModelConfig(source=str(other), precision="32bit"))
+    assert first != theirs and (first / "base.gguf").exists()
+    time.sleep(0.01)
+    (mine / "config.json").write_text((mine / "config.json").read_text())  # new weights' time
+    second = base_gguf(ModelConfig(source=str(mine), precision="32bit"))
+    assert second != first and (second / "base.gguf").exists()
+    assert not first.exists()
+    assert (theirs / "base.gguf").exists()
+    assert sorted(p.name for p in (tmp_path / "home" / "gguf").iterdir()
+                  if not p.name.startswith(".")) == sorted([second.name, theirs.name])
