@@ -158,21 +158,28 @@ def _sweep(parent: Path, hours: float = 1.0) -> None:
             pass
 
 
+def _identity(model_cfg) -> str:
+    """Which model a copy is of, apart from its weights' files and the llama.cpp release."""
+    from .models import resolve_source
+    return json.dumps([resolve_source(model_cfg.source), model_cfg.precision,
+                       float(model_cfg.dynamic_keep_share)])
+
+
 def _retire(model_cfg, target: Path) -> None:
-    """Removes this model's older copies at this precision, made before its weights, the
-    llama.cpp release or FORMAT changed (each is hundreds of MB, never read again). A copy
-    names its model in source.txt; one without it is from before that file and has the same
-    model folder name. A process still answering from an old copy keeps its open file."""
+    """Removes this model's older copies (same precision and keep share), made before its
+    weights, the llama.cpp release or FORMAT changed: each is hundreds of MB, never read again.
+    A copy names its model in model.json; one without it is from before that file and has the
+    same folder name. A process still answering from an old copy keeps its open file."""
     from .models import resolve_source
 
-    source = resolve_source(model_cfg.source)
-    prefix = _prefix(source, model_cfg.precision)
-    for old in target.parent.glob(prefix + "*"):
+    identity = _identity(model_cfg)
+    for old in target.parent.glob(_prefix(resolve_source(model_cfg.source),
+                                           model_cfg.precision) + "*"):
         if old == target or len(old.name) != len(target.name) or not (old / "base.gguf").exists():
             continue
-        named = old / "source.txt"
+        named = old / "model.json"
         try:
-            if not named.exists() or named.read_text() == source:
+            if not named.exists() or named.read_text() == identity:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
@@ -209,7 +216,7 @@ def _build(model_cfg, target: Path) -> None:
                 f.rename(tmp / f.name)
         shutil.rmtree(hf)
         (tmp / "stops.json").write_text(json.dumps(stops))
-        (tmp / "source.txt").write_text(resolve_source(model_cfg.source))
+        (tmp / "model.json").write_text(_identity(model_cfg))
         if target.exists():  # a copy without its file, from before: replaced
             shutil.rmtree(target)
         tmp.rename(target)

@@ -229,6 +229,8 @@ def test_a_changed_model_leaves_no_stale_llama_cpp_copy_behind(tiny_model_dir, t
     first = base_gguf(ModelConfig(source=str(mine), precision="32bit"))
     theirs = base_gguf(ModelConfig(source=str(other), precision="32bit"))
     assert first != theirs and (first / "base.gguf").exists()
+    # the same model kept at another share of 16-bit layers is another copy, kept too
+    kept = base_gguf(ModelConfig(source=str(mine), precision="32bit", dynamic_keep_share=0.2))
     time.sleep(0.01)
     (mine / "config.json").write_text((mine / "config.json").read_text())  # new weights' time
     second = base_gguf(ModelConfig(source=str(mine), precision="32bit"))
@@ -236,4 +238,4 @@ def test_a_changed_model_leaves_no_stale_llama_cpp_copy_behind(tiny_model_dir, t
     assert not first.exists()
     assert (theirs / "base.gguf").exists()
     assert sorted(p.name for p in (tmp_path / "home" / "gguf").iterdir()
-                  if not p.name.startswith(".")) == sorted([second.name, theirs.name])
+                  if not p.name.startswith(".")) == sorted([second.name, theirs.name, kept.name])
