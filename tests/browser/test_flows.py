@@ -151,10 +151,12 @@ def test_a_start_too_big_to_fit_asks_first(studio, page):
     before = sorted(p.name for p in runs_dir.iterdir())
     page.click("#train-start")
     # (and Gradio's own progress timer, '0.4s', gone from the box)
-    page.wait_for_function("(t => t.includes('will not fit') && !t.includes('processing')"
-                           " && !/^[0-9.]+s$/m.test(t))"
-                           "(document.querySelector('#train-message')?.innerText ?? '')")
-    message = _text(page, "#train-message").strip()
+    # The text is read in the same instant the wait sees it settled: a chained event may
+    # show the timer again a moment later.
+    message = page.wait_for_function(
+        "(t => t.includes('will not fit') && !t.includes('processing')"
+        " && !/^[0-9.]+s$/m.test(t) && t)"
+        "(document.querySelector('#train-message')?.innerText ?? '')").json_value().strip()
     assert "\n" not in message and "Traceback" not in message
     assert page.locator("#train-fit-confirm input[type=checkbox]").is_visible()
     assert not page.locator("#train-fit-confirm input[type=checkbox]").is_checked()
