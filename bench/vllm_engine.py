@@ -5,6 +5,10 @@
     python bench/vllm_engine.py --configs classroom_demo --engines vllm,vllm_colocate \
         --out bench/results/vllm_colocate_cpu.json   # vLLM in its own process / in the trainer's
 
+Engines: transformers; vllm_lora and vllm_merged (vLLM in its own process, the weights sent
+as the adapter or merged into the base: generation.vllm_weight_sync); vllm (auto) and
+vllm_colocate[_lora|_merged].
+
 Configs: the classroom demo as shipped, and a longer-generation one (the demo with 8 answers of
 up to 200 tokens per question). Each (config, engine) runs the real worker
 (`python -m core train`) for 1 warm-up step plus N measured steps, in one run, one after the
@@ -60,10 +64,12 @@ def run_side(config: str, engine: str, steps: int) -> dict:
     from core.vllm_engine import vllm_python
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-vllm-{config}-{engine}-"))
-    colocate = engine == "vllm_colocate"
+    colocate = "colocate" in engine
+    sync = next((s for s in ("lora", "merged") if engine.endswith("_" + s)), "auto")
     cmd = [vllm_python() if colocate else sys.executable, "-m", "core", "train", str(DEMO),
            "--run-dir", str(run_dir), "--max-steps", str(steps + 1),
-           "--set", f"generation.engine={'vllm' if colocate else engine}",
+           "--set", f"generation.engine={engine.split('_')[0]}",
+           "--set", f"generation.vllm_weight_sync={sync}",
            "--set", "train.eval_steps=0", "--set", "train.save_steps=0"]
     if colocate:
         cmd += ["--set", "generation.vllm_mode=colocate"]
@@ -96,8 +102,10 @@ def run_side(config: str, engine: str, steps: int) -> dict:
     metrics = [e for e in events if e["type"] == "metrics"][1:]  # without the warm-up step
     tokens = sum(m["completion_tokens"] for m in metrics)
     gen_s = sum(m["generation_time"] for m in metrics)
+    ready = next(e for e in events if e["type"] == "status" and e["state"] == "ready")
     out = {
         "config": config, "engine": engine, "measured_steps": len(metrics),
+        "engine_used": ready.get("engine"), "weight_sync": ready.get("vllm_weight_sync"),
         "generation_tokens_per_s": round(tokens / gen_s, 1),
         "step_time_s": round(statistics.mean(m["step_time"] for m in metrics), 2),
         "generation_time_s": round(gen_s / len(metrics), 2),
@@ -116,9 +124,10 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3, help="measured steps per side")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: "
                    + ", ".join(CONFIGS))
-    p.add_argument("--engines", default="transformers,vllm",
-                   help="comma-separated: transformers, vllm, vllm_colocate; ratios are each "
-                        "against the first")
+    p.add_argument("--engines", default="transformers,vllm_lora,vllm_merged",
+                   help="comma-separated: transformers, vllm, vllm_colocate, each vLLM one "
+                        "optionally ending in _lora or _merged (generation.vllm_weight_sync; "
+                        "else auto); ratios are each against the first")
     p.add_argument("--out", default=str(RESULTS / "vllm_engine_cpu.json"))
     args = p.parse_args()
     from core.vllm_engine import vllm_python
@@ -146,6 +155,8 @@ def main() -> int:
     result = {
         "date": _dt.date.today().isoformat(),
         "machine": {"cpu": platform.processor() or platform.machine(),
+                    "avx512_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+                    if Path("/proc/cpuinfo").exists() else None,
                     "cores": os.cpu_count(),
                     "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
         "load_average_before": [round(x, 2) for x in load_before],

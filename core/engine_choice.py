@@ -37,8 +37,9 @@ VLLM_MIN_TOKENS_PER_STEP = 4096  # below this, vLLM's start-up (~20 s here) is n
 REASONS = {
     "settings": "chosen in the settings",
     "no_vllm": "vLLM is not installed (bash scripts/setup.sh --vllm)",
-    "cpu": ("on a CPU, vLLM with a LoRA adapter generated no faster than transformers "
-            "(bench/results/vllm_engine_cpu.json)"),
+    "cpu": ("on a CPU vLLM takes about 3x the memory and half a minute to start; for long "
+            "answers choose it in the settings (2.2x the tokens/s at 8 answers of 200 tokens, "
+            "bench/results/vllm_engine_cpu.json)"),
     "few_tokens": ("a step generates at most {tokens:,} tokens, under the {limit:,} where vLLM "
                    "repays its start-up"),
     "many_tokens": "vLLM is installed and a step generates up to {tokens:,} tokens",
@@ -52,9 +53,12 @@ def pick_engine(cfg, gpu: bool, processes: int = 1) -> tuple[str, str, dict]:
     the rule. Needs no torch (the studio's page asks it too); `gpu`: whether the run trains on
     a CUDA GPU; `processes`: how many processes train it (vLLM serves a run of one only).
 
-    On a CPU, auto keeps transformers: vLLM serving the LoRA adapter was slower there (0.34x the
-    tokens/s of transformers on the classroom demo, 0.95x on 8 answers of up to 200 tokens;
-    bench/results/vllm_engine_cpu.json). AHA_VLLM_AUTO_ON_CPU=1 lets auto choose it anyway.
+    On a CPU, auto keeps transformers: vLLM with the weights merged generated faster there
+    (1.63x the tokens/s of transformers on the classroom demo, 2.22x on 8 answers of up to 200
+    tokens, steps 0.99x and 0.58x as long; bench/results/vllm_engine_cpu.json), but all its
+    processes took 2.8-3.5x the memory and it starts in about 30 s against 7 s, which a laptop
+    or a shared classroom server cannot always spare. AHA_VLLM_AUTO_ON_CPU=1 lets auto choose
+    it anyway.
     """
     g = cfg.grpo
     tokens = g.prompts_per_step * g.num_generations * g.max_completion_length

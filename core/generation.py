@@ -324,6 +324,24 @@ def base_weight_count(model) -> int:
     return total
 
 
+def vllm_weight_sync(setting: str, model, device: torch.device,
+                     model_path: str | None = None) -> str:
+    """How the weights reach vLLM (generation.vllm_weight_sync): auto is merged on a CPU, where
+    vLLM generated 2.1-2.5x slower with an adapter (bench/results/vllm_engine_cpu.json), and
+    lora on a GPU, whose adapter kernels are made for it; lora wherever the adapter cannot be
+    merged."""
+    from .vllm_engine import VLLMError, unmergeable
+    if setting == "lora" or (setting == "auto" and device.type == "cuda"):
+        return "lora"
+    why = unmergeable(model, model_path)
+    if setting == "merged" and why:
+        raise VLLMError(f"generation.vllm_weight_sync merged cannot be used with {why}: set it "
+                        f"to auto or lora.")
+    if setting == "auto":
+        return "lora" if why or device.type == "cuda" else "merged"
+    return setting
+
+
 def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, max_loras=1):
     """A vLLM engine with settings chosen from the run and the machine: the model's precision,
     context for the longest prompt and answer, room for a step's answers at once, a KV cache
@@ -351,7 +369,9 @@ def make_vllm_engine(model, tokenizer, device, cfg, model_path, log_path=None, m
     kwargs = dict(lora_rank=vllm_lora_rank(cfg.model.lora_r), dtype=dtype, seed=cfg.train.seed,
                   max_model_len=context, max_num_seqs=seqs,
                   kv_cache_gb=int(kv),  # vLLM takes whole GiB
-                  gpu_memory_utilization=share, max_loras=max_loras)
+                  gpu_memory_utilization=share, max_loras=max_loras,
+                  weight_sync=vllm_weight_sync(gen.vllm_weight_sync, model, device,
+                                               model_path))
     if gen.vllm_mode == "colocate":  # its log is this process's own
         return ColocatedVLLMEngine(model, tokenizer, device, model_path,
                                    sleep=gen.vllm_enable_sleep_mode, **kwargs)

@@ -232,7 +232,8 @@ class Trainer:
         self.sampler = PromptSampler(len(self.dataset), cfg.train.seed)
         trainable, total = count_parameters(self.model)
         trim_heap()  # loading's temporaries
-        vllm = {"vllm_mode": self.engine.mode, "vllm_sleep": self.engine.sleep} \
+        vllm = {"vllm_mode": self.engine.mode, "vllm_sleep": self.engine.sleep,
+                "vllm_weight_sync": self.engine.weight_sync} \
             if self.engine.name == "vllm" else {}
         self._status("ready", "Model and data ready", engine=self.engine.name, **vllm,
                      engine_reason=self.engine_reason, engine_why=self.engine_why,

@@ -16,6 +16,10 @@ the environment. Requests and replies are small dicts:
       -> {"ok": True, "completions": [[ids]] (B = prompts x G, a prompt's G together),
           "truncated": [bool], "logprobs": [[float]] (each sampled token's log-prob at the
           sampling temperature), "seconds": s}
+  {"op": "load_weights", "path": folder} -> {"ok": True, "seconds": s}: the model's weights
+      read again in place from the safetensors files in that folder, in checkpoint names (all
+      of them: a fused layer such as qkv_proj is rebuilt from the files), and the prefix cache
+      computed with the old ones dropped.
   {"op": "ping"} -> {"ok": True}
   {"op": "shutdown"} -> {"ok": True}, then the process ends.
 
@@ -50,6 +54,7 @@ def build_llm(args):
 class Server:
     def __init__(self, llm):
         self.llm = llm
+        self.weights_path: str | None = None
         self.lora_ids: dict[str, int] = {}      # adapter name -> vLLM's integer id
         self.lora_versions: dict[str, object] = {}
 
@@ -66,6 +71,23 @@ class Server:
         # load_inplace: an adapter already known under this name is read again from its folder
         return LoRARequest(name, self.lora_ids[name], lora["path"],
                            load_inplace=changed and not first)
+
+    def handle(self, req: dict) -> dict:
+        op = req.get("op")
+        if op == "generate":
+            return self.generate(req)
+        if op == "load_weights":
+            return self.load_weights(req)
+        if op == "ping":
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def load_weights(self, req: dict) -> dict:
+        start = time.perf_counter()
+        self.weights_path = req["path"]  # removed with the private folder if the trainer goes
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": req["path"]})
+        self.llm.reset_prefix_cache()  # its blocks were computed with the old weights
+        return {"ok": True, "seconds": time.perf_counter() - start}
 
     def generate(self, req: dict) -> dict:
         from vllm import SamplingParams
@@ -130,20 +152,26 @@ def main(argv=None) -> int:
     # listen before the model loads, so the trainer can tell "loading" from "gone"
     with Listener(args.socket, family="AF_UNIX", authkey=key) as listener:
         conn = listener.accept()
+        served: list = []
         try:
-            return _serve(conn, args)
+            return _serve(conn, args, served)
         except (EOFError, OSError):  # the trainer (or the studio's model process) is gone,
-            # perhaps killed while vLLM started or answered: its private folder goes too
-            folder = os.path.dirname(args.socket)
-            if os.path.basename(folder).startswith("aha-vllm-"):
-                import shutil
-                shutil.rmtree(folder, ignore_errors=True)
+            # perhaps killed while vLLM started or answered: its private folders go too (the
+            # merged weights' one is on disk where shared memory had no room)
+            import shutil
+            folders = [os.path.dirname(args.socket)]
+            if served and served[0].weights_path:
+                folders.append(served[0].weights_path)
+            for folder in folders:
+                if os.path.basename(folder).startswith("aha-vllm-"):
+                    shutil.rmtree(folder, ignore_errors=True)
             return 0
 
 
-def _serve(conn, args) -> int:
+def _serve(conn, args, served: list) -> int:
     try:
         server = Server(build_llm(args))
+        served.append(server)
     except Exception as exc:  # one line for the trainer's error event, all of it in the log
         import traceback
         traceback.print_exc()
@@ -152,17 +180,11 @@ def _serve(conn, args) -> int:
     conn.send({"ok": True, "ready": True})
     while True:
         req = conn.recv()
-        op = req.get("op")
+        if req.get("op") == "shutdown":
+            conn.send({"ok": True})
+            return 0
         try:
-            if op == "generate":
-                reply = server.generate(req)
-            elif op == "ping":
-                reply = {"ok": True}
-            elif op == "shutdown":
-                conn.send({"ok": True})
-                return 0
-            else:
-                reply = {"ok": False, "error": f"unknown op {op!r}"}
+            reply = server.handle(req)
         except Exception as exc:
             import traceback
             traceback.print_exc()

@@ -173,8 +173,9 @@ def test_lean_lora_layers_compute_what_peft_does(tiny_model_dir, tmp_path, preci
 
 
 def test_auto_engine_keeps_transformers_on_a_cpu(monkeypatch):
-    """vLLM with a LoRA adapter was no faster on this CPU (bench/results/vllm_engine_cpu.json):
-    auto takes it on a GPU for steps of 4,096 tokens or more, on a CPU only when told to."""
+    """vLLM takes about 3x the memory and half a minute to start on this CPU
+    (bench/results/vllm_engine_cpu.json): auto takes it on a GPU for steps of 4,096 tokens or
+    more, on a CPU only when told to."""
     from core import engine_choice as vllm_engine
     from core.config import RunConfig
 
@@ -192,6 +193,52 @@ def test_auto_engine_keeps_transformers_on_a_cpu(monkeypatch):
     assert vllm_engine.choose_engine(big, gpu=False)[0] == "vllm"
     big.generation.engine = "transformers"
     assert vllm_engine.choose_engine(big, gpu=True) == ("transformers", "chosen in the settings")
+
+
+def test_merged_weights_for_vllm_are_peft_merge_in_the_checkpoints_names(tiny_model_dir):
+    """generation.vllm_weight_sync merged: the weights written for vLLM are, name for name, the
+    base checkpoint's tensors, and their values are peft's own merge (merge_and_unload) of the
+    trained adapter; adapters a plain sum cannot give are sent as adapters (auto) or refused
+    (merged) in one line."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.generation import vllm_weight_sync
+    from core.vllm_engine import VLLMError, checkpoint_names, merged_weights, unmergeable
+
+    loaded = load_model(ModelConfig(source=str(tiny_model_dir), precision="32bit", lora_r=4,
+                                    lora_alpha=8), seed=0)
+    model = loaded.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    changing = merged_weights(model, torch.float32, changing=True)
+    rest = merged_weights(model, torch.float32, changing=False)
+    assert not set(changing) & set(rest)
+    assert set(changing) | set(rest) == checkpoint_names(str(tiny_model_dir))
+    assert any(".q_proj." in k for k in changing) and "model.embed_tokens.weight" in rest
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()
+    for key, value in {**changing, **rest}.items():
+        assert torch.equal(value, merged[key]), key
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert unmergeable(model, str(tiny_model_dir)) is None
+    assert vllm_weight_sync("auto", model, cpu, str(tiny_model_dir)) == "merged"
+    assert vllm_weight_sync("auto", model, gpu, str(tiny_model_dir)) == "lora"
+    assert vllm_weight_sync("lora", model, cpu, str(tiny_model_dir)) == "lora"
+
+    for lora, why in ((dict(use_dora=True), "DoRA"),
+                      (dict(target_modules=["embed_tokens", "q_proj"]), "tied"),
+                      (dict(modules_to_save=["lm_head"]), "beside the adapter")):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        other = get_peft_model(base, LoraConfig(r=4, **{"target_modules": ["q_proj"], **lora}))
+        assert why in unmergeable(other, str(tiny_model_dir))
+        assert vllm_weight_sync("auto", other, cpu, str(tiny_model_dir)) == "lora"
+        with pytest.raises(VLLMError, match="cannot be used with") as err:
+            vllm_weight_sync("merged", other, cpu, str(tiny_model_dir))
+        assert "\n" not in str(err.value)
 
 
 def test_vllm_gpu_share_fits_beside_training():

@@ -70,6 +70,49 @@ def test_greedy_parity_and_lora_updates(engines):
     assert again == moved and vllm.last_update_s == 0.0  # unchanged weights are not resent
 
 
+def test_merged_weights_give_vllm_the_4bit_trainers_own_model(tmp_path):
+    """generation.vllm_weight_sync merged: vLLM reloads the trainer's weights (its 4-bit base
+    dequantized, plus the adapter's product) in place, and answers as the trainer does, greedy
+    token for token, before and after an update; the prompts share their chat-template prefix,
+    so a prefix cache kept from the old weights would show."""
+    from core.config import ModelConfig
+    from core.evaluate import prompt_ids
+    from core.generation import TransformersEngine
+    from core.models import embedded_model_dir, load_model
+    from core.vllm_engine import VLLMEngine
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(source="default", precision="4bit", lora_r=8, lora_alpha=16),
+                        seed=0, fast_cpu_generation=False)
+    system = "You are a careful tutor. " * 60  # about 360 tokens: several cache blocks
+    prompts = [prompt_ids(loaded.tokenizer, {"system": system, "question": q}, 512)
+               for q in QUESTIONS]
+    hf = TransformersEngine(loaded.model, loaded.tokenizer, loaded.device, max_batch_size=8)
+    vllm = VLLMEngine(loaded.model, loaded.tokenizer, loaded.device, str(embedded_model_dir()),
+                      lora_rank=8, dtype="float32", weight_sync="merged")
+    try:
+        assert vllm.lora_rank == 0  # vLLM runs without its adapter path
+        base = _greedy(vllm, prompts)
+        assert vllm.last_update_s > 0
+        assert base == _greedy(hf, prompts)
+        with torch.no_grad():
+            for name, p in loaded.model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+        vllm.mark_weights_changed()
+        moved = _greedy(vllm, prompts)
+        assert moved == _greedy(hf, prompts)
+        assert moved != base
+        again = _greedy(vllm, prompts)
+        assert again == moved and vllm.last_update_s == 0.0  # unchanged weights are not resent
+        folder = vllm._merged_dir
+        assert sorted(f.name for f in folder.iterdir()) == ["changing.safetensors",
+                                                            "rest.safetensors"]
+    finally:
+        vllm.close()
+    assert not folder.exists()
+
+
 def test_logprobs_at_the_sampling_temperature(engines):
     """vLLM's log-prob of each sampled token, at temperature 0.7, against the trainer's."""
     from core.trainer import completion_logps
@@ -203,6 +246,7 @@ def test_grpo_steps_with_vllm_write_the_usual_events(tmp_path):
     events = read_events(tmp_path)[0]
     ready = next(e for e in events if e["type"] == "status" and e["state"] == "ready")
     assert ready["engine"] == "vllm" and ready["engine_reason"] == "chosen in the settings"
+    assert ready["vllm_weight_sync"] == "merged"  # auto, on a CPU
     metrics = [e for e in events if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["weight_sync_time"] > 0 for m in metrics[1:])  # new weights every step
