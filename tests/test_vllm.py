@@ -53,8 +53,8 @@ def _greedy(engine, prompts):
     return engine.generate(prompts, 1, 20, 1.0, 1.0, 1, min_new_tokens=6).completion_ids
 
 
-def test_greedy_parity_and_lora_updates(engines):
-    loaded, prompts, vllm, hf = engines
+def _follows_updates(loaded, prompts, vllm, hf) -> None:
+    """vLLM answers greedily as the trainer does, before and after the adapter moves."""
     base = _greedy(vllm, prompts)
     assert base == _greedy(hf, prompts)  # base model (LoRA B is zero at the start)
     with torch.no_grad():
@@ -63,11 +63,15 @@ def test_greedy_parity_and_lora_updates(engines):
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
     vllm.mark_weights_changed()
     moved = _greedy(vllm, prompts)
-    assert vllm.last_update_s > 0  # the adapter went to vLLM, without a restart
+    assert vllm.last_update_s > 0  # the new weights went to vLLM, without a restart
     assert moved == _greedy(hf, prompts)
     assert moved != base  # the new weights answer, not the old ones
     again = _greedy(vllm, prompts)
     assert again == moved and vllm.last_update_s == 0.0  # unchanged weights are not resent
+
+
+def test_greedy_parity_and_lora_updates(engines):
+    _follows_updates(*engines)
 
 
 def test_merged_weights_give_vllm_the_4bit_trainers_own_model(tmp_path):
@@ -92,19 +96,7 @@ def test_merged_weights_give_vllm_the_4bit_trainers_own_model(tmp_path):
                       lora_rank=8, dtype="float32", weight_sync="merged")
     try:
         assert vllm.lora_rank == 0  # vLLM runs without its adapter path
-        base = _greedy(vllm, prompts)
-        assert vllm.last_update_s > 0
-        assert base == _greedy(hf, prompts)
-        with torch.no_grad():
-            for name, p in loaded.model.named_parameters():
-                if "lora_B" in name:
-                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
-        vllm.mark_weights_changed()
-        moved = _greedy(vllm, prompts)
-        assert moved == _greedy(hf, prompts)
-        assert moved != base
-        again = _greedy(vllm, prompts)
-        assert again == moved and vllm.last_update_s == 0.0  # unchanged weights are not resent
+        _follows_updates(loaded, prompts, vllm, hf)
         folder = vllm._merged_dir
         assert sorted(f.name for f in folder.iterdir()) == ["changing.safetensors",
                                                             "rest.safetensors"]
