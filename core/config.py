@@ -296,9 +296,10 @@ class GenerationConfig:
                                      "then also covers the difference between vLLM and the "
                                      "trainer, and the correction above is not applied on top. "
                                      "auto: only when both hold the same weights (a 16- or "
-                                     "32-bit base; a 4-bit trainer differs from vLLM's original "
-                                     "weights by enough to clip about a quarter of the tokens "
-                                     "at once) and sample without top-p or top-k (whose "
+                                     "32-bit base, or weights sent merged; a 4-bit trainer "
+                                     "differs from vLLM's original weights, the adapter route's, "
+                                     "by enough to clip about a quarter of the tokens at once) "
+                                     "and sample without top-p or top-k (whose "
                                      "renormalised log-probs the trainer does not compute). "
                                      "on: always. off: the trainer computes them.",
                                      choices=("auto", "on", "off"))

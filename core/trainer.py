@@ -573,13 +573,15 @@ class Trainer:
 
     def _sampler_logps_as_old(self) -> bool:
         """generation.vllm_logprobs_as_old: on, off, or auto (when vLLM holds the trainer's own
-        weights: a 16- or 32-bit base; vLLM reads the original weights, not the 4-bit ones)."""
+        weights: a 16- or 32-bit base, or any base when the weights reach vLLM merged; with the
+        adapter route vLLM reads the original weights, not the 4-bit ones)."""
         choice = self.cfg.generation.vllm_logprobs_as_old
         if choice == "auto":  # and vLLM's log-probs are the trainer's: temperature only, no
             # top-p / top-k renormalisation (the trainer's log-probs have none)
             g = self.cfg.grpo
-            return (self.cfg.model.precision in ("16bit", "32bit") and g.top_p >= 1.0
-                    and not g.top_k)
+            same = (self.cfg.model.precision in ("16bit", "32bit")
+                    or getattr(getattr(self, "engine", None), "weight_sync", None) == "merged")
+            return same and g.top_p >= 1.0 and not g.top_k
         return choice == "on"
 
     def _weights_changed(self) -> None:
