@@ -338,7 +338,7 @@ def vllm_weight_sync(setting: str, model, device: torch.device,
         raise VLLMError(f"generation.vllm_weight_sync merged cannot be used with {why}: set it "
                         f"to auto or lora.")
     if setting == "auto":
-        return "lora" if why or device.type == "cuda" else "merged"
+        return "lora" if why else "merged"
     return setting
 
 

@@ -16,11 +16,11 @@ there is one and it has room, so no disk is touched):
   generated 2.1-2.5x slower than merged weights in GRPO steps here.
 - merged: the weights vLLM would compute with, the trainer's base (a 4-bit layer dequantized,
   so vLLM samples from the base the trainer learns on, rounded to vLLM's precision) plus the
-  adapter's product (peft's `get_delta_weight`), as safetensors in checkpoint names; vLLM reloads them in place
-  (`reload_weights(weights_path=...)`, its supported route) and drops the prefix cache computed
-  with the old ones. The frozen rest of the model (embeddings, norms, layers without an adapter)
-  is written once; each update rewrites only the adapted layers (about 0.2 GB for the embedded
-  model in bfloat16).
+  adapter's product (peft's `get_delta_weight`), as safetensors in checkpoint names; vLLM
+  reloads them in place (`reload_weights(weights_path=...)`, its supported route) and drops the
+  prefix cache computed with the old ones. The frozen rest of the model (embeddings, norms,
+  layers without an adapter) is written once; each update rewrites only the adapted layers
+  (about 0.2 GB for the embedded model in bfloat16).
 bench/vllm_engine.py measures both.
 
 `ColocatedVLLMEngine` (generation.vllm_mode: colocate) answers the same requests from vLLM inside
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from .engine_choice import vllm_importable, vllm_python
-from .generation import Generation
+from .generation import Generation, base_weight_count
 from .models import save_adapter_files, stop_token_ids
 from .runs import PROJECT_ROOT, child_env, usable_cpus
 from .vllm_server import _line
@@ -144,13 +144,6 @@ def merged_weights(model, dtype: torch.dtype | None, *, changing: bool,
             continue
         out[key] = None if names_only else _base_weight(param).to(dtype).cpu().contiguous()
     return out
-
-
-def _room(folder: Path) -> int:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return 0
 
 
 def _threads() -> str:
@@ -280,11 +273,9 @@ class VLLMEngine:
         model in vLLM's precision and a tenth more (Docker gives /dev/shm 64 MB), else a private
         folder on disk (which the vLLM process removes if the trainer is gone)."""
         if getattr(self, "_merged_dir", None) is None:
-            need = sum((p.quant_state.shape.numel() if getattr(p, "quant_state", None)
-                        is not None else p.numel()) for n, p in self.model.named_parameters()
-                       if "lora_" not in n) * self.dtype.itemsize
+            need = base_weight_count(self.model) * self.dtype.itemsize
             folder = self._dir / "weights"
-            if _room(self._dir) < 1.1 * need:
+            if shutil.disk_usage(self._dir).free < 1.1 * need:
                 folder = Path(tempfile.mkdtemp(prefix="aha-vllm-weights-"))
                 self._spill = folder
             folder.mkdir(mode=0o700, exist_ok=True)
