@@ -15,6 +15,15 @@ Data parallelism, as the trainer uses it (docs/SCALING.md):
 - gradients are averaged by DistributedDataParallel once per step (the passes before the last
   run under `no_sync`), so each process may cut its share into a different number of passes;
 - only the main process writes events, progress, samples, checkpoints and the adapter.
+
+Sharded (FSDP: `accelerate launch --use_fsdp`, or an accelerate config with FSDP): every process
+holds a 1/N slice of each weight, base included, through torch's FSDP2 (`fully_shard`, one unit
+per decoder layer plus the rest), on GPUs and, with gloo, on the CPU (where accelerate itself
+would fall back to plain data parallelism). Every forward pass is then a collective: generation
+runs in step on all processes (`synced_gpus`), passes are cut alike everywhere, every process
+evaluates, and the adapter and optimizer state are gathered whole before the main process writes
+them, in the same format as one process writes (a checkpoint resumes on any number of
+processes, sharded or not).
 """
 from __future__ import annotations
 
@@ -38,6 +47,20 @@ DEFAULT_TIMEOUT_S = 1800
 # How long a process on this machine may be gone before the watchdog ends this one (NCCL does
 # not notice a dead peer: a survivor would wait in its collective until the timeout above).
 WATCHDOG_GRACE_S = 5.0
+
+
+def fsdp_requested() -> bool:
+    """Whether the launcher asked for FSDP (accelerate launch --use_fsdp, or its config's
+    distributed_type FSDP: accelerate passes both on as ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1", "yes")
+
+
+def reshard_after_forward() -> bool:
+    """accelerate's fsdp_reshard_after_forward (FSDP2: true/false; FSDP1's sharding strategy
+    names: only FULL_SHARD frees a layer's gathered weights after its forward pass)."""
+    value = os.environ.get("FSDP_RESHARD_AFTER_FORWARD") or \
+        os.environ.get("FSDP_SHARDING_STRATEGY") or "true"
+    return value.strip().lower() in ("true", "1", "yes", "full_shard")
 
 
 class PeerLost(RuntimeError):
@@ -69,6 +92,7 @@ class World:
         self.size = launched_size()
         self.rank, self.local_rank, self.local_size = 0, 0, 1
         self.accelerator = None
+        self.sharded = False
         if self.size > 1:
             from accelerate import Accelerator, InitProcessGroupKwargs
 
@@ -79,11 +103,13 @@ class World:
                 cpu=not torch.cuda.is_available(), mixed_precision="no", dynamo_backend="no",
                 kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
             kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-            if kind not in ("MULTI_CPU", "MULTI_GPU", "NO"):
+            if kind not in ("MULTI_CPU", "MULTI_GPU", "FSDP", "NO"):
                 from .config import ConfigError
                 raise ConfigError(f"accelerate's {kind} launch is not supported: a run trains "
-                                  f"data parallel (accelerate launch --multi_gpu; "
-                                  f"docs/SCALING.md).")
+                                  f"data parallel (accelerate launch --multi_gpu) or sharded "
+                                  f"(--use_fsdp; docs/SCALING.md).")
+            # on the CPU accelerate keeps FSDP settings but trains MULTI_CPU: sharded either way
+            self.sharded = kind == "FSDP" or fsdp_requested()
             self.size = self.accelerator.num_processes
             self.rank = self.accelerator.process_index
             self.local_rank = self.accelerator.local_process_index
@@ -103,6 +129,11 @@ class World:
         return self.size > 1
 
     @property
+    def sharding(self) -> str | None:
+        """How the weights are spread: "fsdp" (each process a slice), or None (whole on each)."""
+        return "fsdp" if self.sharded else None
+
+    @property
     def backend(self) -> str | None:
         if not self.distributed:
             return None
@@ -113,6 +144,11 @@ class World:
         if self.distributed and torch.cuda.is_available():
             return torch.device("cuda", self.local_rank)
         return None
+
+    def load_device(self) -> torch.device | None:
+        """Where the model is loaded: sharded, on the CPU (the shards then go to this
+        process's device, one layer at a time, so that the whole model never has to fit it)."""
+        return torch.device("cpu") if self.sharded else self.device()
 
     def threads(self, cpus: int) -> int:
         """CPU threads for this process: the machine's usable cores shared among the processes
@@ -166,6 +202,10 @@ class World:
             torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return t.tolist()
 
+    def min(self, value: int) -> int:
+        """The smallest of the processes' values (what all of them can do alike)."""
+        return int(-self._reduce([-float(value)], "MAX")[0])
+
     def any(self, flag: bool) -> bool:
         """True on every process when it is true on one (a stop asked of one stops them all)."""
         return bool(self.max([1.0 if flag else 0.0])[0])
@@ -182,15 +222,96 @@ class World:
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """`module` under DistributedDataParallel (a world of one: as it is). Only the trainable
         parameters take part: the frozen base (4-bit or not) is loaded alike by every process
-        and is never broadcast."""
+        and is never broadcast. Sharded: under FSDP2 instead (see `shard`)."""
         if not self.distributed:
             return module
+        if self.sharded:
+            return self.shard(module)
         from torch.nn.parallel import DistributedDataParallel
 
         frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
         frozen += [name for name, _ in module.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
         return self.accelerator.prepare_model(module, device_placement=False)
+
+    def shard(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` sharded with torch's FSDP2 over this run's processes: each decoder layer (the
+        model's own `_no_split_modules`) is a unit, gathered for its forward and backward pass
+        and freed after (unless accelerate's config says fsdp_reshard_after_forward: false), and
+        the rest (embeddings, final norm, output head) is the root unit. Frozen and trainable
+        weights shard alike; gradients are averaged over the processes (reduce-scatter) in every
+        backward pass."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+        mesh = init_device_mesh(kind, (self.size,))
+        names = set()
+        for sub in module.modules():
+            names.update(getattr(sub, "_no_split_modules", None) or ())
+        free = reshard_after_forward()
+        for sub in module.modules():
+            if type(sub).__name__ in names:
+                fully_shard(sub, mesh=mesh, reshard_after_forward=free)
+        fully_shard(module, mesh=mesh, reshard_after_forward=free)
+        # FSDP settles which unit is the root at the first forward pass through it; generation
+        # runs the decoder layers before that (not through the root), so settle it now
+        state = getattr(module, "_get_fsdp_state", None)
+        if state is not None and hasattr(state(), "_lazy_init"):
+            state()._lazy_init()
+        return module
+
+    @contextmanager
+    def gathered(self, wrapped: torch.nn.Module | None):
+        """Inside: the root unit's weights whole on every process, for a use of the model that
+        does not go through the wrapped module's own forward (generation calls the model
+        inside it; its decoder layers gather their own weights as they run)."""
+        if not self.sharded or wrapped is None:
+            yield
+            return
+        with self.guard():  # every forward pass inside is a collective too
+            wrapped.unshard()
+            try:
+                yield
+            finally:
+                wrapped.reshard()
+
+    def full_tensors(self, tensors: dict) -> dict:
+        """`tensors` with every shard made whole (a collective: every process calls it with the
+        same keys, in the same order), on the CPU."""
+        out = {}
+        with self.guard(self.sharded):
+            for key, value in tensors.items():
+                if hasattr(value, "full_tensor"):
+                    value = value.full_tensor()
+                out[key] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
+        return out
+
+    def full_optimizer_state(self, optimizer) -> dict:
+        """optimizer.state_dict() with whole tensors, as one process would save it."""
+        state = optimizer.state_dict()
+        if not self.sharded:
+            return state
+        state["state"] = {index: self.full_tensors(values)
+                          for index, values in state["state"].items()}
+        return state
+
+    def shard_optimizer_state(self, optimizer) -> None:
+        """After optimizer.load_state_dict of whole tensors (saved by any number of processes):
+        each parameter's state cut to the parameter's own shard."""
+        if not self.sharded:
+            return
+        from torch.distributed.tensor import distribute_tensor
+
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                for key, value in list(state.items()):
+                    if hasattr(p, "device_mesh") and isinstance(value, torch.Tensor) and \
+                            not hasattr(value, "device_mesh") and value.shape == p.shape:
+                        # every process holds the same whole tensor: each keeps its own slice
+                        state[key] = distribute_tensor(value.to(p.device), p.device_mesh,
+                                                       p.placements, src_data_rank=None)
 
     def no_sync(self, wrapped: torch.nn.Module, last: bool):
         """Inside: backward passes keep their gradients local, except the step's last, which

@@ -133,6 +133,9 @@ class TransformersEngine:
         self.on_partial: Callable[[list[list[int]]], None] | None = None
         # LoRA layers with less Python around them while sampling (LeanLoraForGeneration)
         self.lean_lora = True
+        # sharded weights (core.distributed.World, FSDP): every process generates in step,
+        # batch for batch and token for token until all are done
+        self.world = None
 
     def batch_size_for(self, seq_len: int) -> int:
         """How many sequences of seq_len tokens fit: KV cache plus one step of logits each."""
@@ -157,6 +160,8 @@ class TransformersEngine:
         expanded = [p for p in prompts for _ in range(num_generations)]
         longest = max(len(p) for p in expanded)
         batch = self.batch_size_for(longest + max_new_tokens)
+        if self.world is not None:
+            batch = self.world.min(batch)
         completion_ids: list[list[int]] = []
         truncated: list[bool] = []
         # LoRA layers with less Python around them too, unless switched off (the bench)
@@ -211,6 +216,8 @@ class TransformersEngine:
                     for c in criteria:
                         c.new_chunk(width)
                     extra["stopping_criteria"] = StoppingCriteriaList(criteria)
+                if self.world is not None:
+                    extra["synced_gpus"] = True
                 out = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     generation_config=config, logits_processor=processors, **extra)

@@ -124,14 +124,16 @@ def public_base_id(source: str) -> str:
     return source
 
 
-def save_adapter_files(model, path) -> None:
+def save_adapter_files(model, path, state: dict | None = None) -> None:
     """model.save_pretrained for a peft model without asking the Hub anything: peft's default
     looks up the base model's config on the Hub at every save (to see whether the vocabulary
     grew), a network call per checkpoint that an offline machine waits on. Embeddings are saved
-    when LoRA targets them; the vocabulary is never resized here."""
+    when LoRA targets them; the vocabulary is never resized here. `state`: the weights to save
+    by parameter name (whole ones, when the model holds FSDP slices); default the model's."""
     from peft.tuners.lora import Embedding
     targeted = any(isinstance(m, Embedding) for m in model.modules())
-    model.save_pretrained(path, save_embedding_layers=targeted)
+    extra = {"state_dict": state} if state is not None else {}
+    model.save_pretrained(path, save_embedding_layers=targeted, **extra)
 
 
 def pick_device() -> torch.device:

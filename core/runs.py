@@ -108,13 +108,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_prefix(processes: int = 1, port: int | None = None) -> list[str]:
+def launch_prefix(processes: int = 1, port: int | None = None,
+                  sharded: bool = False) -> list[str]:
     """The start of the command that runs a module on `processes` processes: python itself for
     one; accelerate launch for several (one machine, data parallel; on a machine without GPUs
-    --multi_gpu still starts them all, on the CPU with gloo, where --cpu would start one)."""
+    --multi_gpu still starts them all, on the CPU with gloo, where --cpu would start one).
+    `sharded`: FSDP (--use_fsdp, FSDP2) instead of whole copies of the model."""
     if processes <= 1:
         return [sys.executable, "-m"]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+    kind = ["--use_fsdp", "--fsdp_version", "2"] if sharded else ["--multi_gpu"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *kind,
             "--num_processes", str(processes), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(port or free_port()), "-m"]

@@ -13,6 +13,7 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,10 @@ class Trainer:
                 world.local_size > torch.cuda.device_count():
             raise ConfigError(f"{world.local_size} processes on this machine, but it has "
                               f"{torch.cuda.device_count()} GPUs: one process per GPU.")
+        if world.sharded and cfg.model.precision not in ("16bit", "32bit"):
+            raise ConfigError(f"A sharded (FSDP) run needs a 16- or 32-bit base, not "
+                              f"{cfg.model.precision}: set model.precision to 16bit, or train "
+                              f"the 4-bit base data parallel (accelerate launch --multi_gpu).")
         if world.is_main:
             self.cfg.save(self.run_dir / "config.yaml")
 
@@ -195,7 +200,7 @@ class Trainer:
                 f"{len(missing)} rows have none (first: row {self.dataset[missing[0] - 1]['row']}).")
 
         self._status("loading_model", "Loading the model")
-        self.loaded = load_model(cfg.model, seed=cfg.train.seed, device=world.device(),
+        self.loaded = load_model(cfg.model, seed=cfg.train.seed, device=world.load_device(),
                                  fast_cpu_generation=cfg.generation.fast_cpu_4bit)
         self.model, self.tokenizer, self.device = (self.loaded.model, self.loaded.tokenizer,
                                                    self.loaded.device)
@@ -223,6 +228,11 @@ class Trainer:
         self.loss_settings = LossSettings.from_config(cfg.grpo)
         if world.distributed:
             self.policy = world.wrap(PolicyLogps(self.model))
+        if world.sharded:  # the shards went to this process's device; generation gathers them
+            self.device = self.engine.device = world.device() or self.device
+            self.engine.world = world
+            self.engine.weights = lambda: world.gathered(self.policy)
+            self.engine.lean_lora = False  # it copies the LoRA factors: here, slices of them
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg.train)
         from transformers import get_scheduler
@@ -231,6 +241,9 @@ class Trainer:
                                        num_training_steps=cfg.train.max_steps)
         self.sampler = PromptSampler(len(self.dataset), cfg.train.seed)
         trainable, total = count_parameters(self.model)
+        # the weights each process holds: all of them, or (sharded) its slice of each
+        held = world.gather(sum((p.to_local() if hasattr(p, "to_local") else p).numel()
+                                for p in self.model.parameters()))
         trim_heap()  # loading's temporaries
         vllm = {"vllm_mode": self.engine.mode, "vllm_sleep": self.engine.sleep,
                 "vllm_weight_sync": self.engine.weight_sync} \
@@ -238,9 +251,10 @@ class Trainer:
         self._status("ready", "Model and data ready", engine=self.engine.name, **vllm,
                      engine_reason=self.engine_reason, engine_why=self.engine_why,
                      threads=torch.get_num_threads(), cpus=usable_cpus(),
-                     world_size=world.size, backend=world.backend,
+                     world_size=world.size, backend=world.backend, sharding=world.sharding,
                      pids=[pid for _host, pid in world.peers],
                      device=str(self.device), trainable_params=trainable, total_params=total,
+                     params_per_process=held,
                      rows=len(self.dataset), rewards=self.rewards.names,
                      heldout_questions=self.heldout.num_rows if self.heldout else 0,
                      kernels=self.kernel_report)
@@ -365,6 +379,13 @@ class Trainer:
                               all_advantages)
         return batch
 
+    def _width(self, batch: Batch) -> int:
+        """The batch's padded width; sharded, the widest of all the processes' batches, so that
+        every process cuts its share into the same number of passes (each pass's forward and
+        backward are collectives there)."""
+        width = batch.input_ids.shape[1]
+        return int(self.world.max([width])[0]) if self.world.sharded else width
+
     def _rows_per_pass(self, batch: Batch) -> int:
         """Completions per forward/backward pass: few enough that the activations stay small.
 
@@ -375,19 +396,20 @@ class Trainer:
         if self.cfg.grpo.micro_batch_size:
             return self.cfg.grpo.micro_batch_size
         budget = TOKENS_PER_PASS_GPU if self.device.type == "cuda" else TOKENS_PER_PASS_CPU
-        return max(1, budget // batch.input_ids.shape[1])
+        return max(1, budget // self._width(batch))
 
-    def _micro_batches(self, batch: Batch):
-        """(chunk, rows): gradient-accumulation chunks, each cut into passes that fit memory."""
+    def _micro_batches(self, batch: Batch, step: int | None = None):
+        """(chunk, rows): gradient-accumulation chunks, each cut into passes of `step` rows
+        (default: what fits memory)."""
         n = batch.input_ids.shape[0]
         size = n // self.cfg.grpo.gradient_accumulation_steps
-        step = self._rows_per_pass(batch)
+        step = step or self._rows_per_pass(batch)
         for start in range(0, n, size):
             for first in range(start, start + size, step):
                 yield slice(start, start + size), slice(first, min(first + step, start + size))
 
-    def _passes(self, batch: Batch) -> int:
-        return sum(1 for _ in self._micro_batches(batch))
+    def _passes(self, batch: Batch, step: int | None = None) -> int:
+        return sum(1 for _ in self._micro_batches(batch, step))
 
     def _pass_share(self, batch: Batch, chunk: slice, rows: slice) -> float:
         """The part of its chunk's loss a pass carries, so that splitting never changes it."""
@@ -401,11 +423,14 @@ class Trainer:
 
     def _logps_no_grad(self, batch: Batch) -> torch.Tensor:
         out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=self.device)
-        for _chunk, rows in self._micro_batches(batch):
-            ids, att, cmask, width, _first, last = _trim(batch, rows)
-            logps, _ = completion_logps(self.model, ids, att, cmask, width,
-                                        self.cfg.grpo.temperature, self.cfg.grpo.logprob_chunk_size)
-            out[rows, :last] = logps
+        # sharded, through the wrapped module: its forward gathers the root unit's weights
+        forward = self.policy if self.world.sharded else partial(completion_logps, self.model)
+        with self.world.guard(self.world.sharded):
+            for _chunk, rows in self._micro_batches(batch):
+                ids, att, cmask, width, _first, last = _trim(batch, rows)
+                logps, _ = forward(ids, att, cmask, width, self.cfg.grpo.temperature,
+                                   self.cfg.grpo.logprob_chunk_size)
+                out[rows, :last] = logps
         return out
 
     def step(self) -> dict:
@@ -423,14 +448,17 @@ class Trainer:
         totals = StepMetrics()
         entropy_sum = 0.0
         loss_sum = 0.0
-        passes = self._passes(batch)
+        rows_per_pass = self._rows_per_pass(batch)
+        passes = self._passes(batch, rows_per_pass)
         self.progress.phase("updating", self.step_count + 1, passes=passes)
-        for done, (chunk, rows) in enumerate(self._micro_batches(batch)):
+        for done, (chunk, rows) in enumerate(self._micro_batches(batch, rows_per_pass)):
             self.progress.update(done=done)
             ids, att, cmask, width, _first, last = _trim(batch, rows)
             # several processes: DDP averages the gradients once, in the step's last backward
+            # (FSDP in every one: each of its passes is a collective)
             last_pass = done == passes - 1
-            with world.no_sync(self.policy, last=last_pass), world.guard(last_pass):
+            with world.no_sync(self.policy, last=last_pass), \
+                    world.guard(last_pass or world.sharded):
                 loss, m, entropy = self._pass_loss(batch, chunk, rows, ids, att, cmask, width,
                                                    last, tokens_in_step)
                 loss.backward()
@@ -440,7 +468,10 @@ class Trainer:
 
         # 7. optimizer step (the gradients are the global batch's, alike on every process)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")).item()
+            self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # sharded: the norm over all the slices
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = grad_norm.item()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self._weights_changed()
@@ -556,8 +587,9 @@ class Trainer:
             if every and self.step_count % every == 0 and self.step_count < max_steps:
                 self.save_checkpoint()
         self.save_checkpoint()
+        state = self._adapter_state()
         if world.is_main:
-            self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
+            self.save_adapter(self.run_dir / ADAPTER_DIR, card=True, state=state)
         self.progress.clear()
         self._status("finished", f"Finished {self.step_count} steps", step=self.step_count,
                      adapter=str(self.run_dir / ADAPTER_DIR))
@@ -632,6 +664,7 @@ class Trainer:
         the collapse began (or the untrained adapter's state when none is that old)."""
         began = self.health.collapsed_since
         self.save_checkpoint()  # where it ended, for whoever wants to look
+        state = self._adapter_state()
         if not self.world.is_main:
             return "stopped"
         good = [p for p in checkpoints(self.run_dir) if checkpoint_step(p) < began]
@@ -644,7 +677,7 @@ class Trainer:
             write_model_card(self.run_dir / ADAPTER_DIR, self.run_dir, self.cfg,
                              f"The run collapsed at step {began}; this is {kept}.")
         else:
-            self.save_adapter(self.run_dir / ADAPTER_DIR, card=True)
+            self.save_adapter(self.run_dir / ADAPTER_DIR, card=True, state=state)
             kept = "the last adapter (no checkpoint from before it exists)"
         self._status("stopped", f"Stopped at step {self.step_count}: the run collapsed at step "
                      f"{began} and did not recover; kept {kept}.", step=self.step_count,
@@ -655,8 +688,10 @@ class Trainer:
     def evaluate(self) -> dict | None:
         """Greedy answers to the held-out questions, scored; an `eval` event. Training's random
         state is left as it was, so evaluating never changes what the run learns."""
-        if self.heldout is None or not self.world.is_main:
-            return None  # the main process evaluates; the others wait for it at the next step
+        if self.heldout is None or not (self.world.is_main or self.world.sharded):
+            # the main process evaluates, the others wait for it at the next step; sharded,
+            # every process takes part in each forward pass (only the main one writes)
+            return None
         n = min(self.cfg.train.eval_max_questions, self.heldout.num_rows)
         self.progress.phase("evaluating", self.step_count, questions=n)
         rows = [self.heldout[i] for i in range(n)]
@@ -682,12 +717,22 @@ class Trainer:
             pass  # not the main thread (e.g. inside a test runner thread)
 
     # ---- checkpoints ------------------------------------------------------------------
-    def save_adapter(self, path: Path, card: bool = False, note: str = "") -> None:
+    def _adapter_state(self) -> dict | None:
+        """Sharded: the trainable weights made whole, for the main process to save (every
+        process calls this: gathering is a collective). Otherwise None: the model has them."""
+        if not self.world.sharded:
+            return None
+        return self.world.full_tensors({name: p for name, p in self.model.named_parameters()
+                                        if p.requires_grad})
+
+    def save_adapter(self, path: Path, card: bool = False, note: str = "",
+                     state: dict | None = None) -> None:
         """The adapter in peft's format, naming its base as others can load it (the embedded
-        model by its Hub id, never a folder of this machine); with `card`, a model card."""
+        model by its Hub id, never a folder of this machine); with `card`, a model card.
+        `state`: the trainable weights whole (_adapter_state), when the model holds slices."""
         for peft_config in getattr(self.model, "peft_config", {}).values():
             peft_config.base_model_name_or_path = public_base_id(self.cfg.model.source)
-        save_adapter_files(self.model, path)
+        save_adapter_files(self.model, path, state)
         if card:
             write_model_card(path, self.run_dir, self.cfg, note)
 
@@ -698,13 +743,15 @@ class Trainer:
         mid_cycle = self.step_count % self.cfg.grpo.num_iterations != 0
         kept = mid_cycle and self._batch is not None
         batches = self.world.gather(batch_to(self._batch, "cpu") if kept else None)
+        state = self._adapter_state()
+        optimizer = self.world.full_optimizer_state(self.optimizer)
         if not self.world.is_main:
             return final
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.save_adapter(tmp)
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        self.save_adapter(tmp, state=state)
+        torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
                     "torch": torch.get_rng_state(),
@@ -746,6 +793,7 @@ class Trainer:
         # on the CPU first: the optimizer moves its state to each parameter's device
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False,
                                                   map_location="cpu"))
+        self.world.shard_optimizer_state(self.optimizer)  # sharded: each process its slice
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         random.setstate(rng["python"])

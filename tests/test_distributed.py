@@ -1,7 +1,8 @@
 """One GRPO run on two CPU processes (accelerate launch, gloo) against the same run on one.
 
 Real parts throughout: the real loader on a tiny random Llama, `accelerate launch` starting real
-worker processes that meet over loopback, DistributedDataParallel averaging the gradients.
+worker processes that meet over loopback, DistributedDataParallel averaging the gradients, or
+(`--use_fsdp`) torch's FSDP2 holding half of every weight on each process.
 """
 import os
 import shutil
@@ -29,8 +30,10 @@ ADAPTER_ATOL = 1e-4
 DEATH_NOTICED_S = 60
 
 
-def write_config(model_dir, path: Path, max_steps=2, save_steps=1, precision="32bit") -> Path:
-    path.write_text(yaml.safe_dump({
+def write_config(model_dir, path: Path, max_steps=2, save_steps=1, precision="32bit",
+                 **sections) -> Path:
+    """The tiny run; `sections`: settings added to its data, grpo or train section."""
+    config = {
         "name": "tiny",
         "model": {"source": str(model_dir), "precision": precision, "lora_r": 4,
                   "lora_alpha": 8},
@@ -41,16 +44,20 @@ def write_config(model_dir, path: Path, max_steps=2, save_steps=1, precision="32
         "grpo": {"num_generations": 4, "prompts_per_step": 4, "max_completion_length": 12},
         "train": {"max_steps": max_steps, "learning_rate": 1e-2, "save_steps": save_steps,
                   "keep_checkpoints": 0, "optimizer": "adamw"},
-    }))
+    }
+    for name, values in sections.items():
+        config[name].update(values)
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
-def train_command(config: Path, run_dir: Path, processes: int, *extra) -> list[str]:
-    return launch_prefix(processes) + ["core", "train", str(config), "--run-dir", str(run_dir),
-                                       *extra]
+def train_command(config: Path, run_dir: Path, processes: int | str, *extra) -> list[str]:
+    """processes: a count (data parallel), or "fsdp" (two processes, sharded)."""
+    prefix = launch_prefix(2, sharded=True) if processes == "fsdp" else launch_prefix(processes)
+    return prefix + ["core", "train", str(config), "--run-dir", str(run_dir), *extra]
 
 
-def train(config: Path, run_dir: Path, processes: int, *extra) -> None:
+def train(config: Path, run_dir: Path, processes: int | str, *extra) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     result = subprocess.run(train_command(config, run_dir, processes, *extra), cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=600)
@@ -104,11 +111,12 @@ def peaky_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(peaky_model_dir, tmp_path_factory):
-    """The same two steps trained on one process and on two."""
+    """The same two steps trained on one process, on two, and on two sharded (FSDP)."""
     root = tmp_path_factory.mktemp("dist")
     config = write_config(peaky_model_dir, root / "config.yaml")
     train(config, root / "one", 1)
     train(config, root / "two", 2)
+    train(config, root / "fsdp", "fsdp")
     return root, config
 
 
@@ -136,6 +144,88 @@ def test_two_processes_train_the_same_adapter_as_one(runs):
                             adapter(two / "checkpoints" / f"step-{step}"))
 
 
+def test_two_sharded_processes_train_the_same_adapter_as_one(runs):
+    """FSDP: each process holds half of every weight (the frozen base too), and the run is
+    still the one-process run: same answers, losses, gradients and adapter."""
+    root, _ = runs
+    one, fsdp = root / "one", root / "fsdp"
+    ready = [e for e in events_of(fsdp, "status") if e["state"] == "ready"]
+    assert len(ready) == 1 and ready[0]["world_size"] == 2 and ready[0]["sharding"] == "fsdp"
+    whole = [e for e in events_of(one, "status") if e["state"] == "ready"][0]
+    assert whole["sharding"] is None and whole["params_per_process"] == [whole["total_params"]]
+    total = ready[0]["total_params"]
+    assert total == whole["total_params"]
+    for held in ready[0]["params_per_process"]:  # half each, give or take a row of padding
+        assert abs(held - total / 2) < total * 0.01, (held, total)
+    two = [e for e in events_of(root / "two", "status") if e["state"] == "ready"][0]
+    assert two["sharding"] is None and two["params_per_process"] == [total, total]
+    m1, m2 = events_of(one, "metrics"), events_of(fsdp, "metrics")
+    assert [m["step"] for m in m2] == [1, 2]
+    for a, b in zip(m1, m2):
+        assert_same_metrics(a, b)
+    assert events_of(one, "samples")[0]["items"] == events_of(fsdp, "samples")[0]["items"]
+    assert [e["step"] for e in events_of(fsdp, "checkpoint")] == [1, 2]
+    assert_same_adapter(adapter(one / "adapter"), adapter(fsdp / "adapter"))
+    for step in (1, 2):
+        assert_same_adapter(adapter(one / "checkpoints" / f"step-{step}"),
+                            adapter(fsdp / "checkpoints" / f"step-{step}"))
+
+
+def test_sharded_checkpoints_resume_on_one_process_and_the_other_way_round(runs):
+    """A checkpoint written by sharded processes (its adapter and optimizer state gathered
+    whole) resumes on one process, and a one-process checkpoint resumes sharded: each third
+    step is the one a one-process resume of the one-process checkpoint trains."""
+    root, config = runs
+    resumed = {}
+    for written_by, on in (("one", 1), ("fsdp", 1), ("one", "fsdp")):
+        run = root / f"{written_by}-resumed-on-{on}-again"
+        shutil.copytree(root / written_by, run)
+        train(config, run, on, "--resume", "--max-steps", "3")
+        assert [e["step"] for e in events_of(run, "status") if e["state"] == "resumed"] == [2]
+        resumed[written_by, on] = run
+    reference = resumed["one", 1]
+    for key in (("fsdp", 1), ("one", "fsdp")):
+        assert_same_metrics(events_of(reference, "metrics")[-1],
+                            events_of(resumed[key], "metrics")[-1])
+        assert_same_adapter(adapter(reference / "adapter"), adapter(resumed[key] / "adapter"))
+
+
+def test_sharded_evaluation_reference_and_reused_batches_match_one_process(peaky_model_dir,
+                                                                           tmp_path):
+    """What runs outside the training pass goes through the shards too: held-out evaluation
+    (every process answers, the main one writes), the KL term's reference log-probs and the
+    old log-probs of a batch trained on twice (num_iterations 2)."""
+    config = write_config(peaky_model_dir, tmp_path / "config.yaml", max_steps=3,
+                          data={"eval_share": 0.2},
+                          grpo={"beta": 0.04, "num_iterations": 2},
+                          train={"eval_steps": 1, "eval_max_questions": 4})
+    train(config, tmp_path / "one", 1)
+    train(config, tmp_path / "fsdp", "fsdp")
+    evals = {d: [{k: v for k, v in e.items() if k != "time"}
+                 for e in events_of(tmp_path / d, "eval")] for d in ("one", "fsdp")}
+    assert [e["step"] for e in evals["fsdp"]] == [0, 1, 2, 3]  # written once each
+    assert evals["fsdp"] == evals["one"]
+    m1, m2 = events_of(tmp_path / "one", "metrics"), events_of(tmp_path / "fsdp", "metrics")
+    assert m1[-1]["kl"] > 0  # the reference term is there to compare
+    for a, b in zip(m1, m2):
+        assert_same_metrics(a, b)
+        assert b["kl"] == pytest.approx(a["kl"], rel=REL_TOL, abs=1e-7)
+    assert_same_adapter(adapter(tmp_path / "one" / "adapter"),
+                        adapter(tmp_path / "fsdp" / "adapter"))
+
+
+def test_a_4bit_base_is_not_sharded(tiny_model_dir, tmp_path):
+    config = write_config(tiny_model_dir, tmp_path / "config.yaml", precision="4bit")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    result = subprocess.run(train_command(config, tmp_path / "run", "fsdp"), cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    failed = [e for e in events_of(tmp_path / "run", "status") if e["state"] == "failed"]
+    assert [e["message"] for e in failed] == [
+        "A sharded (FSDP) run needs a 16- or 32-bit base, not 4bit: set model.precision to "
+        "16bit, or train the 4-bit base data parallel (accelerate launch --multi_gpu)."]
+
+
 def test_checkpoints_resume_across_process_counts(runs):
     """A checkpoint written by two processes resumes on one, and one written by one process
     resumes on two: each third step is the one the other process count trains from the same
@@ -155,13 +245,14 @@ def test_checkpoints_resume_across_process_counts(runs):
         assert_same_adapter(adapter(resumed[1] / "adapter"), adapter(resumed[2] / "adapter"))
 
 
-@pytest.mark.parametrize("victim", [1, 0], ids=["other-process", "main-process"])
+@pytest.mark.parametrize("victim, processes", [(1, 2), (0, 2), (1, "fsdp")],
+                         ids=["other-process", "main-process", "other-sharded-process"])
 def test_a_killed_process_ends_the_run_with_one_line_and_it_resumes(tiny_model_dir, tmp_path,
-                                                                     victim):
+                                                                     victim, processes):
     config = write_config(tiny_model_dir, tmp_path / "config.yaml", max_steps=500, save_steps=2)
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
-    proc = subprocess.Popen(train_command(config, run_dir, 2), cwd=ROOT, env=env,
+    proc = subprocess.Popen(train_command(config, run_dir, processes), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -186,7 +277,7 @@ def test_a_killed_process_ends_the_run_with_one_line_and_it_resumes(tiny_model_d
     assert message == (f"Training process {victim + 1} of 2 ended unexpectedly, so the run "
                        f"stopped. Resume it to go on from its last checkpoint.")
     last = max(c["step"] for c in events_of(run_dir, "checkpoint"))
-    train(config, run_dir, 2, "--resume", "--max-steps", str(last + 1))
+    train(config, run_dir, processes, "--resume", "--max-steps", str(last + 1))
     assert [e["state"] for e in events_of(run_dir, "status")][-1] == "finished"
     assert events_of(run_dir, "metrics")[-1]["step"] == last + 1
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
