@@ -1,9 +1,10 @@
 """GRPO on the real embedded model keeps learning, and a run that collapses is noticed.
 
 The classroom demo exactly as shipped, for a few steps, as real worker processes on fixed seeds
-(two at once, one thread each): the correctness reward of the last steps beats that of the first
-steps, and the held-out questions (never trained on, answered greedily) go from the base model's
-score to a higher one. Then the same demo with a learning rate known to collapse
+(two at once, one thread each; a run alone takes both): the correctness reward of the last
+steps beats that of the first steps, and the held-out questions (never trained on, answered
+greedily) go from the base model's score to a higher one. Then the same demo with a learning
+rate known to collapse
 (bench/learning_study.py): the collapse detector raises its warning and, with
 train.stop_on_collapse, the run stops and keeps the adapter from before the collapse.
 """
@@ -31,7 +32,8 @@ def run_demo(tmp_path, seeds, **overrides):
     for seed in seeds:
         cfg = RunConfig.load(DEMO)
         cfg.name = f"seed-{seed}"
-        cfg.train.seed, cfg.train.threads = seed, 1
+        # the two cores shared among the runs (one each for two; both for one)
+        cfg.train.seed, cfg.train.threads = seed, max(1, 2 // len(seeds))
         for path, value in overrides.items():
             section, key = path.split("__")
             setattr(getattr(cfg, section), key, value)
