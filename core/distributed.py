@@ -110,6 +110,10 @@ class World:
                                   f"(--use_fsdp; docs/SCALING.md).")
             # on the CPU accelerate keeps FSDP settings but trains MULTI_CPU: sharded either way
             self.sharded = kind == "FSDP" or fsdp_requested()
+            if self.sharded:
+                # accelerate's default for --use_fsdp has transformers load real weights on
+                # local rank 0 only and expects them broadcast; here every process loads them
+                os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
             self.size = self.accelerator.num_processes
             self.rank = self.accelerator.process_index
             self.local_rank = self.accelerator.local_process_index
@@ -174,6 +178,8 @@ class World:
         except RuntimeError as exc:
             if isinstance(exc, (PeerLost, torch.OutOfMemoryError)):
                 raise
+            if not (self.gone() or _lost_touch(exc)):
+                raise  # a real error in the work inside, not in reaching the others
             lines = str(exc).strip().splitlines()
             raise PeerLost(lines[0] if lines else type(exc).__name__) from exc
 
@@ -274,7 +280,19 @@ class World:
             try:
                 yield
             finally:
-                wrapped.reshard()
+                self.reshard(wrapped)
+
+    def reshard(self, wrapped: torch.nn.Module | None) -> None:
+        """Free every gathered unit after passes without a backward (generation, log-probs
+        that stay fixed): with fsdp_reshard_after_forward false a layer is otherwise freed only
+        by a backward pass, and the whole model would stay gathered on every process."""
+        if not self.sharded or wrapped is None:
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for sub in wrapped.modules():
+            if isinstance(sub, FSDPModule):
+                sub.reshard()
 
     def full_tensors(self, tensors: dict) -> dict:
         """`tensors` with every shard made whole (a collective: every process calls it with the
@@ -379,6 +397,16 @@ class World:
                 torch.distributed.destroy_process_group()
             except Exception:  # a peer that died already: nothing left to close
                 pass
+
+
+# What the error of a collective says when the other end has gone (gloo, NCCL, the store)
+_LOST_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "broken pipe",
+               "reset by peer", "closed by peer", "store", "watchdog")
+
+
+def _lost_touch(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in _LOST_WORDS)
 
 
 def failed_since(run_dir: Path, since: float, wait: float = 1.0) -> bool:

@@ -234,7 +234,8 @@ class Trainer:
             self.engine.weights = lambda: world.gathered(self.policy)
             self.engine.lean_lora = False  # it copies the LoRA factors: here, slices of them
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, cfg.train)
+        # bitsandbytes' 8-bit Adam keeps its state per whole tensor: not for slices of one
+        self.optimizer = build_optimizer(self.params, cfg.train, eight_bit=not world.sharded)
         from transformers import get_scheduler
         self.scheduler = get_scheduler(cfg.train.lr_scheduler, self.optimizer,
                                        num_warmup_steps=cfg.train.warmup_steps,
@@ -252,6 +253,7 @@ class Trainer:
                      engine_reason=self.engine_reason, engine_why=self.engine_why,
                      threads=torch.get_num_threads(), cpus=usable_cpus(),
                      world_size=world.size, backend=world.backend, sharding=world.sharding,
+                     optimizer=type(self.optimizer).__name__,
                      pids=[pid for _host, pid in world.peers],
                      device=str(self.device), trainable_params=trainable, total_params=total,
                      params_per_process=held,
@@ -431,6 +433,7 @@ class Trainer:
                 logps, _ = forward(ids, att, cmask, width, self.cfg.grpo.temperature,
                                    self.cfg.grpo.logprob_chunk_size)
                 out[rows, :last] = logps
+        self.world.reshard(self.policy)
         return out
 
     def step(self) -> dict:
@@ -722,8 +725,14 @@ class Trainer:
         process calls this: gathering is a collective). Otherwise None: the model has them."""
         if not self.world.sharded:
             return None
-        return self.world.full_tensors({name: p for name, p in self.model.named_parameters()
-                                        if p.requires_grad})
+        from peft.tuners.lora import Embedding
+        from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+        # and, when LoRA adapts an embedding, the base embeddings peft saves beside it
+        embeddings = any(isinstance(m, Embedding) for m in self.model.modules())
+        return self.world.full_tensors({
+            name: p for name, p in self.model.named_parameters()
+            if p.requires_grad or (embeddings and any(e in name for e in EMBEDDING_LAYER_NAMES))})
 
     def save_adapter(self, path: Path, card: bool = False, note: str = "",
                      state: dict | None = None) -> None:
@@ -841,10 +850,12 @@ def batch_to(batch: Batch | None, device) -> Batch | None:
         if isinstance(getattr(batch, f.name), torch.Tensor)})
 
 
-def build_optimizer(params, t) -> torch.optim.Optimizer:
+def build_optimizer(params, t, eight_bit: bool = True) -> torch.optim.Optimizer:
+    """train.optimizer: AdamW, or bitsandbytes' 8-bit AdamW where it can run (`eight_bit`, and a
+    bitsandbytes backend for the device); torch's AdamW otherwise."""
     kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                   weight_decay=t.weight_decay)
-    if t.optimizer == "adamw_8bit":
+    if t.optimizer == "adamw_8bit" and eight_bit:
         try:
             import bitsandbytes as bnb
             return bnb.optim.AdamW8bit(params, **kwargs)

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,6 +213,37 @@ def test_sharded_evaluation_reference_and_reused_batches_match_one_process(peaky
         assert b["kl"] == pytest.approx(a["kl"], rel=REL_TOL, abs=1e-7)
     assert_same_adapter(adapter(tmp_path / "one" / "adapter"),
                         adapter(tmp_path / "fsdp" / "adapter"))
+
+
+def test_an_accelerate_config_with_fsdp_shards_and_trains_with_torch_adamw(runs, tmp_path):
+    """The accelerate config-file route (distributed_type FSDP, layers kept gathered between
+    forward and backward) with the default optimizer, bitsandbytes' 8-bit AdamW, which cannot
+    update slices: the run shards, trains with torch's AdamW and its first step is the
+    one-process run's."""
+    from core.runs import free_port
+
+    root, _ = runs
+    accelerate_config = tmp_path / "accelerate.yaml"
+    accelerate_config.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP",
+        "fsdp_config": {"fsdp_version": 2, "fsdp_reshard_after_forward": False},
+        "mixed_precision": "no", "num_machines": 1, "num_processes": 2,
+        "main_process_port": free_port()}))
+    model_dir = yaml.safe_load((root / "config.yaml").read_text())["model"]["source"]
+    config = write_config(model_dir, tmp_path / "config.yaml", max_steps=1,
+                          train={"optimizer": "adamw_8bit"})
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                             str(accelerate_config), "-m", "core", "train", str(config),
+                             "--run-dir", str(tmp_path / "run")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ready = [e for e in events_of(tmp_path / "run", "status") if e["state"] == "ready"][0]
+    assert ready["sharding"] == "fsdp" and ready["optimizer"] == "AdamW"
+    assert max(ready["params_per_process"]) < ready["total_params"] * 0.51
+    assert_same_metrics(events_of(root / "one", "metrics")[0],
+                        events_of(tmp_path / "run", "metrics")[0])
+    assert [e["state"] for e in events_of(tmp_path / "run", "status")][-1] == "finished"
 
 
 def test_a_4bit_base_is_not_sharded(tiny_model_dir, tmp_path):
