@@ -12,7 +12,8 @@ the same run, to float rounding.
     python bench/scaling.py --sharded --precision 32bit    # the N processes sharded (FSDP)
 
 Sharded (`--sharded`: accelerate launch --use_fsdp, FSDP2), each process holds 1/N of every
-weight; FSDP needs a 16- or 32-bit base (`--precision`, for both runs). Besides the peak, each
+weight; FSDP needs a 16- or 32-bit base (`--precision`, for both runs), and both runs then train with
+torch's AdamW (8-bit Adam cannot update slices). Besides the peak, each
 process's median resident memory over the run is recorded: on a CPU every process first loads
 the whole model and then keeps only its slices, so the peak shows the load and the median what
 training holds.
@@ -79,7 +80,7 @@ def watch_memory(pid: int, peaks: dict, stop: threading.Event, samples: dict | N
 
 
 def run(config: Path, processes: int, steps: int, name: str, sharded: bool = False,
-        precision: str | None = None) -> dict:
+        precision: str | None = None, settings: tuple = ()) -> dict:
     run_dir = RUNS / name
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = launch_prefix(processes, sharded=sharded) + [
@@ -87,6 +88,8 @@ def run(config: Path, processes: int, steps: int, name: str, sharded: bool = Fal
         "--set", "train.eval_steps=0", "--set", "train.save_steps=0"]
     if precision:
         cmd += ["--set", f"model.precision={precision}"]
+    for setting in settings:
+        cmd += ["--set", setting]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     peaks: dict = {}
@@ -142,10 +145,13 @@ def main() -> int:
 
     gpu = torch.cuda.is_available()
     load_before = os.getloadavg()
-    one = run(Path(args.config), 1, args.steps, "one", precision=args.precision)
+    # sharded runs train with torch's AdamW (8-bit Adam cannot update slices): both runs then
+    settings = ("train.optimizer=adamw",) if args.sharded else ()
+    one = run(Path(args.config), 1, args.steps, "one", precision=args.precision,
+              settings=settings)
     kind = "fsdp" if args.sharded else "n"
     many = run(Path(args.config), args.processes, args.steps, f"{kind}{args.processes}",
-               sharded=args.sharded, precision=args.precision)
+               sharded=args.sharded, precision=args.precision, settings=settings)
     a = load_file(Path(one.pop("adapter")) / "adapter_model.safetensors")
     b = load_file(Path(many.pop("adapter")) / "adapter_model.safetensors")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
