@@ -130,10 +130,14 @@ def save_adapter_files(model, path, state: dict | None = None) -> None:
     grew), a network call per checkpoint that an offline machine waits on. Embeddings are saved
     when LoRA targets them; the vocabulary is never resized here. `state`: the weights to save
     by parameter name (whole ones, when the model holds FSDP slices); default the model's."""
-    from peft.tuners.lora import Embedding
-    targeted = any(isinstance(m, Embedding) for m in model.modules())
     extra = {"state_dict": state} if state is not None else {}
-    model.save_pretrained(path, save_embedding_layers=targeted, **extra)
+    model.save_pretrained(path, save_embedding_layers=adapts_embeddings(model), **extra)
+
+
+def adapts_embeddings(model) -> bool:
+    """Whether LoRA adapts an embedding layer (peft then saves the base embeddings too)."""
+    from peft.tuners.lora import Embedding
+    return any(isinstance(m, Embedding) for m in model.modules())
 
 
 def pick_device() -> torch.device:

@@ -35,7 +35,8 @@ from .grpo import (STEP_TOKEN_LOSSES, LossSettings, StepMetrics, compute_advanta
                    policy_loss, sampler_ratio)
 from .modelcard import write_model_card
 from .trackers import Trackers, check_installed
-from .models import count_parameters, decoder_and_head, load_model, public_base_id, save_adapter_files
+from .models import (adapts_embeddings, count_parameters, decoder_and_head, load_model,
+                     public_base_id, save_adapter_files)
 from .runs import STOP_FILE, usable_cpus
 
 ADAPTER_DIR = "adapter"
@@ -725,11 +726,10 @@ class Trainer:
         process calls this: gathering is a collective). Otherwise None: the model has them."""
         if not self.world.sharded:
             return None
-        from peft.tuners.lora import Embedding
         from peft.utils.constants import EMBEDDING_LAYER_NAMES
 
         # and, when LoRA adapts an embedding, the base embeddings peft saves beside it
-        embeddings = any(isinstance(m, Embedding) for m in self.model.modules())
+        embeddings = adapts_embeddings(self.model)
         return self.world.full_tensors({
             name: p for name, p in self.model.named_parameters()
             if p.requires_grad or (embeddings and any(e in name for e in EMBEDDING_LAYER_NAMES))})
