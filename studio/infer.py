@@ -218,9 +218,9 @@ def generate_gguf(req: dict, warm: WarmModels) -> dict:
     models = [chat.model(adapter if side == "adapter" else None,
                          lambda: _say(progress=t("chat.progress.converting_adapter")))
               for side in sides]
+    tokenizer = chat.tokenizer(req.get("chat_template") or None)  # a preload loads it too
     if not req.get("questions"):
         return {"loaded": True, "engine": "llama.cpp"}
-    tokenizer = chat.tokenizer(req.get("chat_template") or None)
     prompts = [_prompt_ids(tokenizer, q, req.get("system") or "") for q in req["questions"]]
     n = int(req.get("num") or 1)
     rows = [[] for _ in range(len(sides) * len(prompts) * n)]
