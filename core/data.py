@@ -61,11 +61,158 @@ _TRAIN_FEATURES = datasets.Features({
 })
 
 
-class DataError(ValueError):
-    """A problem with the user's data, worded for a beginner and always on one line."""
+# Every message a beginner may see about their data, by a stable id, in English; the studio shows
+# the same ids in the page's language (studio/locales: "data.msg.<id>"). A parameter holding a
+# list is written out: `rows` as "row 3" / "rows 3, 7 and 12 more", any other list as names
+# ("a, b and 3 more"); one holding {"id": ..., "params": {...}} is that message, written in turn.
+MESSAGES = {
+    # pieces other messages are built from
+    "row": "row {rows}",
+    "rows": "rows {rows}",
+    "more_rows": "{items} and {more} more",
+    "more_names": "{items} and {more} more",
+    "sep_commas": "commas",
+    "sep_semicolons": "semicolons",
+    "sep_tabs": "tabs",
+    # loading
+    "no_source": "No data given; choose a file or type a dataset name.",
+    "folder": "'{name}' is a folder; choose a data file inside it.",
+    "file_not_found": "File not found: {path}",
+    "unsupported_type": "Can't read '{name}': unsupported file type '{ext}'. Supported: {formats}.",
+    "unsupported_no_ext": "Can't read '{name}': unsupported file type 'no extension'. "
+                          "Supported: {formats}.",
+    "unsupported_excel": "Can't read '{name}': unsupported file type '{ext}'. Supported: {formats}. "
+                         "For Excel, use Save As > 'CSV UTF-8' first.",
+    "file_empty": "The file {name} is empty.",
+    "file_no_rows": "The file {name} is empty (it has no data rows).",
+    "file_header_only": "The file {name} is empty (it has a header but no data rows).",
+    "file_too_big": "The file {name} is {size}, over the {limit} limit; use a smaller file.",
+    "not_utf8": "The file {name} isn't UTF-8 text; save it as UTF-8 (in Excel: 'CSV UTF-8').",
+    "unreadable": "Couldn't read {name}: {reason}",
+    "unreadable_os": "Couldn't read {name}: {reason}.",
+    "unreadable_os_data": "Couldn't read the data: {reason}.",
+    "load_failed": "Couldn't load the data: {reason}",
+    "json_invalid": "it isn't valid JSON near line {line} ({reason}).",
+    "json_list_objects": "the JSON list must hold one object ({{...}}) per row.",
+    "json_line_invalid": "line {line} isn't valid JSON ({reason}).",
+    "json_line_not_object": "line {line} isn't a JSON object ({{...}}); each line must describe one row.",
+    "csv_quote_header": "The file {name} is broken: the header has a quote (\") that is never closed.",
+    "csv_quote_row": "The file {name} is broken: row {row} has a quote (\") that is never closed.",
+    "csv_broken_header": "The file {name} is broken at the header ({reason}); a quote inside "
+                         "a quoted value must be written twice (\"\").",
+    "csv_broken_row": "The file {name} is broken at row {row} ({reason}); a quote inside "
+                      "a quoted value must be written twice (\"\").",
+    "csv_same_column": "The file {name} has the column '{column}' more than once in its header; "
+                       "rename or remove the extra one.",
+    "csv_extra_values_one": "The file {name} is broken: {rows} has more values than the {count} "
+                            "header columns; put text that contains {sep} in double quotes.",
+    "csv_extra_values": "The file {name} is broken: {rows} have more values than the {count} "
+                        "header columns; put text that contains {sep} in double quotes.",
+    "too_many_columns": "This table has {count} columns; at most {limit} are supported. "
+                        "Is it really a table of questions?",
+    "too_many_rows": "This table has {count} rows; at most {limit} are supported. "
+                     "Use a smaller part of it.",
+    "too_many_rows_more": "This table has more than {limit} rows; at most {limit} are supported. "
+                          "Use a smaller part of it.",
+    "too_many_rows_hub": "This table has {count} rows; at most {limit} are supported. Use a part "
+                         "of it, for example the split '{split}[:{part}]'.",
+    "hub_offline": "Could not download dataset '{source}': no internet connection or the name is wrong.",
+    "hub_not_found": "Dataset '{repo}' was not found on the Hugging Face Hub; check the name "
+                     "(private datasets need a login).",
+    "hub_needs_config": "Dataset '{repo}' needs a configuration, written as '{repo}:NAME'.",
+    "hub_needs_config_options": "Dataset '{repo}' needs a configuration, written as '{repo}:NAME' "
+                                "(available: {options}).",
+    "hub_no_split": "Dataset '{repo}' has no split '{split}': {reason}",
+    "hub_failed": "Could not load dataset '{source}': {reason}",
+    "hub_no_rows": "Dataset '{source}' has no rows in split '{split}'.",
+    "builtin_unknown": "Unknown built-in dataset '{name}'; available: builtin:arithmetic.",
+    "builtin_option": "Unknown option '{option}' for builtin:arithmetic; use n, seed, max_operand "
+                      "or operations.",
+    "builtin_whole_number": "Option '{option}' of builtin:arithmetic must be a whole number, not '{value}'.",
+    "arithmetic_operations": "Operations must be made of + - * (for example '+-'), not '{value}'.",
+    "arithmetic_count": "The number of arithmetic problems must be between 1 and 1000000, not {value}.",
+    "arithmetic_max_operand": "The largest number in arithmetic problems must be at least 1, not {value}.",
+    # columns
+    "no_question": "Couldn't tell which column holds the questions (columns found: {columns}); "
+                   "rename one to 'question' or choose the question column yourself.",
+    "no_question_no_columns": "Couldn't tell which column holds the questions (columns found: "
+                              "none); rename one to 'question' or choose the question column yourself.",
+    "column_not_found": "Column '{column}' not found; the file has columns: {columns}.",
+    # checking
+    "question_empty": "Column '{column}' is empty in {rows}; every row needs a question.",
+    "no_answer_column": "No answer column found, so rewards that compare with a reference answer "
+                        "can't be used.",
+    "no_answer_column_rewards": "No answer column found, so rewards that compare with a reference "
+                                "answer can't be used: {rewards}.",
+    "answer_empty_all": "Column '{column}' is empty in every row.",
+    "answer_empty_all_rewards": "Column '{column}' is empty in every row, so these rewards can't "
+                                "be used: {rewards}.",
+    "answer_empty_rows": "Column '{column}' is empty in {rows}; these rewards need an answer in "
+                         "every row: {rewards}.",
+    "duplicate": "1 duplicate question (repeating an earlier row) in {rows}; duplicates get "
+                 "extra weight in training.",
+    "duplicates": "{count} duplicate questions (repeating an earlier row) in {rows}; duplicates "
+                  "get extra weight in training.",
+    "long_questions": "Very long questions (over {limit} characters) in {rows}; they may be cut "
+                      "short during training.",
+    "check_failed": "Couldn't check the data: {reason}",
+    "check_too_slow": "Checking this data took longer than {seconds} s; it is too big or too "
+                      "complex for this studio.",
+    "check_crashed": "Checking this data stopped unexpectedly (exit code {code}); it may be too "
+                     "big for this computer's memory.",
+    # preparing for training
+    "max_rows": "The maximum number of rows must be at least 1, not {value}.",
+    "answers_needed": "No answer column found, but the chosen rewards need one; choose the answer "
+                      "column or different rewards.",
+    "answers_needed_rows": "Column '{column}' is empty in {rows}; the chosen rewards need an "
+                           "answer in every row.",
+}
 
-    def __init__(self, message: str):
-        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip())
+
+def render(msg_id: str, params: dict | None = None, text=None) -> str:
+    """Message `msg_id` filled with `params`; `text(id)` gives each template (English by
+    default; the studio passes its own catalog's)."""
+    text = text or MESSAGES.get
+    values = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, dict) and "id" in value:
+            value = render(value["id"], value.get("params"), text)
+        elif isinstance(value, (list, tuple)) and key == "rows":
+            shown = ", ".join(str(r) for r in value[:5])
+            if len(value) > 5:
+                shown = text("more_rows").format(items=shown, more=len(value) - 5)
+            value = text("row" if len(value) == 1 else "rows").format(rows=shown)
+        elif isinstance(value, (list, tuple)):
+            shown = ", ".join(str(v) for v in value[:20])
+            if len(value) > 20:
+                shown = text("more_names").format(items=shown, more=len(value) - 20)
+            value = shown
+        values[key] = value
+    return text(msg_id).format(**values)
+
+
+class DataError(ValueError):
+    """A problem with the user's data, worded for a beginner and always on one line.
+
+    `DataError("file_empty", name="x.csv")` says message `file_empty` of MESSAGES (its id and
+    parameters stay on the error as `msg_id` and `params`, for the studio to say in the page's
+    language); any other text is taken as it is."""
+
+    def __init__(self, message: str, **params):
+        self.msg_id = message if message in MESSAGES else None
+        self.params = params if self.msg_id else {}
+        text = render(message, params) if self.msg_id else str(message)
+        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
+
+    def __reduce__(self):
+        return _rebuild_error, (self.msg_id, self.params, str(self))
+
+    def to_message(self, level: str = "error") -> dict:
+        return {"level": level, "id": self.msg_id, "params": self.params, "text": str(self)}
+
+
+def _rebuild_error(msg_id, params, text) -> DataError:
+    return DataError(msg_id, **params) if msg_id else DataError(text)
 
 
 @dataclass
@@ -89,10 +236,21 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     rows_without_answer: list[int] = field(default_factory=list)
     unusable_rewards: list[str] = field(default_factory=list)
+    # each error and warning again as {"level", "id", "params", "text"} (`render` says it in
+    # another language); the English texts above stay for the command line and logs
+    messages: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def add(self, level: str, msg_id: str, **params) -> None:
+        """Record message `msg_id` as an "error" or a "warning"."""
+        self.note(DataError(msg_id, **params), level)
+
+    def note(self, exc: DataError, level: str = "error") -> None:
+        (self.errors if level == "error" else self.warnings).append(str(exc))
+        self.messages.append(exc.to_message(level))
 
     def format(self, limit: int = 10) -> str:
         """A multi-line summary for people (CLI and logs)."""
@@ -169,21 +327,18 @@ def _norm(name) -> str:
     return re.sub(r"[\s\-]+", "_", text)
 
 
-def _names(columns: list[str], show: int = 20) -> str:
-    """'a, b, c' / 'a, b, ... t and 980 more': column lists in messages stay short."""
-    head = ", ".join(str(c) for c in columns[:show])
-    return head + (f" and {len(columns) - show} more" if len(columns) > show else "")
-
-
 def _check_shape(columns: int | None = None, rows: int | None = None, more: bool = False,
-                 hint: str = "") -> None:
+                 hub_split: str | None = None) -> None:
     """Refuse tables wider than MAX_COLUMNS or longer than MAX_ROWS, in one plain line."""
     if columns is not None and columns > MAX_COLUMNS:
-        raise DataError(f"This table has {columns} columns; at most {MAX_COLUMNS} are supported. "
-                        "Is it really a table of questions?")
+        raise DataError("too_many_columns", count=columns, limit=MAX_COLUMNS)
     if rows is not None and rows > MAX_ROWS:
-        raise DataError(f"This table has {'more than ' if more else ''}{MAX_ROWS if more else rows} rows; "
-                        f"at most {MAX_ROWS} are supported. {hint or 'Use a smaller part of it.'}")
+        if more:
+            raise DataError("too_many_rows_more", limit=MAX_ROWS)
+        if hub_split is not None:
+            raise DataError("too_many_rows_hub", count=rows, limit=MAX_ROWS,
+                            split=hub_split.split("[")[0], part=MAX_ROWS // 10)
+        raise DataError("too_many_rows", count=rows, limit=MAX_ROWS)
 
 
 def _one_line_errors(fn):
@@ -195,10 +350,13 @@ def _one_line_errors(fn):
         except DataError:
             raise
         except OSError as exc:  # permissions, disk full, a file deleted halfway...
-            where = f" {os.path.basename(str(exc.filename))}" if exc.filename else " the data"
-            raise DataError(f"Couldn't read{where}: {exc.strerror or _reason(exc)}.") from None
+            reason = exc.strerror or _reason(exc)
+            if exc.filename:
+                raise DataError("unreadable_os", name=os.path.basename(str(exc.filename)),
+                                reason=reason) from None
+            raise DataError("unreadable_os_data", reason=reason) from None
         except Exception as exc:
-            raise DataError(f"Couldn't load the data: {_reason(exc)}") from None
+            raise DataError("load_failed", reason=_reason(exc)) from None
     return wrapper
 
 
@@ -212,7 +370,7 @@ def load_table(source: str, split: str = "train", max_bytes: int = 500 * 2**20) 
     """
     source = str(source or "").strip()
     if not source:
-        raise DataError("No data given; choose a file or type a dataset name.")
+        raise DataError("no_source")
     if source.lower().startswith("builtin:"):
         return _load_builtin(source)
     path = os.path.expanduser(source)
@@ -228,19 +386,20 @@ def load_table(source: str, split: str = "train", max_bytes: int = 500 * 2**20) 
 def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
     name, ext = os.path.basename(path), os.path.splitext(path)[1].lower()
     if os.path.isdir(path):
-        raise DataError(f"'{name}' is a folder; choose a data file inside it.")
+        raise DataError("folder", name=name)
     if not os.path.isfile(path):
-        raise DataError(f"File not found: {path}")
+        raise DataError("file_not_found", path=path)
     if ext not in FORMATS:
-        hint = " For Excel, use Save As > 'CSV UTF-8' first." if ext in (".xlsx", ".xls", ".ods") else ""
-        raise DataError(f"Can't read '{name}': unsupported file type '{ext or 'no extension'}'. "
-                        f"Supported: {', '.join(FORMATS)}.{hint}")
+        formats = ", ".join(FORMATS)
+        if not ext:
+            raise DataError("unsupported_no_ext", name=name, formats=formats)
+        raise DataError("unsupported_excel" if ext in (".xlsx", ".xls", ".ods") else "unsupported_type",
+                        name=name, ext=ext, formats=formats)
     size = os.path.getsize(path)
     if size == 0:
-        raise DataError(f"The file {name} is empty.")
+        raise DataError("file_empty", name=name)
     if size > max_bytes:
-        raise DataError(f"The file {name} is {size_words(size)}, over the {size_words(max_bytes)} limit; "
-                        "use a smaller file.")
+        raise DataError("file_too_big", name=name, size=size_words(size), limit=size_words(max_bytes))
     builder, kwargs = FORMATS[ext], {}
     if builder == "parquet":
         _check_parquet_shape(path)
@@ -259,11 +418,13 @@ def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
         ds = datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
     except Exception as exc:
         if "corresponds to no data" in str(exc):  # how datasets reports a file with zero rows
-            raise DataError(f"The file {name} is empty (it has no data rows).") from None
+            raise DataError("file_no_rows", name=name) from None
         problem = _json_problem(path) if builder == "json" else None
-        raise DataError(f"Couldn't read {name}: {problem or _reason(exc)}") from None
+        if problem:
+            raise DataError("unreadable", name=name, reason=problem) from None
+        raise DataError("unreadable", name=name, reason=_reason(exc)) from None
     if ds.num_rows == 0:
-        raise DataError(f"The file {name} is empty (it has no data rows).")
+        raise DataError("file_no_rows", name=name)
     _check_shape(columns=len(ds.column_names), rows=ds.num_rows)
     return _stringify(ds)
 
@@ -314,7 +475,7 @@ def _as_utf8(path: str, name: str) -> str:
         if blank is None:
             continue
         if blank:
-            raise DataError(f"The file {name} is empty.")
+            raise DataError("file_empty", name=name)
         if encoding == "utf-8":
             return path
         stat = os.stat(path)
@@ -330,7 +491,7 @@ def _as_utf8(path: str, name: str) -> str:
                     dst.write(chunk)
             os.replace(part, copy)
         return copy
-    raise DataError(f"The file {name} isn't UTF-8 text; save it as UTF-8 (in Excel: 'CSV UTF-8').")
+    raise DataError("not_utf8", name=name)
 
 
 def _decode_check(path: str, encoding: str) -> bool | None:
@@ -376,12 +537,12 @@ def _scan_csv(path: str, name: str, sep: str) -> list[str]:
             except StopIteration:
                 break
             except csv.Error as exc:
-                where = f"row {rows + 1}" if header is not None else "the header"
-                if "unexpected end of data" in str(exc):
-                    raise DataError(f"The file {name} is broken: {where} has a quote (\") "
-                                    "that is never closed.") from None
-                raise DataError(f"The file {name} is broken at {where} ({exc}); a quote inside "
-                                "a quoted value must be written twice (\"\").") from None
+                unclosed = "unexpected end of data" in str(exc)
+                if header is None:
+                    raise DataError("csv_quote_header" if unclosed else "csv_broken_header",
+                                    name=name, reason=str(exc)) from None
+                raise DataError("csv_quote_row" if unclosed else "csv_broken_row",
+                                name=name, row=rows + 1, reason=str(exc)) from None
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue  # pandas skips blank lines too, so row numbers stay in step
             if header is None:
@@ -394,23 +555,21 @@ def _scan_csv(path: str, name: str, sep: str) -> list[str]:
             if len(record) > len(header):
                 too_long.append(rows)
     if header is None:
-        raise DataError(f"The file {name} is empty.")
+        raise DataError("file_empty", name=name)
     names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
     dupes = [n for n, count in Counter(names).items() if count > 1]
     if dupes:
-        raise DataError(f"The file {name} has the column '{dupes[0]}' more than once in its header; "
-                        "rename or remove the extra one.")
+        raise DataError("csv_same_column", name=name, column=dupes[0])
     if rows == 0:
-        raise DataError(f"The file {name} is empty (it has a header but no data rows).")
+        raise DataError("file_header_only", name=name)
     if too_long:
-        what = {"\t": "tabs", ";": "semicolons"}.get(sep, "commas")
-        raise DataError(f"The file {name} is broken: {_rows(too_long)} {'has' if len(too_long) == 1 else 'have'} "
-                        f"more values than the {len(names)} header columns; put text that contains "
-                        f"{what} in double quotes.")
+        what = {"\t": "sep_tabs", ";": "sep_semicolons"}.get(sep, "sep_commas")
+        raise DataError("csv_extra_values_one" if len(too_long) == 1 else "csv_extra_values",
+                        name=name, rows=too_long, count=len(names), sep={"id": what})
     return names
 
 
-def _json_problem(path: str) -> str | None:
+def _json_problem(path: str) -> dict | None:
     """Find the line of a broken JSON/JSON Lines file (pyarrow's own message lacks it)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -421,9 +580,9 @@ def _json_problem(path: str) -> str | None:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
-            return f"it isn't valid JSON near line {exc.lineno} ({exc.msg})."
+            return {"id": "json_invalid", "params": {"line": exc.lineno, "reason": exc.msg}}
         if not all(isinstance(r, dict) for r in rows):
-            return "the JSON list must hold one object ({...}) per row."
+            return {"id": "json_list_objects"}
         return None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -431,9 +590,9 @@ def _json_problem(path: str) -> str | None:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            return f"line {number} isn't valid JSON ({exc.msg})."
+            return {"id": "json_line_invalid", "params": {"line": number, "reason": exc.msg}}
         if not isinstance(row, dict):
-            return f"line {number} isn't a JSON object ({{...}}); each line must describe one row."
+            return {"id": "json_line_not_object", "params": {"line": number}}
     return None
 
 
@@ -480,38 +639,37 @@ def _load_hub(source: str, split: str) -> datasets.Dataset:
     except Exception as exc:
         message, reason = str(exc).lower(), _reason(exc)
         if isinstance(exc, ConnectionError) or "couldn't reach" in message or "offline" in message:
-            raise DataError(f"Could not download dataset '{source}': "
-                            "no internet connection or the name is wrong.") from None
+            raise DataError("hub_offline", source=source) from None
         if isinstance(exc, (DatasetNotFoundError, FileNotFoundError)):
-            raise DataError(f"Dataset '{repo}' was not found on the Hugging Face Hub; check the name "
-                            "(private datasets need a login).") from None
+            raise DataError("hub_not_found", repo=repo) from None
         if "config name is missing" in message or "builderconfig" in message:
             found = re.search(r"\[([^\]]*)\]", str(exc))
-            options = f" (available: {found.group(1).replace(chr(39), '')})" if found else ""
-            raise DataError(f"Dataset '{repo}' needs a configuration, written as '{repo}:NAME'{options}.") from None
+            if found:
+                raise DataError("hub_needs_config_options", repo=repo,
+                                options=found.group(1).replace(chr(39), "")) from None
+            raise DataError("hub_needs_config", repo=repo) from None
         if "split" in message:
-            raise DataError(f"Dataset '{repo}' has no split '{split}': {reason}") from None
-        raise DataError(f"Could not load dataset '{source}': {reason}") from None
+            raise DataError("hub_no_split", repo=repo, split=split, reason=reason) from None
+        raise DataError("hub_failed", source=source, reason=reason) from None
     if not isinstance(ds, datasets.Dataset) or ds.num_rows == 0:
-        raise DataError(f"Dataset '{source}' has no rows in split '{split}'.")
-    _check_shape(columns=len(ds.column_names), rows=ds.num_rows,
-                 hint=f"Use a part of it, for example the split '{split.split('[')[0]}[:{MAX_ROWS // 10}]'.")
+        raise DataError("hub_no_rows", source=source, split=split)
+    _check_shape(columns=len(ds.column_names), rows=ds.num_rows, hub_split=split)
     return _stringify(ds)
 
 
 def _load_builtin(source: str) -> datasets.Dataset:
     name, _, query = source[len("builtin:"):].partition("?")
     if name.strip().lower() != "arithmetic":
-        raise DataError(f"Unknown built-in dataset '{name}'; available: builtin:arithmetic.")
+        raise DataError("builtin_unknown", name=name)
     options = {}
     for part in filter(None, query.split("&")):
         key, _, value = part.partition("=")
         key, value = key.strip().lower(), unquote(value).strip()  # unquote, not unquote_plus: '+' is an operation
         if key not in ("n", "seed", "max_operand", "operations"):
-            raise DataError(f"Unknown option '{key}' for builtin:arithmetic; use n, seed, max_operand or operations.")
+            raise DataError("builtin_option", option=key)
         if key != "operations":
             if not re.fullmatch(r"-?\d+", value):
-                raise DataError(f"Option '{key}' of builtin:arithmetic must be a whole number, not '{value}'.")
+                raise DataError("builtin_whole_number", option=key, value=value)
             value = int(value)
         options[key] = value
     return arithmetic_dataset(**options)
@@ -525,11 +683,11 @@ def arithmetic_dataset(n: int = 1000, seed: int = 0, max_operand: int = 9, opera
     """
     ops = str(operations).replace(" ", "")
     if not ops or set(ops) - set("+-*"):
-        raise DataError(f"Operations must be made of + - * (for example '+-'), not '{operations}'.")
+        raise DataError("arithmetic_operations", value=operations)
     if not 1 <= n <= 1_000_000:
-        raise DataError(f"The number of arithmetic problems must be between 1 and 1000000, not {n}.")
+        raise DataError("arithmetic_count", value=n)
     if max_operand < 1:
-        raise DataError(f"The largest number in arithmetic problems must be at least 1, not {max_operand}.")
+        raise DataError("arithmetic_max_operand", value=max_operand)
     rng = random.Random(seed)
     questions, answers, full = [], [], []
     for _ in range(n):
@@ -574,9 +732,9 @@ def _guess(columns: list[str], taken: set[str], roles=("question", "answer", "sy
 
 
 def _no_question(columns: list[str]) -> DataError:
-    return DataError(f"Couldn't tell which column holds the questions (columns found: "
-                     f"{_names(columns) or 'none'}); rename one to 'question' "
-                     "or choose the question column yourself.")
+    if not columns:
+        return DataError("no_question_no_columns")
+    return DataError("no_question", columns=[str(c) for c in columns])
 
 
 def detect_columns(column_names: list[str]) -> ColumnMapping:
@@ -600,7 +758,7 @@ def _resolve_mapping(columns: list[str], question=None, answer=None, system=None
         same = [c for c in columns if _norm(c) == wanted]
         if len(same) == 1:
             return same[0]
-        raise DataError(f"Column '{name}' not found; the file has columns: {_names(columns)}.")
+        raise DataError("column_not_found", column=name, columns=[str(c) for c in columns])
 
     chosen = {"question": pick(question), "answer": pick(answer), "system": pick(system)}
     missing = [role for role, col in chosen.items() if col is None]
@@ -663,43 +821,53 @@ def _column(ds: datasets.Dataset, name: str) -> list:
     return ds.with_format("arrow")[name].to_pylist()
 
 
+def is_builtin(source) -> bool:
+    return str(source or "").strip().lower().startswith("builtin:")
+
+
 def _validate(ds: datasets.Dataset, report: DataReport, rewards: list[str]) -> None:
     """Fill report.errors / warnings / rows_without_answer for an already-mapped table."""
     m = report.mapping
     questions = [_to_text(q) for q in _column(ds, m.question)]
     empty = [i for i, q in enumerate(questions, 1) if _blank(q)]
     if empty:
-        report.errors.append(f"Column '{m.question}' is empty in {_rows(empty)}; every row needs a question.")
+        report.add("error", "question_empty", column=m.question, rows=empty)
     if m.answer is None:
         report.rows_without_answer = list(range(1, len(questions) + 1))
-        report.warnings.append("No answer column found, so rewards that compare with a reference "
-                               "answer can't be used" + (f": {', '.join(rewards)}." if rewards else "."))
+        if rewards:
+            report.add("warning", "no_answer_column_rewards", rewards=list(rewards))
+        else:
+            report.add("warning", "no_answer_column")
     else:
         report.rows_without_answer = [i for i, a in enumerate(_column(ds, m.answer), 1)
                                       if not extract_final_answer(_to_text(a))]
         missing = report.rows_without_answer
         if missing and len(missing) == len(questions):
-            report.warnings.append(f"Column '{m.answer}' is empty in every row"
-                                   + (f", so these rewards can't be used: {', '.join(rewards)}." if rewards else "."))
+            if rewards:
+                report.add("warning", "answer_empty_all_rewards", column=m.answer, rewards=list(rewards))
+            else:
+                report.add("warning", "answer_empty_all", column=m.answer)
         elif missing and rewards:
-            report.warnings.append(f"Column '{m.answer}' is empty in {_rows(missing)}; these rewards need "
-                                   f"an answer in every row: {', '.join(rewards)}.")
+            report.add("warning", "answer_empty_rows", column=m.answer, rows=missing,
+                       rewards=list(rewards))
     if rewards and report.rows_without_answer:
         report.unusable_rewards = list(rewards)
+    # The built-in arithmetic set draws its problems at random from a small pool on purpose (a
+    # classroom demo asks 500 of the 100 sums of one-digit numbers): nobody can fix its repeats.
     seen, repeats = set(), []
     for i, q in enumerate(questions, 1):
         key = (q or "").strip()
         if key in seen and key:
             repeats.append(i)
         seen.add(key)
-    if repeats:
-        report.warnings.append(f"{len(repeats)} duplicate question{'s' if len(repeats) > 1 else ''} "
-                               f"(repeating an earlier row) in {_rows(repeats)}; "
-                               "duplicates get extra weight in training.")
+    if repeats and not is_builtin(report.source):
+        if len(repeats) == 1:
+            report.add("warning", "duplicate", rows=repeats)
+        else:
+            report.add("warning", "duplicates", count=len(repeats), rows=repeats)
     long = [i for i, q in enumerate(questions, 1) if q and len(q) > LONG_QUESTION_CHARS]
     if long:
-        report.warnings.append(f"Very long questions (over {LONG_QUESTION_CHARS} characters) in {_rows(long)}; "
-                               "they may be cut short during training.")
+        report.add("warning", "long_questions", limit=LONG_QUESTION_CHARS, rows=long)
 
 
 def check_data(source: str, question: str | None = None, answer: str | None = None,
@@ -723,9 +891,9 @@ def check_data(source: str, question: str | None = None, answer: str | None = No
         rewards = [rewards_needing_answer] if isinstance(rewards_needing_answer, str) else rewards_needing_answer
         _validate(ds, report, [str(r) for r in rewards or ()])
     except DataError as exc:
-        report.errors.append(str(exc))
+        report.note(exc)
     except Exception as exc:  # a report must always come back, even for a case nobody foresaw
-        report.errors.append(f"Couldn't check the data: {_reason(exc)}")
+        report.add("error", "check_failed", reason=_reason(exc))
     return report
 
 
@@ -738,25 +906,25 @@ def _check_in_child(seconds: float, **kwargs) -> DataReport:
 
     env = child_env(HF_DATASETS_CACHE=str(datasets.config.HF_DATASETS_CACHE),
                     HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    failed = DataReport(source=source)
     try:
         done = subprocess.run([sys.executable, "-m", "core.data"], input=json.dumps(kwargs),
                               capture_output=True, text=True, timeout=max(0.01, float(seconds)),
                               env=env)
     except subprocess.TimeoutExpired:
-        return DataReport(source=source, errors=[
-            f"Checking this data took longer than {seconds:g} s; it is too big or too complex "
-            "for this studio."])
+        failed.add("error", "check_too_slow", seconds=f"{seconds:g}")
+        return failed
     except OSError as exc:
-        return DataReport(source=source, errors=[f"Couldn't check the data: {_reason(exc)}"])
+        failed.add("error", "check_failed", reason=_reason(exc))
+        return failed
     try:
         data = json.loads(done.stdout.strip().splitlines()[-1])
         mapping = data.pop("mapping", None)
         mapping = ColumnMapping(**mapping) if mapping else None
         return DataReport(**data, mapping=mapping)
     except (ValueError, IndexError, TypeError):
-        return DataReport(source=source, errors=[
-            f"Checking this data stopped unexpectedly (exit code {done.returncode}); it may be "
-            "too big for this computer's memory."])
+        failed.add("error", "check_crashed", code=done.returncode)
+        return failed
 
 
 def _check_main() -> int:
@@ -768,8 +936,8 @@ def _check_main() -> int:
     try:
         report = check_data(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - the parent must always get a report
-        report = DataReport(source=str(kwargs.get("source")),
-                            errors=[f"Couldn't check the data: {_reason(exc)}"])
+        report = DataReport(source=str(kwargs.get("source")))
+        report.add("error", "check_failed", reason=_reason(exc))
     print(json.dumps(dataclasses.asdict(report)))
     return 0
 
@@ -794,19 +962,19 @@ def prepare_dataset(source: str, question: str | None = None, answer: str | None
     ds = load_table(source, split=split)
     if max_rows is not None:
         if max_rows < 1:
-            raise DataError(f"The maximum number of rows must be at least 1, not {max_rows}.")
+            raise DataError("max_rows", value=max_rows)
         ds = ds.select(range(min(max_rows, ds.num_rows)))
     report = DataReport(source=str(source), num_rows=ds.num_rows, columns=list(ds.column_names))
     report.mapping = _resolve_mapping(report.columns, question, answer, system, _sample(ds))
     _validate(ds, report, [])
     if report.errors:
-        raise DataError(report.errors[0])
+        first = next(m for m in report.messages if m["level"] == "error")
+        raise DataError(first["id"], **first["params"])
     if require_answer and report.rows_without_answer:
         if report.mapping.answer is None:
-            raise DataError("No answer column found, but the chosen rewards need one; "
-                            "choose the answer column or different rewards.")
-        raise DataError(f"Column '{report.mapping.answer}' is empty in {_rows(report.rows_without_answer)}; "
-                        "the chosen rewards need an answer in every row.")
+            raise DataError("answers_needed")
+        raise DataError("answers_needed_rows", column=report.mapping.answer,
+                        rows=report.rows_without_answer)
     return ds.map(_training_rows, batched=True, with_indices=True, remove_columns=ds.column_names,
                   features=_TRAIN_FEATURES, desc="Preparing rows",
                   fn_kwargs={"mapping": report.mapping, "system_prompt": str(system_prompt or "")})

@@ -2,38 +2,106 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import gradio as gr
 
-from core.data import DataError, check_data, load_table
+from core.data import MESSAGES, DataError, check_data, load_table, render
 
-from .access import MB, AccessError
+from .access import MB, UPLOAD_PREFIX, AccessError
 from .form import make_widget
-from .i18n import L, t
+from .i18n import DEFAULT, L, catalog, current, t
 
 SAMPLE_SOURCE = "builtin:arithmetic?n=200&max_operand=9"
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
 PREVIEW_ROWS = 20
 
 
-def keep_upload(temp_path: str, uploads_dir: Path) -> str:
-    """Copy an upload out of Gradio's temporary cache, so the run can read it later."""
-    src = Path(temp_path)
+def _digest(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(src, "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stored_name(name: str) -> str:
+    """The user's file name as the uploads folder keeps it (an upload ref allows ASCII letters,
+    digits and `._-`, starting with a letter or digit): 'Übung 1.csv' -> 'Ubung_1.csv'."""
+    text = unicodedata.normalize("NFKD", Path(name).name.replace("ß", "ss"))
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in text)
+    stem, dot, ext = text.rpartition(".") if "." in text.lstrip(".") else (text, "", "")
+    stem = re.sub(r"^[^A-Za-z0-9]+", "", stem)[:72] or "data"
+    return stem + dot + ext[:12]
+
+
+def shown_name(name: str) -> str:
+    """The name the user gave a kept upload (copies kept under a digest prefix shown without
+    it): '1c605133a415-summen.csv' -> 'summen.csv'."""
+    return re.sub(r"^[0-9a-f]{12}-(?=.)", "", Path(str(name)).name)
+
+
+def _keep(temp_path: str, uploads_dir: Path) -> tuple[str, bool]:
+    """(kept path, whether it is a new copy): the upload under the user's own file name, or a
+    numbered one ('summen-2.csv') where another file has that name; the same bytes under the
+    same name are kept once."""
+    src = Path(temp_path)
+    digest, size = _digest(src), src.stat().st_size
     uploads_dir.mkdir(parents=True, exist_ok=True)
-    prefix = digest.hexdigest()[:12]
-    same = sorted(uploads_dir.glob(f"{prefix}-*"))
-    if same:  # the same bytes uploaded before, under any name: keep one copy
-        return str(same[0])
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-80:]
-    target = uploads_dir / f"{prefix}-{name}"
-    shutil.copyfile(src, target)
-    return str(target)
+    name = stored_name(src.name)
+    stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+    for number in range(1, 10_000):
+        target = uploads_dir / (name if number == 1 else f"{stem}-{number}{dot}{ext}")
+        try:
+            out = open(target, "xb")  # claims the name
+        except FileExistsError:
+            if target.is_file() and target.stat().st_size == size and _digest(target) == digest:
+                return str(target), False
+            continue
+        try:
+            with out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+        except BaseException:  # a disk full halfway leaves no broken copy behind
+            target.unlink(missing_ok=True)
+            raise
+        return str(target), True
+    raise AccessError(t("access.no_upload"))
+
+
+def keep_upload(temp_path: str, uploads_dir: Path) -> str:
+    """Copy an upload out of Gradio's temporary cache, so the run can read it later."""
+    return _keep(temp_path, uploads_dir)[0]
+
+
+def message_text(message: dict, source: str = "") -> str:
+    """One of core's data messages ({"id", "params", "text"}) in the page's language, naming an
+    upload by the user's own file name."""
+    mine, english = catalog(current()), catalog(DEFAULT)
+
+    def template(msg_id):
+        key = f"data.msg.{msg_id}"
+        return mine.get(key) or english.get(key) or MESSAGES[msg_id]
+
+    text = message.get("text") or ""
+    if message.get("id") in MESSAGES:
+        try:
+            text = render(message["id"], message.get("params") or {}, template)
+        except (KeyError, IndexError, ValueError):  # a catalog text that doesn't fit: core's
+            pass
+    path = Path(str(source or ""))
+    if path.name and path.name != shown_name(path.name):
+        text = text.replace(str(path), shown_name(path.name)).replace(path.name, shown_name(path.name))
+    return text
+
+
+def error_text(exc: Exception, source: str = "") -> str:
+    if isinstance(exc, DataError):
+        return message_text(exc.to_message(), source)
+    return str(exc)
 
 
 def preview_rows(source: str, limit: int = PREVIEW_ROWS) -> tuple[list[str], list[list]]:
@@ -49,16 +117,25 @@ def _cell(value) -> str:
     return text if len(text) <= 300 else text[:300] + "…"
 
 
+def report_messages(report) -> list[tuple[str, str]]:
+    """(level, text in the page's language) of each of a report's errors and warnings."""
+    messages = list(report.messages or [])
+    if len(messages) != len(report.errors) + len(report.warnings):  # a report made elsewhere
+        messages = [{"level": "error", "text": e} for e in report.errors] + \
+                   [{"level": "warning", "text": w} for w in report.warnings]
+    ordered = [m for m in messages if m["level"] == "error"] + \
+              [m for m in messages if m["level"] != "error"]
+    return [(m["level"], message_text(m, report.source)) for m in ordered]
+
+
 def report_markdown(report) -> str:
     """The core's validation messages (with row numbers) as a short checklist."""
     lines = []
     if report.num_rows:
         lines.append(t("data.report.summary", rows=report.num_rows,
                        columns=", ".join(map(str, report.columns))))
-    for e in report.errors:
-        lines.append(f"- ❌ {e}")
-    for w in report.warnings:
-        lines.append(f"- ⚠️ {w}")
+    for level, text in report_messages(report):
+        lines.append(f"- {'❌' if level == 'error' else '⚠️'} {text}")
     missing = report.rows_without_answer
     if missing and report.mapping and report.mapping.answer and \
             not any(report.mapping.answer in w for w in report.warnings):
@@ -102,6 +179,14 @@ def inspect_source(source: str, question=None, answer=None, system=None, needing
         sample = [{"question": r[qi] if qi is not None else "",
                    "answer": r[ai] if ai is not None and r[ai] != "" else None} for r in rows]
     return columns, rows, mapping, report_markdown(report), sample
+
+
+def shown_source(source: str) -> str:
+    """A data source as the user knows it: an upload by its file name."""
+    source = str(source or "").strip()
+    if source.startswith(UPLOAD_PREFIX):
+        return shown_name(source[len(UPLOAD_PREFIX):])
+    return source
 
 
 def build(form: dict) -> dict:
@@ -155,9 +240,19 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
     cols = [form["data.question_column"], form["data.answer_column"], form["data.system_column"]]
     policy = studio.policy
 
-    def on_upload(user, path):
+    def time_limit(real: str):
+        return CHECK_SECONDS if policy.shared and not real.startswith("builtin:") else None
+
+    def refused(report, in_use: str) -> str:
+        """Why new data was not taken, and that the data in use stays."""
+        lines = [f"- ❌ {text}" for level, text in report_messages(report) if level == "error"]
+        if (in_use or "").strip():
+            lines.append("- ℹ️ " + t("data.kept", source=shown_source(in_use)))
+        return "\n".join(lines)
+
+    def on_upload(user, path, in_use):
         if not path:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         size = Path(path).stat().st_size
         limit = policy.limits.upload_mb if policy.shared else None
         if limit and size > limit * MB:
@@ -165,30 +260,44 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
         user.check_quota(adding=size)
         # Gradio's own copy is shared by everyone who uploads the same bytes; its cache is
         # cleared an hour later (delete_cache), this copy is the one that stays.
-        kept = keep_upload(path, user.uploads_dir)
-        return user.upload_ref(kept), t("data.upload.done", name=Path(kept).name.split("-", 1)[-1])
+        kept, new = _keep(path, user.uploads_dir)
+        report = check_data(kept, time_limit=time_limit(kept))
+        if report.errors and not report.columns:  # not a table at all: the data in use stays
+            if new:
+                Path(kept).unlink(missing_ok=True)
+            return gr.skip(), gr.update(value=None), gr.skip(), refused(report, in_use)
+        return (user.upload_ref(kept), gr.skip(), "",
+                t("data.upload.done", name=shown_name(Path(kept).name)))
 
-    ui["upload"].upload(studio.handler(on_upload), ui["upload"], [source, ui["messages"]])
+    ui["upload"].upload(studio.handler(on_upload), [ui["upload"], source],
+                        [source, ui["upload"], ui["hub"], ui["messages"]])
 
-    def on_hub(user, text):
+    def on_hub(user, text, in_use):
         text = (text or "").strip()
         if not text:
-            return gr.skip()
-        user.data_source(text)  # a Hub id (or, locally, a path), never a server path elsewhere
-        return text
+            return gr.skip(), gr.skip(), gr.skip()
+        real = user.data_source(text)  # a Hub id (or, locally, a path), never a server path elsewhere
+        if text == (in_use or "").strip():
+            return gr.skip(), gr.update(value=None), gr.skip()
+        report = check_data(real, time_limit=time_limit(real))
+        if report.errors and not report.columns:  # nothing to use there: the data in use stays
+            return gr.skip(), gr.skip(), refused(report, in_use)
+        return text, gr.update(value=None), gr.skip()
 
-    ui["use_hub"].click(studio.handler(on_hub), ui["hub"], source)
-    ui["sample"].click(lambda: SAMPLE_SOURCE, None, source)
+    ui["use_hub"].click(studio.handler(on_hub), [ui["hub"], source],
+                        [source, ui["upload"], ui["messages"]])
+    # the boxes show what is in use: the sample data came from neither
+    ui["sample"].click(lambda: (SAMPLE_SOURCE, gr.update(value=None), ""), None,
+                       [source, ui["upload"], ui["hub"]])
 
     def refresh(user, src, q, a, s, rs):
+        real = ""
         try:
             real = user.data_source(src) if (src or "").strip() else ""
             columns, rows, mapping, text, sample = inspect_source(
-                real, q, a, s, needing_answer(rs),
-                time_limit=CHECK_SECONDS if policy.shared and not real.startswith("builtin:")
-                else None)
+                real, q, a, s, needing_answer(rs), time_limit=time_limit(real))
         except (DataError, AccessError) as exc:
-            return [gr.update(choices=[], value=None)] * 3 + [f"❌ {exc}", None, []]
+            return [gr.update(choices=[], value=None)] * 3 + [f"❌ {error_text(exc, real)}", None, []]
         choices = [""] + columns
         updates = [gr.update(choices=choices, value=mapping.get(k) or "")
                    for k in ("question", "answer", "system")]
