@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,22 @@ MAX_PARAM_ITEMS = 10_000  # values inside one reward's params, all levels togeth
 MAX_LIST_ITEMS = 1_000    # e.g. model.target_modules
 MAX_INT = 2**53 - 1       # larger whole numbers lose precision in the browser (JSON)
 MAX_REWARDS = 100
+
+
+# The embedded model: the names a config may give it, and its Hub id as others know it.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_SOURCES = ("default", "", "embedded", "smollm2-135m-instruct")
+
+
+def public_base_id(source: str) -> str:
+    """The base model's name as someone else can load it: the Hub id of the embedded model, a
+    Hub id as given, and a local folder by its name (its path means nothing elsewhere)."""
+    source = str(source or "").strip()
+    if source.lower() in DEFAULT_SOURCES:
+        return EMBEDDED_HUB_ID
+    if source.startswith(("/", ".", "~")) or os.path.isdir(source):
+        return Path(source).name
+    return source
 
 
 class ConfigError(ValueError):

@@ -113,7 +113,7 @@ def write_model_card(adapter_dir: str | Path, run_dir: str | Path, cfg: RunConfi
     """README.md (and reward.svg) for the adapter in `adapter_dir` (or, by `kind`, the merged
     model or GGUF file there), from the run's events and, when it scored this adapter
     (`checkpoint`: final or step-N), the run's eval.json."""
-    from .models import public_base_id  # torch: only when a card is written
+    from .config import public_base_id
 
     adapter_dir, run_dir = Path(adapter_dir), Path(run_dir)
     events, _ = read_events(run_dir)

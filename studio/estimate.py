@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .i18n import t
+from .i18n import decimal, t
 
 GB = 1024 ** 3
 
@@ -155,7 +155,7 @@ PART_KEYS = {"base weights": "estimate.part.base_weights",
 
 def fit_verdict(total_bytes: float, available_bytes: float) -> tuple[str, str]:
     """('ok' | 'tight' | 'too_big', one line for a beginner)."""
-    need, have = f"{total_bytes / GB:.1f}", f"{available_bytes / GB:.1f}"
+    need, have = decimal(total_bytes / GB), decimal(available_bytes / GB)
     if total_bytes > available_bytes:
         return "too_big", t("estimate.fit.too_big", need=need, have=have)
     if total_bytes > 0.8 * available_bytes:
@@ -228,6 +228,8 @@ def step_time_estimate(run_dirs, source: str, prompts, generations, max_length,
         total = per_step * steps
         return per_step, t("estimate.time.measured", per_step=format_duration(per_step),
                            total=format_duration(total), steps=steps, name=pace["name"],
-                           pace=f"{pace['s_per_token'] * 100:.1f}", measured=pace["steps"],
+                           pace=decimal(pace['s_per_token'] * 100),
+                           measured=t("estimate.time.steps_one") if pace["steps"] == 1 else
+                           t("estimate.time.steps_many", n=pace["steps"]),
                            length=f"{length:.0f}")
     return None, t("estimate.time.unknown")

@@ -8,6 +8,7 @@ a list of plain dicts kept in a `gr.State`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from core.config import ConfigError, RunConfig
@@ -168,14 +169,152 @@ def make_widget(path: str, value: Any = None, **kwargs):
         return gr.Dropdown(choices=[(L(f"settings.{path}.choice.{c}"), c) for c in meta["choices"]],
                            value=value, **common)
     if kind in ("int", "float") and not optional(path):
-        # RunConfig says what is wrong in one line; the box's own bounds stop absurd numbers
-        # (above 2^53 a browser cannot even hold them) before any handler runs.
-        return gr.Number(value=value, precision=0 if kind == "int" else None,
-                         minimum=lo, maximum=hi if hi is not None else 2 ** 53 - 1, **common)
+        # the box shows its range; a number outside it is put back inside with one line that
+        # says so (`bounded_number`), never a failure of whatever button comes next
+        return bounded_number(value, minimum=lo,
+                              maximum=hi if hi is not None else 2 ** 53 - 1,
+                              precision=0 if kind == "int" else None, **common)
     # optional numbers are text: empty means "automatic", which a number box cannot show
     return gr.Textbox(value="" if value is None else str(value) if kind != "text" else value,
                       lines=1, placeholder=L("settings.automatic") if optional(path) else None,
                       **common)
+
+
+# ---- numbers with a range --------------------------------------------------------------
+#
+# Gradio checks a number box's or a slider's minimum and maximum in `preprocess`, for every
+# event that takes the box as an input, and fails that event with its own English error: a
+# number typed out of range in one box broke whichever button used it next (the preset's
+# question never opened; the box still held the number). These boxes keep their range on the
+# page (the browser's arrows and the slider's track stop there) but never fail an event:
+# handlers get the number brought into the range, and a guard on the box (when it is left,
+# Enter is pressed or a slider let go) puts that number in the box with one line, in the
+# page's language, where the box's help was.
+
+MAX_SAFE = 2 ** 53 - 1  # the largest whole number a browser holds exactly
+
+
+def number_in_range(value: Any, lo: float | None, hi: float | None) -> float | int | None:
+    """`value` as a number inside [lo, hi] (the nearest end when it is outside); None when it
+    is no number at all (empty, text, NaN)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except (ValueError, OverflowError):
+            return None
+    if not isinstance(value, (int, float)) or value != value:  # NaN is not equal to itself
+        return None
+    if lo is not None and value < lo:
+        return lo
+    if hi is not None and value > hi:
+        return hi
+    return value
+
+
+def range_words(lo: float | None, hi: float | None) -> str:
+    """The range of a box in the page's language ("between 1 and 512")."""
+    if lo is not None and hi is not None and hi < MAX_SAFE:
+        return t("form.range.between", lo=number_words(lo), hi=number_words(hi))
+    if lo is not None:
+        return t("form.range.at_least", lo=number_words(lo))
+    return t("form.range.at_most", hi=number_words(hi))
+
+
+def range_message(label: str, lo: float | None, hi: float | None, now: Any) -> str:
+    """One line for a number put back into its range: "LoRA rank must be between 1 and 512:
+    it is now 512." """
+    return t("form.range.outside", label=label, range=range_words(lo, hi),
+             value=number_words(now))
+
+
+def _rounded(value, precision: int | None):
+    if precision is None:
+        return value
+    return int(round(value)) if precision == 0 else round(value, precision)
+
+
+def _key(text) -> str | None:
+    """The catalog key behind a text fixed when the page is built (`L(key)`)."""
+    return getattr(text, "key", None)
+
+
+def _guard(box, triggers, lo, hi, precision, label_key, info_key) -> None:
+    """On each trigger, check the number the box holds (as the browser sent it, before Gradio
+    sees it): outside the range it is put back inside and the box's help says so in one line;
+    inside, the help comes back."""
+    import gradio as gr
+
+    from .i18n import lang_of, speaking
+
+    def check(value, request: gr.Request):
+        with speaking(lang_of(request)):
+            label = t(label_key) if label_key else ""
+            help_text = t(info_key) if info_key else None
+            typed = number_in_range(value, None, None)
+            if typed is None:  # an empty box: said, nothing changed (starting says it again)
+                return gr.update(info="⚠️ " + t("form.range.empty", label=label,
+                                                 range=range_words(lo, hi)))
+            inside = number_in_range(typed, lo, hi)
+            now = _rounded(inside, precision)
+            if now == value and not isinstance(value, str):
+                return gr.update(info=help_text)
+            if inside == typed:  # only rounded: the box shows the number in use
+                return gr.update(value=now, info=help_text)
+            return gr.update(value=now, info="⚠️ " + range_message(label, lo, hi, now))
+
+    check.__name__ = f"check_range_{box.elem_id or 'box'}".replace("-", "_")
+    check.__annotations__ = {"request": gr.Request}  # so that Gradio hands it the request
+    for trigger in triggers:
+        trigger(check, box, box, preprocess=False, show_progress="hidden", queue=False)
+
+
+@functools.cache
+def _bounded_classes():
+    import gradio as gr
+
+    class Number(gr.Number):
+        """gr.Number whose range never fails an event: `preprocess` brings the number inside."""
+        is_template = True  # drawn by Gradio's own number box
+
+        def preprocess(self, payload):
+            value = number_in_range(payload, self.minimum, self.maximum)
+            return None if value is None else self.round_to_precision(value, self.precision)
+
+    class Slider(gr.Slider):
+        """gr.Slider whose range never fails an event (its number box takes any number)."""
+        is_template = True
+
+        def preprocess(self, payload):
+            value = number_in_range(payload, self.minimum, self.maximum)
+            if value is None:  # not a number: where the slider starts
+                value = self.minimum
+            return gr.Number.round_to_precision(value, self.precision)
+
+    return Number, Slider
+
+
+def bounded_number(value=None, *, minimum=None, maximum=None, precision=None, **kwargs):
+    """A number box with a range that is put back into it, with one line, rather than failing
+    (see above). `label` and `info` are texts fixed with `L(...)`; the line names the label."""
+    number, _ = _bounded_classes()
+    box = number(value=value, minimum=minimum, maximum=maximum, precision=precision, **kwargs)
+    _guard(box, [box.blur, box.submit], minimum, maximum, precision,
+           _key(kwargs.get("label")), _key(kwargs.get("info")))
+    return box
+
+
+def bounded_slider(minimum: float, maximum: float, value=None, **kwargs):
+    """A slider whose number box puts a number outside its range back inside, with one line
+    (see above), rather than failing the next event that reads it."""
+    _, slider = _bounded_classes()
+    box = slider(minimum, maximum, value, **kwargs)
+    # the slider's own number box brings a typed number inside when left, after this event
+    # sent what was typed: the guard says so (a drag stays inside and only brings the help back)
+    _guard(box, [box.release], minimum, maximum, box.precision,
+           _key(kwargs.get("label")), _key(kwargs.get("info")))
+    return box
 
 
 def settings_info(texts: dict[str, str]) -> dict[str, str]:
@@ -237,11 +376,56 @@ def _shown(value: Any, path: str | None = None) -> str:
     return text if len(text) <= 60 else text[:57] + "…"
 
 
+def reward_title(item: dict) -> str:
+    """A reward as the page names it: the name the user gave it, else its template's title in
+    the page's language, else the template id."""
+    if item.get("name"):
+        return str(item["name"])
+    key = f"reward.{item.get('template')}.title"
+    title = t(key)
+    return str(item.get("template")) if title == key else title
+
+
 def reward_summary(rewards: list[dict]) -> str:
     if not rewards:
         return t("form.rewards.none")
-    return ", ".join(f"{r.get('name') or r.get('template')} ×{r.get('weight', 1.0):g}"
-                     for r in rewards)
+    return ", ".join(f"{reward_title(r)} ×{r.get('weight', 1.0):g}" for r in rewards)
+
+
+def _full_params(item: dict) -> dict:
+    """A reward's settings with its template's defaults filled in (the form shows every one; a
+    settings file names only those it changes)."""
+    from reward_templates.base import get_template
+    try:
+        defaults = {p.name: p.default for p in get_template(item.get("template")).params}
+    except Exception:  # an unknown template: compared as written
+        defaults = {}
+    return {**defaults, **dict(item.get("params") or {})}
+
+
+def _reward_changes(old: list[dict], new: list[dict]) -> list[str]:
+    """What a new reward set changes: the set itself when its rewards or weights differ, else
+    each setting of a reward that differs, by its label (a preset that changed only a target
+    length once said "Rewards: length_target ×0.5 → length_target ×0.5")."""
+    same_rewards = [(r.get("template"), r.get("name")) for r in old] == \
+        [(r.get("template"), r.get("name")) for r in new]
+    lines = []
+    if not same_rewards or any(not _same(a.get("weight", 1.0), b.get("weight", 1.0))
+                               for a, b in zip(old, new)):
+        lines.append(t("form.change.rewards", old=reward_summary(old), new=reward_summary(new)))
+    if not same_rewards:
+        return lines
+    for a, b in zip(old, new):
+        pa, pb = _full_params(a), _full_params(b)
+        for name in [n for n in pb if n in pa] + [n for n in pa if n not in pb]:
+            if _same(pa.get(name), pb.get(name)):
+                continue
+            key = f"reward.{b.get('template')}.param.{name}.label"
+            label = t(key)
+            lines.append(t("form.change.reward_param", reward=reward_title(b),
+                           label=name if label == key else label,
+                           old=_shown(pa.get(name), ""), new=_shown(pb.get(name), "")))
+    return lines
 
 
 def describe_changes(paths: list[str], old: list[Any], new: list[Any],
@@ -253,8 +437,6 @@ def describe_changes(paths: list[str], old: list[Any], new: list[Any],
         if not _same(a, b):
             lines.append(t("form.change.setting", label=label_of(path), path=path,
                            old=_shown(a, path), new=_shown(b, path)))
-    if new_rewards is not None and [clean_reward(r) for r in old_rewards or []] != \
-            [clean_reward(r) for r in new_rewards]:
-        lines.insert(0, t("form.change.rewards", old=reward_summary(old_rewards or []),
-                          new=reward_summary(new_rewards)))
+    if new_rewards is not None:
+        lines[:0] = _reward_changes(old_rewards or [], new_rewards)
     return lines

@@ -50,6 +50,15 @@ def t(key: str, lang: str | None = None, **params) -> str:
     return text.format(**params) if params else text
 
 
+DECIMAL_COMMA = ("de",)  # languages that write 2,5 where English writes 2.5
+
+
+def decimal(value: float, digits: int = 1) -> str:
+    """A number with `digits` decimals as the page's language writes it (2.5 / 2,5)."""
+    text = f"{value:.{digits}f}"
+    return text.replace(".", ",") if current() in DECIMAL_COMMA else text
+
+
 def L(key: str):
     """A text fixed when the page is built: a marker the browser replaces by its translation."""
     import gradio as gr

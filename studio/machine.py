@@ -22,10 +22,10 @@ class Machine:
 
     def describe(self) -> str:
         """One line on what this machine has, in the page's language."""
-        from .i18n import t
+        from .i18n import decimal, t
 
         sizes = dict(name=self.name, total=f"{self.total_bytes / GB:.0f}",
-                     free=f"{self.available_bytes / GB:.1f}")
+                     free=decimal(self.available_bytes / GB))
         if self.gpu:
             return t("machine.gpu", **sizes)
         return t("machine.cpu", cores=self.cores, **sizes)

@@ -11,7 +11,7 @@ import gradio as gr
 from core.config import ConfigError, RunConfig
 from core.data import size_words
 from core.export import QUANTS, converter, copy_adapter, default_out
-from core.modelcard import saved_evaluation
+from core.modelcard import collapse_note, saved_evaluation, write_model_card
 from core.runs import run_processes
 
 from .access import AccessError
@@ -48,6 +48,11 @@ def adapter_files(run_dir: str | Path, choice: str | None = None) -> Path:
             raise FileNotFoundError(t("export.error.no_adapter_train_more"))
     folder = scratch_dir("aha-export-") / export_name(run_dir, step, "adapter")
     copy_adapter(src, folder)
+    # the run's own card, as `python -m core export` writes it: a checkpoint's folder holds the
+    # library's empty template, and any evaluation since training belongs on it
+    label = "final" if src.name == "adapter" else src.name
+    write_model_card(folder, run_dir, RunConfig.load(run_dir / "config.yaml"),
+                     note=collapse_note(run_dir) if label == "final" else "", checkpoint=label)
     return folder
 
 
@@ -127,11 +132,16 @@ def build() -> dict:
     ask = gr.Button(L("chat.ask"), elem_id="chat-ask")
     chat_status = gr.Markdown(elem_id="chat-status")
     with gr.Row():
-        # a copy button on each answer, no toolbar over the newest question
-        trained = gr.Chatbot(label=L("chat.trained.label"), elem_id="chat-trained",
-                             height=340, buttons=["copy"])
-        base = gr.Chatbot(label=L("chat.base.label"), elem_id="chat-base", height=340,
-                          buttons=["copy"])
+        # a copy button on each answer, no toolbar over the newest question; each side's name
+        # above it (a chat's own label floats over the answers once they scroll)
+        with gr.Column():
+            gr.Markdown(L("chat.trained.label"), elem_classes="aha-chat-label")
+            trained = gr.Chatbot(label=L("chat.trained.label"), show_label=False,
+                                 elem_id="chat-trained", height=340, buttons=["copy"])
+        with gr.Column():
+            gr.Markdown(L("chat.base.label"), elem_classes="aha-chat-label")
+            base = gr.Chatbot(label=L("chat.base.label"), show_label=False, elem_id="chat-base",
+                              height=340, buttons=["copy"])
     gr.Markdown(L("eval.section"), elem_id="eval-section")
     eval_btn = gr.Button(L("eval.button"), elem_id="eval-run")
     eval_status = gr.Markdown(elem_id="eval-status")
@@ -176,7 +186,7 @@ def build() -> dict:
             "push_status": push_status}
 
 
-def wire(ui: dict, studio, watch: gr.State) -> None:
+def wire(ui: dict, studio, watch: gr.State, demo: gr.Blocks) -> None:
     policy = studio.policy
 
     def choices(user, wt=None):
@@ -187,6 +197,10 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
         return gr.update(choices=opts, value=value)
 
     ui["refresh"].click(studio.handler(choices), watch, ui["run"], queue=False)
+    # the runs are listed whenever the step opens (its tab, the Next button, a page that opens
+    # on it): the run just trained is there without pressing Refresh
+    for arrive in (ui["tab"].select, ui["next"].click, demo.load):
+        arrive(studio.handler(choices), watch, ui["run"], queue=False, show_progress="hidden")
 
     def on_watch(user, wt):
         return choices(user, wt) if wt.get("state") in ("stopped", "finished") else gr.skip()

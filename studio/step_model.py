@@ -6,7 +6,7 @@ import gradio as gr
 from .access import AccessError
 from .estimate import GB, estimate_memory, fit_verdict, part_label, shape_for_source
 from .form import make_widget
-from .i18n import L, t
+from .i18n import L, decimal, t
 from .jobs import JobError
 from .machine import Machine
 
@@ -74,11 +74,11 @@ def estimate(machine: Machine, source, precision, lora_r, prompt_len, completion
         return "unknown", t("model.estimate.fill_in")
     verdict, line = fit_verdict(parts["total"], machine.available_bytes)
     icon = {"ok": "✅", "tight": "⚠️", "too_big": "⛔"}[verdict]
-    detail = ", ".join(f"{part_label(k)} {v / GB:.2f} GB"
+    detail = ", ".join(f"{part_label(k)} {decimal(v / GB, 2)} GB"
                        for k, v in parts.items() if k != "total")
-    total = t("model.estimate.total", gb=f"{parts['total'] / GB:.1f}")
+    total = t("model.estimate.total", gb=decimal(parts['total'] / GB))
     if int(processes or 1) > 1:
-        total = t("model.estimate.total_per_gpu", gb=f"{parts['total'] / GB:.1f}",
+        total = t("model.estimate.total_per_gpu", gb=decimal(parts['total'] / GB),
                   gpus=int(processes))
     params = t("model.estimate.params", millions=f"{shape.params / 1e6:.0f}")
     return verdict, f"{icon} **{total}** {line}\n\n<small>{params} · {detail}</small>"

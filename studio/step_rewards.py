@@ -1,7 +1,9 @@
 """Step 3, Rewards: pick templates from the gallery, weigh them, and try them on real output."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 
 import gradio as gr
@@ -10,7 +12,7 @@ from reward_templates import (DEFAULT_SET_DESCRIPTIONS, RewardError, RewardSet,
                               default_reward_set, get_template, list_templates, preview)
 
 from .access import AccessError
-from .form import number_words
+from .form import bounded_slider, number_words
 from .i18n import L, t
 from .jobs import JobError, model_threads
 
@@ -116,9 +118,35 @@ def summary(rewards: list[dict]) -> str:
     number + 0.25 × Tag checklist." """
     if not rewards:
         return ""
-    terms = " + ".join(f"{number_words(float(r.get('weight', 1.0)))} × "
-                       f"{t('reward.' + r['template'] + '.title')}" for r in rewards)
-    return t("rewards.summary", terms=terms.replace("+ -", "− "))
+    terms = " + ".join(f"{weight_words(r.get('weight', 1.0))} × {title(r['template'])}"
+                       for r in rewards)
+    line = t("rewards.summary", terms=terms.replace("+ -", "− "))
+    against = [t("rewards.name.quoted", name=title(r["template"]))
+               for r in rewards if _weight(r) < 0]
+    if against:  # a negative weight turns a reward into a penalty: said in words
+        line += " " + t("rewards.summary.negative", names=", ".join(against))
+    return line
+
+
+def title(template: str) -> str:
+    """A template's name in plain words, in the page's language ("Length near a target")."""
+    return t(f"reward.{template}.title")
+
+
+def _weight(r: dict) -> float:
+    try:
+        return float(r.get("weight", 1.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def weight_words(value) -> str:
+    """A weight as a person writes it (0.25, 1, -3); a number too long for that in short."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)[:20]
+    return number_words(x) if abs(x) < 1e9 else f"{x:.3g}"
 
 
 def propose(sample: list[dict]) -> tuple[list[dict], str]:
@@ -138,23 +166,62 @@ def score_table(rewards: list[dict], questions: list[str], answers: list, comple
     names = rs.names
     data = [[p, r["completion"]] + [_fmt(r[n]) for n in names] + [_fmt(r["total"])]
             for p, r in zip(prompts, rows)]
-    return {"headers": [t("rewards.try.col.question"), t("rewards.try.col.completion")] + names
-            + [t("rewards.try.col.total")], "data": data}
+    return {"headers": [t("rewards.try.col.question"), t("rewards.try.col.completion")]
+            + score_headers(rs) + [t("rewards.try.col.total")], "data": data}
+
+
+def score_headers(rs: RewardSet) -> list[str]:
+    """Each reward's column heading in plain words: its own name where the set gives it one,
+    else its template's title (numbered where a title comes twice)."""
+    heads = [term.name if term.name != term.template and not
+             re.fullmatch(re.escape(term.template) + r"(_\d+)?", term.name)
+             else title(term.template) for term in rs.terms]
+    seen: dict[str, int] = {}
+    out = []
+    for head in heads:
+        seen[head] = seen.get(head, 0) + 1
+        out.append(head if heads.count(head) == 1 else f"{head} {seen[head]}")
+    return out
+
+
+def score_widths(n_scores: int) -> list[str]:
+    """Column widths of the score table: the question and the answer share what the scores
+    leave (the answer wraps), so that every score shows without scrolling sideways."""
+    score = math.floor(min(9.0, 70.0 / (n_scores + 1)) * 10) / 10  # the total is a score too
+    rest = 100 - score * (n_scores + 1)
+    question = math.floor(rest * 3) / 10
+    answer = math.floor((rest - question) * 10) / 10
+    return [f"{question:g}%", f"{answer:g}%"] + [f"{score:g}%"] * (n_scores + 1)
 
 
 def _fmt(v):
     return t("rewards.na") if v is None else round(float(v), 3)
 
 
+def weight_range() -> tuple[float, float]:
+    """The weights a reward may have (a negative one makes it a penalty): the config's."""
+    from core.config import RewardConfig
+
+    meta = {f.name: f.metadata for f in dataclasses.fields(RewardConfig)}["weight"]
+    return meta["min"], meta["max"]
+
+
 def set_weight(rewards: list[dict], index: int, value) -> list[dict]:
     """The list with reward `index` weighing `value`; RewardError (in the page's language)
-    when that is not a number."""
-    if value is None or isinstance(value, bool):
-        raise RewardError(t("rewards.item.bad_weight"))
-    try:
-        weight = float(value)
-    except (TypeError, ValueError):
-        raise RewardError(t("rewards.item.bad_weight")) from None
+    naming the problem (no number, outside the range) and the weight that stays."""
+    stays = " " + t("rewards.item.stays", value=weight_words(rewards[index].get("weight", 1.0)))
+    weight = None
+    if value is not None and not isinstance(value, bool):
+        try:
+            weight = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError, OverflowError):
+            weight = None
+    if weight is None or weight != weight:  # NaN
+        raise RewardError(t("rewards.item.bad_weight") + stays)
+    lo, hi = weight_range()
+    if not lo <= weight <= hi:
+        raise RewardError(t("rewards.item.weight_range", range=t(
+            "rewards.details.range", min=number_words(lo), max=number_words(hi))) + stays)
     new = [dict(r) for r in rewards]
     new[index]["weight"] = weight
     RewardSet.from_config(new)
@@ -171,15 +238,39 @@ def set_param(rewards: list[dict], index: int, name: str, value) -> list[dict]:
     except RewardError:
         label = t(f"reward.{spec.name}.param.{name}.label")
         if param.type in ("int", "float"):
+            stays = " " + t("rewards.item.stays", value=param_words(rewards[index], param))
+            number = param._to_number(value)
+            whole = number is None or param.type == "float" or number == int(number)
+            if number is not None and whole:  # a number of the right kind: its range is wrong
+                raise RewardError(t("rewards.item.out_of_range", setting=label,
+                                    range=_range_text(param)) + stays) from None
             kind = t("rewards.item.whole_number" if param.type == "int" else "rewards.item.number")
-            limits = _range_text(param)
-            raise RewardError(t("rewards.item.bad_number", setting=label, kind=kind) +
-                              (f" ({limits})" if limits else "")) from None
+            limits = _range_text(param)  # "a whole number from 0 to 100000"
+            raise RewardError(t("rewards.item.bad_number", setting=label,
+                                kind=f"{kind} {limits}" if limits else kind) + stays) from None
         raise
     new = [dict(r, params=dict(r.get("params") or {})) for r in rewards]
     new[index]["params"][name] = value
     RewardSet.from_config(new)  # the template's own checks (a regex that does not compile...)
     return new
+
+
+def param_words(reward: dict, param) -> str:
+    """The value a reward's setting has now, as the form shows it."""
+    value = (reward.get("params") or {}).get(param.name, param.default)
+    return weight_words(value) if isinstance(value, (int, float)) and \
+        not isinstance(value, bool) else str(value)
+
+
+def in_use(rewards: list[dict], index: int, name: str | None):
+    """What reward `index` uses now: its weight (name None) or the value of setting `name`."""
+    reward = rewards[index]
+    if name is None:
+        return reward.get("weight", 1.0)
+    spec = get_template(reward["template"])
+    param = next(p for p in spec.params if p.name == name)
+    value = (reward.get("params") or {}).get(name, param.default)
+    return ", ".join(map(str, value or [])) if param.type == "list" else value
 
 
 def _range_text(p) -> str:
@@ -243,8 +334,10 @@ def build(studio, rewards: gr.State) -> dict:
                                  size="sm")
     with gr.Accordion(L("rewards.try.title"), open=True):
         with gr.Row():
-            n_q = gr.Slider(1, 4, 2, step=1, label=L("rewards.try.questions"))
-            n_c = gr.Slider(1, 4, 2, step=1, label=L("rewards.try.answers"))
+            n_q = bounded_slider(1, 4, 2, step=1, label=L("rewards.try.questions"),
+                                 elem_id="reward-try-questions")
+            n_c = bounded_slider(1, 4, 2, step=1, label=L("rewards.try.answers"),
+                                 elem_id="reward-try-answers")
             try_btn = gr.Button(L("rewards.try.button"), elem_id="reward-try")
         try_status = gr.Markdown(elem_id="reward-try-status")
         try_table = gr.Dataframe(interactive=False, wrap=True, elem_id="reward-try-table",
@@ -283,17 +376,36 @@ def reward_item(studio, rewards: gr.State, shown: gr.State, message, i: int, r: 
             return new, new, ""
         return studio.handler(on_edit)
 
-    opts = dict(show_progress="hidden", trigger_mode="always_last")
-    weight.input(keep(lambda rs, v: set_weight(rs, i, v)), [rewards, weight],
-                 [rewards, shown, message], **opts)
-    for name, widget in fields:
-        widget.input(keep(lambda rs, v, name=name: set_param(rs, i, name, v)),
-                     [rewards, widget], [rewards, shown, message], **opts)
+    def show_in_use(change, name):
+        """When the box is left (or Enter pressed) holding a value that was not kept, it
+        shows the value in use again (the message says why); while typing it is left alone."""
+        def on_leave(user, rs, value):
+            if i >= len(rs or []) or rs[i]["template"] != spec.name:
+                return gr.skip()
+            try:
+                change(rs, value)
+            except RewardError:
+                return in_use(rs, i, name)
+            return gr.skip()
+        return studio.handler(on_leave)
+
+    # one queue for the form's events: a box left right after typing is checked after the
+    # typing was (`in_use` then reads the rewards that typing kept)
+    opts = dict(show_progress="hidden", trigger_mode="always_last",
+                concurrency_id="reward-form", concurrency_limit=1)
+    boxes = [(None, weight, lambda rs, v: set_weight(rs, i, v))] + \
+        [(name, widget, lambda rs, v, name=name: set_param(rs, i, name, v))
+         for name, widget in fields]
+    for name, box, change in boxes:
+        box.input(keep(change), [rewards, box], [rewards, shown, message], **opts)
+        if isinstance(box, (gr.Number, gr.Textbox)):
+            gr.on([box.blur, box.submit], show_in_use(change, name), [rewards, box], box,
+                  **opts)
 
     def on_remove(user, rs):
         if i >= len(rs or []):
             return gr.skip(), gr.skip()
-        return remove_reward(rs, i), t("rewards.msg.removed", template=spec.name)
+        return remove_reward(rs, i), t("rewards.msg.removed", template=title(spec.name))
 
     remove.click(studio.handler(on_remove), rewards, [rewards, message])
 
@@ -312,7 +424,8 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
 
     def on_add(user, rs, template):
         try:
-            return add_reward(rs, template, 1.0, "{}"), t("rewards.msg.added", template=template)
+            return add_reward(rs, template, 1.0, "{}"), t("rewards.msg.added",
+                                                          template=title(template))
         except RewardError as exc:
             return gr.skip(), f"❌ {exc}"
 
@@ -369,7 +482,10 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
                 else:
                     table = score_table(rs, [r["question"] for r in rows],
                                         [r.get("answer") for r in rows], value["base"])
-                    yield "✅ " + t("rewards.try.done"), table
+                    # every score in view at once: the answers wrap, the scores stay narrow
+                    widths = score_widths(len(table["headers"]) - 3)
+                    yield "✅ " + t("rewards.try.done"), gr.update(value=table,
+                                                                  column_widths=widths)
         except (JobError, RewardError) as exc:
             yield f"❌ {exc}", gr.skip()
 

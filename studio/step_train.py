@@ -21,8 +21,8 @@ from . import watch as w
 from .access import AccessError, User
 from .errors import quietly
 from .estimate import step_time_estimate
-from .form import (config_from_values, describe_changes, make_widget, rewards_from_config,
-                   section_paths, values_from_config)
+from .form import (bounded_slider, config_from_values, describe_changes, make_widget,
+                   rewards_from_config, section_paths, values_from_config)
 from .i18n import L, t
 from .jobs import scratch_dir
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
@@ -270,10 +270,11 @@ def build(form: dict, gpus: int = 0) -> dict:
         grpo_picture = gr.HTML("", elem_id="train-grpo-diagram")  # drawn on load
     with gr.Row():
         demo = gr.Button(L("train.demo.button"), elem_id="train-demo")
-        steps = gr.Slider(*STEPS_RANGE, 40, step=1, label=L("train.steps.label"),
-                          info=L("train.steps.info"), elem_id="train-steps", scale=2)
-        quality = gr.Slider(*QUALITY_RANGE, 3, step=1, label=L("train.quality.label"),
-                            elem_id="train-quality", info=L("train.quality.info"), scale=2)
+        steps = bounded_slider(*STEPS_RANGE, 40, step=1, label=L("train.steps.label"),
+                               info=L("train.steps.info"), elem_id="train-steps", scale=2)
+        quality = bounded_slider(*QUALITY_RANGE, 3, step=1, label=L("train.quality.label"),
+                                 elem_id="train-quality", info=L("train.quality.info"),
+                                 scale=2)
     with gr.Group(visible=False, elem_id="preset-confirm") as preset_box:
         preset_changes = gr.Markdown(elem_id="preset-changes")
         with gr.Row():
@@ -303,6 +304,9 @@ def build(form: dict, gpus: int = 0) -> dict:
         resume = gr.Button(L("train.resume"), elem_id="train-resume")
     fit_confirm = gr.Checkbox(False, label=L("train.fit.confirm"), visible=False,
                               elem_id="train-fit-confirm")
+    # shown when Start is pressed while one's own run still trains or waits
+    again_confirm = gr.Checkbox(False, label=L("train.again.confirm"), visible=False,
+                                elem_id="train-again-confirm")
     with gr.Row():
         save_yaml = gr.Button(L("train.yaml.save"), size="sm", elem_id="train-save-yaml")
         load_yaml = gr.UploadButton(L("train.yaml.load"), file_types=[".yaml", ".yml"],
@@ -337,7 +341,8 @@ def build(form: dict, gpus: int = 0) -> dict:
             "preset_apply": preset_apply, "preset_cancel": preset_cancel,
             "preset_pending": preset_pending,
             "advice": advice, "health": health,
-            "start": start, "fit_confirm": fit_confirm, "stop": stop, "resume": resume, "save_yaml": save_yaml,
+            "start": start, "fit_confirm": fit_confirm, "again_confirm": again_confirm,
+            "stop": stop, "resume": resume, "save_yaml": save_yaml,
             "load_yaml": load_yaml, "yaml_file": yaml_file, "message": message,
             "progress": progress, "status": status, "details": details,
             "traceback": traceback, "plots": plots, "samples": samples, "run_pick": run_pick,
@@ -435,8 +440,8 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         comp.change(studio.handler(on_advice), advice_fields, ui["advice"],
                     show_progress="hidden", queue=False)
 
-    def on_start(user, rs, confirmed, *values):
-        keep = [gr.skip()] * (len(view) + 3)
+    def on_start(user, rs, confirmed, again, *values):
+        keep = [gr.skip()] * (len(view) + 4)
         try:
             require_training(user)
             cfg = config_from_values(paths, list(values), rs)
@@ -449,11 +454,16 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             user.check_quota()
         except (ConfigError, AccessError) as exc:
             return [f"❌ {exc}", gr.skip()] + keep
+        busy = None if again else active_run(user, studio.runs_of(user))
+        if busy is not None:  # a second press of Start is more often a slip than a wish
+            return (["⚠️ " + t("train.again.warning", run=busy.run_dir.name), gr.skip()]
+                    + keep[:-1] + [gr.update(visible=True, value=False)])
         chosen = [values[i] for i in estimate_at]
         verdict, _ = estimate(machine, *chosen)
         warning = fit_warning(verdict, bool(confirmed))
         if warning:
-            return [warning, gr.skip()] + keep[:-1] + [gr.update(visible=True, value=False)]
+            return [warning, gr.skip()] + keep[:-2] + [gr.update(visible=True, value=False),
+                                                       gr.skip()]
         parts = estimate_parts(machine, *chosen)
         per_step, _ = time_estimate(studio, user, [values[paths.index(p)] for p in TIME_PATHS])
         run_dir = manager.create(cfg, parent=user.runs_dir)
@@ -474,11 +484,12 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         new, _, _ = catch_up(new, manager)
         ref = user.run_ref(run_dir)
         return ([text, ref] + render(new) + list(runs_update(user, ref))
-                + [gr.update(visible=False, value=False)])
+                + [gr.update(visible=False, value=False)] * 2)
 
-    ui["start"].click(studio.handler(on_start), [rewards, ui["fit_confirm"]] + fields,
-                      [ui["message"], remembered] + view + runs_out + [ui["fit_confirm"]],
-                      concurrency_limit=1)
+    ui["start"].click(studio.handler(on_start),
+                      [rewards, ui["fit_confirm"], ui["again_confirm"]] + fields,
+                      [ui["message"], remembered] + view + runs_out
+                      + [ui["fit_confirm"], ui["again_confirm"]], concurrency_limit=1)
 
     def controlled_run(user, wt) -> Path:
         """The shown run, if this user may control it (their own; any for a teacher)."""
@@ -520,19 +531,6 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
 
     ui["resume"].click(studio.handler(on_resume), watch, [ui["message"], watch])
 
-    def on_delete(user, wt):
-        run_dir = controlled_run(user, wt)
-        if manager.is_alive(run_dir):
-            return [t("runs.delete.stop_first"), gr.skip()] + [gr.skip()] * len(view) \
-                + list(runs_update(user))
-        manager.cancel(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return ([t("runs.delete.done", run=run_dir.name), None] + render(w.new_watch())
-                + list(runs_update(user)))
-
-    ui["delete"].click(studio.handler(on_delete), watch,
-                       [ui["message"], remembered] + view + runs_out)
-
     def stopped_message(new: dict, message) -> list:
         """"Stopping after the current step…" goes once the run has stopped (or ended)."""
         if message and str(message).strip() == t(STOPPING) and new.get("state") not in ACTIVE:
@@ -549,6 +547,29 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
             return []
         line, ref = run_banner(user, statuses)
         return [gr.update(visible=bool(line)), line, ref]
+
+    delete_pending = gr.State(None)  # [run ref, time] of a Delete that asked to be confirmed
+
+    def on_delete(user, wt, pending):
+        """Deleting is for good: the first press asks, a second one within a minute deletes."""
+        run_dir = controlled_run(user, wt)
+        skip = [gr.skip()] * (len(view) + len(runs_out) + len(banner_outs))
+        if manager.is_alive(run_dir):
+            return [t("runs.delete.stop_first"), gr.skip()] + skip + [None]
+        ref = user.run_ref(run_dir)
+        if not pending or pending[0] != ref or time.time() - float(pending[1]) > 60:
+            return ["⚠️ " + t("runs.delete.confirm", run=run_dir.name), gr.skip()] + skip \
+                + [[ref, time.time()]]
+        manager.cancel(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        statuses = studio.runs_of(user)
+        return ([t("runs.delete.done", run=run_dir.name), None] + render(w.new_watch())
+                + list(runs_update(user, statuses=statuses)) + banner_update(user, statuses)
+                + [None])
+
+    ui["delete"].click(studio.handler(on_delete), [watch, delete_pending],
+                       [ui["message"], remembered] + view + runs_out + banner_outs
+                       + [delete_pending])
 
     def on_tick(user, wt, message):
         new, metrics, samples = catch_up(wt, manager)

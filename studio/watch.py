@@ -17,6 +17,7 @@ import yaml
 
 from core.engine_choice import REASONS
 from core.health import MIN_GENERATIONS, MIN_TEMPERATURE, STABLE_LR_MAX
+from core.runs import STOP_FILE
 
 from .i18n import current, t
 
@@ -195,14 +196,19 @@ def figure(title: str, lines: dict[str, tuple[list, list]], note: str | None = N
 
     key = CHART_KEYS.get(title)
     fig = go.Figure()
-    for name, (xs, ys) in lines.items():
-        shown = t(LINE_KEYS[name]) if name in LINE_KEYS else name
+    names = [line_name(name) for name in lines]
+    for shown, (xs, ys) in zip(names, lines.values()):
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=shown))
     # the legend sits at the foot of the chart, under the axis title, with room for its rows
     # (about two names a row in a chart a third of the page wide); placed in the plot's own
-    # coordinates it would cover the axis title
-    legend_rows = (len(lines) + 1) // 2 if len(lines) > 1 else 0
-    fig.update_layout(title=t(f"{key}.title") if key else title, height=290,
+    # coordinates it would cover the axis title. The chart grows by the legend's rows, so the
+    # plot keeps its height however many rewards there are.
+    legend_rows = _legend_rows(names) if len(lines) > 1 else 0
+    last = max((x for xs, _ in lines.values() for x in xs if isinstance(x, (int, float))),
+               default=0)
+    if last <= 10:  # steps are whole numbers: no ticks at 0.5 while there are few of them
+        fig.update_xaxes(tick0=0, dtick=1)
+    fig.update_layout(title=t(f"{key}.title") if key else title, height=250 + 20 * legend_rows,
                       margin=dict(l=50, r=10, t=40, b=45 + 20 * legend_rows),
                       xaxis_title=t("chart.axis.step"),
                       yaxis_title=t(f"{key}.axis") if key else None,
@@ -213,6 +219,28 @@ def figure(title: str, lines: dict[str, tuple[list, list]], note: str | None = N
                            xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                            font=dict(size=12, color="#6b7280"), align="center")
     return fig
+
+
+def _legend_rows(names: list[str], width: float = 400.0) -> int:
+    """Rows of a horizontal legend in a chart a third of the page wide: each entry is its
+    symbol (about 40 px) and its text (about 7 px a character), packed in order."""
+    rows, used = 1, 0.0
+    for name in names:
+        entry = 40 + 7 * len(name)
+        if used and used + entry > width:
+            rows, used = rows + 1, 0.0
+        used += entry
+    return rows
+
+
+def line_name(name: str) -> str:
+    """A line's name in the legend: ours in the page's language, a reward template by its title
+    ("Right number"), a reward the user named by that name."""
+    if name in LINE_KEYS:
+        return t(LINE_KEYS[name])
+    title = f"reward.{name}.title"
+    shown = t(title)
+    return name if shown == title else shown
 
 
 # ---- progress -------------------------------------------------------------------------
@@ -310,18 +338,24 @@ def progress_html(watch: dict, text: bool = True) -> str:
         return head + '<div class="aha-progress-text"></div></div>'
     words = state_words(state, state)
     colocated = watch.get("engine") == "vllm" and watch.get("vllm_mode") == "colocate"
-    engine = " · " + t("watch.progress.engine_colocated" if colocated else
-                       "watch.progress.engine", engine=html.escape(watch["engine"])) \
+    engine = html.escape(t("watch.progress.engine_colocated" if colocated else
+                           "watch.progress.engine", engine=watch["engine"])) \
         if watch.get("engine") else ""
+    if engine and watch.get("device"):
+        engine += " " + html.escape(t("watch.progress.device", device=device_words(
+            watch["device"])))
     why = engine_why_text(watch.get("engine_why"), watch.get("engine_reason"))
-    if engine and why:
-        engine += f" ({html.escape(why)})"
-    device = " " + t("watch.progress.device", device=html.escape(watch["device"])) \
-        if watch.get("device") else ""
+    if engine:  # why this engine: on hover (the settings' advice says it in full before Start)
+        engine = (f' · <span class="aha-engine" title="{html.escape(why)}">{engine}</span>'
+                  if why else f" · {engine}")
     phase = phase_text(watch)
     if phase:
         words = f"{words} · {phase}"
-    eta = eta_seconds(watch)
+    stopping = state in RUNNING and watch.get("run_dir") and \
+        (Path(watch["run_dir"]) / STOP_FILE).exists()
+    if stopping:  # Stop was pressed: the step ends, then the run saves and stops
+        words = t("watch.progress.stopping")
+    eta = None if stopping else eta_seconds(watch)
     guess = " " + t("watch.progress.estimate") if eta is not None and not watch["metrics"] else ""
     eta_text = " · " + t("watch.progress.left", time=format_duration(eta)) + guess \
         if eta is not None else ""
@@ -332,7 +366,18 @@ def progress_html(watch: dict, text: bool = True) -> str:
             if start is not None else ""
     return (f'{head}<div class="aha-progress-text">'
             f'{html.escape(t("watch.progress.step", step=step, total=total or "?"))} · '
-            f'{html.escape(words)}{eta_text}{engine}{device}</div></div>')
+            f'{html.escape(words)}{eta_text}{engine}</div></div>')
+
+
+def device_words(device: str) -> str:
+    """"cpu" or "cuda:0" as the page says it: the CPU, the GPU (GPU 2 of several)."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cpu":
+        return t("watch.device.cpu")
+    if kind in ("cuda", "xpu", "mps"):
+        return t("watch.device.gpu_n", n=int(index) + 1) if index.isdigit() and int(index) \
+            else t("watch.device.gpu")
+    return str(device)
 
 
 _ETA_CACHE: dict = {}
@@ -476,7 +521,9 @@ def coach_notes(watch: dict) -> list[tuple[str, str]]:
     notes = []
     clipped = [m.get("completions/clipped_ratio") for m in recent
                if isinstance(m.get("completions/clipped_ratio"), (int, float))]
-    if clipped and sum(clipped) / len(clipped) > 0.5:
+    # an untrained model often rambles past the limit at first: only a limit that keeps
+    # cutting answers off is worth a note
+    if len(clipped) >= 3 and sum(clipped) / len(clipped) > 0.5:
         notes.append(("cut_off", t("coach.cut_off")))
     if not any(isinstance(m.get("kl"), (int, float)) for m in metrics):
         notes.append(("no_kl", t("coach.no_kl")))

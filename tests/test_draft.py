@@ -69,7 +69,7 @@ def test_a_preset_lists_what_it_would_change():
             {"template": "spelling", "weight": 0.5, "params": {}}]
     demo = [{"template": "numeric_match", "weight": 1.0, "params": {}}]
     lines = describe_changes(paths, old, new, ours, demo)
-    assert lines[0] == "Rewards: numeric_match ×1, spelling ×0.5 → numeric_match ×1"
+    assert lines[0] == "Rewards: Right number ×1, Spelling ×0.5 → Right number ×1"
     assert "Run name (`name`): my-run → classroom-demo" in lines
     assert any(line.startswith("Learning rate") and "0.0003 → 0.0002" in line for line in lines)
     assert any("(empty) → Answer briefly." in line for line in lines)
@@ -77,15 +77,41 @@ def test_a_preset_lists_what_it_would_change():
     assert describe_changes(paths, new, new, demo, demo) == []
 
 
+def test_a_preset_names_each_reward_setting_it_would_change():
+    """The same rewards and weights with other settings: each setting is named (the page once
+    said "Rewards: length_target ×0.5 → length_target ×0.5" and changed a target of 50 to 3)."""
+    from studio.i18n import speaking
+    ours = [{"template": "numeric_match", "weight": 1.0,
+             "params": {"partial_credit_for_number": 0.0}},
+            {"template": "length_target", "weight": 0.5,
+             "params": {"unit": "words", "target": 50, "tolerance": 20}}]
+    demo = [{"template": "numeric_match", "weight": 1.0,
+             "params": {"partial_credit_for_number": 0.1}},
+            {"template": "length_target", "weight": 0.5,
+             "params": {"unit": "words", "target": 3, "tolerance": 3}}]
+    assert describe_changes([], [], [], ours, demo) == [
+        "Reward “Right number”, Reward for giving any number: 0.0 → 0.1",
+        "Reward “Length near a target”, Target length: 50 → 3",
+        "Reward “Length near a target”, Tolerance: 20 → 3"]
+    with speaking("de"):
+        assert describe_changes([], [], [], ours, demo)[1] == \
+            "Belohnung „Länge nahe am Ziel“, Ziellänge: 50 → 3"
+    # a settings file names only what it changes: the defaults it leaves out are no change
+    shown = [{"template": "length_target", "weight": 0.5,
+              "params": {"unit": "words", "target": 3, "tolerance": 3}}]
+    assert describe_changes([], [], [], shown, [dict(shown[0], params={"target": 3,
+                                                                        "tolerance": 3})]) == []
+
+
 def test_preset_changes_speak_the_page_language_and_name_choices_in_words():
     from studio.i18n import speaking
     paths = ["model.precision", "model.gradient_checkpointing", "data.system_prompt"]
     old, new = ["16bit", True, ""], ["4bit", False, "Kurz antworten."]
     lines = describe_changes(paths, old, new, [], [{"template": "numeric_match", "weight": 1}])
-    assert lines[0] == "Rewards: none → numeric_match ×1"
+    assert lines[0] == "Rewards: none → Right number ×1"
     assert "16-bit → 4-bit (least memory)" in lines[1] and lines[2].endswith(": on → off")
     with speaking("de"):
         lines = describe_changes(paths, old, new, [], [{"template": "numeric_match", "weight": 1}])
-    assert lines[0] == "Belohnungen: keine → numeric_match ×1"
+    assert lines[0] == "Belohnungen: keine → Richtige Zahl ×1"
     assert lines[1].startswith("Genauigkeit des Basismodells (`model.precision`): 16-Bit → 4-Bit")
     assert lines[2].endswith(": an → aus") and lines[3].endswith("(leer) → Kurz antworten.")

@@ -11,6 +11,7 @@ from core.models import load_model
 from core.trainer import Trainer
 from studio import watch as w
 from studio.estimate import step_time_estimate
+from studio.i18n import speaking
 
 from .test_trainer import tiny_config
 
@@ -93,6 +94,24 @@ def test_page_shows_the_phase_and_a_time_left_that_shrinks_within_a_step():
     assert w.eta_seconds(first, now) == 200
     assert "(estimate)" in w.progress_html(first)
     assert w.eta_seconds(dict(first, state="stopped"), now) is None
+
+
+def test_the_progress_line_says_stopping_and_names_engine_and_device_in_plain_words(tmp_path):
+    watch = dict(w.new_watch(str(tmp_path)), state="training", step=2, max_steps=10,
+                 metrics=[{"step": 1, "step_time": 30.0}, {"step": 2, "step_time": 30.0}],
+                 engine="transformers", device="cpu",
+                 engine_why={"code": "no_vllm"})
+    html = w.progress_html(watch)
+    assert "answers written by transformers on the CPU" in html and "left" in html
+    # why this engine: on hover, not in parentheses inside the line
+    assert "title=\"vLLM is not installed" in html
+    (tmp_path / "STOP").touch()  # Stop was pressed: no time left to count down any more
+    html = w.progress_html(watch)
+    assert "Stopping: the current step ends" in html and "left" not in html
+    assert "GPU 2" in w.progress_html(dict(watch, device="cuda:1"))
+    with speaking("de"):
+        assert "Antworten schreibt transformers auf der CPU" in w.progress_html(watch)
+        assert "Wird gestoppt" in w.progress_html(watch)
 
 
 def test_time_estimate_comes_from_an_earlier_run_of_the_same_model(tmp_path):

@@ -304,7 +304,9 @@ def test_score_table_has_each_template_and_total():
     rs = [{"template": "numeric_match", "weight": 1.0, "params": {}},
           {"template": "length_target", "weight": 0.5, "params": {"unit": "words", "target": 1}}]
     table = score_table(rs, ["2+2?"], ["4"], [["4", "five"]])
-    assert table["headers"] == ["question", "completion", "numeric_match", "length_target", "total"]
+    # the templates by their names on the page, not their ids
+    assert table["headers"] == ["question", "completion", "Right number", "Length near a target",
+                                "total"]
     assert table["data"][0][2] == 1.0 and table["data"][1][2] < 1.0
 
 
@@ -312,6 +314,9 @@ def test_score_table_has_each_template_and_total():
 
 def test_zip_adapter_takes_the_newest_checkpoint_without_optimizer_state(tmp_path):
     import zipfile
+
+    from core.config import RunConfig
+    RunConfig().save(tmp_path / "config.yaml")
     for step in (2, 10):
         ck = tmp_path / "checkpoints" / f"step-{step}"
         ck.mkdir(parents=True)
@@ -319,8 +324,14 @@ def test_zip_adapter_takes_the_newest_checkpoint_without_optimizer_state(tmp_pat
         (ck / "adapter_config.json").write_text("{}")
         (ck / "optimizer.pt").write_bytes(b"big")
     assert adapter_dir(tmp_path).name == "step-10"
-    names = zipfile.ZipFile(zip_adapter(tmp_path)).namelist()
-    assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors"]
+    archive = zipfile.ZipFile(zip_adapter(tmp_path))
+    assert sorted(archive.namelist()) == ["README.md", "adapter_config.json",
+                                          "adapter_model.safetensors", "aha_config.yaml",
+                                          "reward.svg"]
+    # the run's card, written for the checkpoint (the folder's own README is not taken)
+    card = archive.read("README.md").decode()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "## Rewards" in card
+    assert "More Information Needed" not in card
     with pytest.raises(FileNotFoundError):
         zip_adapter(tmp_path / "empty")
 
@@ -396,7 +407,10 @@ def test_coach_notes_explain_the_charts():
     codes = [c for c, _ in w.coach_notes(wt)]
     assert codes == ["cut_off", "no_kl", "flat", "loss"]
     html = w.health_html(wt)
-    assert "Reading the charts" in html and "beta is 0" in html and "Learning check" not in html
+    assert "Reading the charts" in html and "(beta)” is 0" in html and "Learning check" not in html
+    # answers cut off in the first steps alone are no news: an untrained model rambles
+    first = w.fold_events(w.new_watch("r"), [step(1)], 10)
+    assert "cut_off" not in [c for c, _ in w.coach_notes(first)]
     moving = w.fold_events(w.new_watch("r"), [step(i, reward=0.1 * i, kl=0.01,
                                                    **{"completions/clipped_ratio": 0.0})
                                               for i in range(1, 17)], 10)

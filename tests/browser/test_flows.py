@@ -45,7 +45,10 @@ def test_try_rewards_then_chat_with_trained_and_base(studio, page):
     tab(page, "3 · Rewards")
     wait_text(page, "#reward-list", "numeric_match")
     table = _text(page, "#reward-list")
-    templates = [t for t in ("numeric_match", "tag_partial_credit", "length_target") if t in table]
+    # each template's column is headed by its name on the page ("Right number")
+    templates = [title for t, title in (("numeric_match", "Right number"),
+                                        ("tag_partial_credit", "Tag checklist"),
+                                        ("length_target", "Length near a target")) if t in table]
     page.click("#reward-try")
     wait_until(lambda: "Scored" in _text(page, "#reward-try-status") or
           "❌" in _text(page, "#reward-try-status"), 180, "the answers to be scored")

@@ -231,9 +231,16 @@ def test_runs_wait_in_line_and_the_teacher_sees_the_line(classroom, person):
 
     bob.click("#train-stop")
     wait_text(bob, "#train-message", "Taken out of the line", timeout=30)
+    bob.click("#runs-delete")  # deleting is for good: the first press asks
+    wait_text(bob, "#train-message", "for good", timeout=30)
+    assert list((runs_dir / "users" / "bob" / "runs").glob("*bob-waits"))
     bob.click("#runs-delete")
     wait_text(bob, "#train-message", "Deleted", timeout=30)
     assert not list((runs_dir / "users" / "bob" / "runs").glob("*bob-waits"))
+    # the banner no longer names the deleted run (it did until the next refresh)
+    banner = bob.locator("#banner-run:visible")
+    wait_until(lambda: banner.count() == 0 or "bob-waits" not in banner.inner_text(), 5,
+               "the banner to forget it")
     pick(carol, "class-pick", "alice-long")
     carol.click("#class-stop")
     wait_text(carol, "#class-message", "stops after its current step", timeout=30)

@@ -4,6 +4,7 @@ Embedded model, an uploaded CSV, two reward templates, a tiny run (1 prompt x 2 
 8 tokens), charts and samples appearing live, Stop, adapter export; then a page reload mid-run
 that must reattach. Screenshots go to test-artifacts/browser/.
 """
+import json
 import zipfile
 
 import pytest
@@ -50,11 +51,12 @@ def test_whole_wizard(studio, page, tmp_path):
         page.click("#reward-0-remove")
         wait_until(lambda: page.inner_text("#reward-list") != before, 20, "a reward to go")
     wait_text(page, "#reward-list", "No rewards yet")
-    for template in ("numeric_match", "length_target"):
+    for template, title in (("numeric_match", "Right number"),
+                            ("length_target", "Length near a target")):
         pick(page, "reward-pick", f"({template})")
         wait_text(page, "#reward-details", template)
         page.click("#reward-add")
-        wait_text(page, "#reward-message", template)
+        wait_text(page, "#reward-message", title)  # "Added “Right number”."
         wait_text(page, "#reward-list", template)
     table = page.inner_text("#reward-list")
     assert "numeric_match" in table and "length_target" in table
@@ -82,12 +84,18 @@ def test_whole_wizard(studio, page, tmp_path):
     page.click("#train-start")
     wait_until(lambda: run_state(page) not in ("failed", ""), 30, "the new run to show")
     wait_until(lambda: run_step(page) >= 2, what="two training steps")
-    assert "engine: transformers" in page.inner_text("#train-progress")
+    assert "answers written by transformers on the CPU" in page.inner_text("#train-progress")
     page.wait_for_selector("#chart-0 .scatterlayer .trace path.point", state="attached")
     assert page.locator("#chart-0 .scatterlayer .trace").count() >= 3  # total + 2 templates
     page.wait_for_selector("#train-samples .aha-sample")
     assert "numeric_match" in page.inner_text("#train-samples")
     shot(page, "4-train")
+    # Start again while it trains asks first instead of queueing a second run
+    runs_before = sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
+    page.click("#train-start")
+    wait_text(page, "#train-message", "is still training or waiting")
+    assert page.locator("#train-again-confirm").is_visible()
+    assert sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) == runs_before
     page.click("#train-stop")
     wait_until(lambda: run_state(page) == "stopped", what="the run to stop")
     stopped_at = run_step(page)
@@ -98,14 +106,22 @@ def test_whole_wizard(studio, page, tmp_path):
     shot(page, "4-train-stopped")
 
     # 5. export: the adapter as a zip download, the YAML, the command line
-    tab(page, "5 · Try and export")
-    page.click("#export-refresh")
+    # Next opens the step with the run just trained already chosen (no Refresh needed)
+    page.click("#nav-next-export")
     wait_value(page, "#export-run input", "browser-run")
     wait_text(page, "#export-command", "python -m core train")
     path = download(page, "#export-zip", "#export-files", tmp_path / "adapter.zip")
-    names = set(zipfile.ZipFile(path).namelist())
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    archive = zipfile.ZipFile(path)
+    names = set(archive.namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "reward.svg",
+            "aha_config.yaml"} <= names
     assert not any(n.endswith(".pt") for n in names)  # no optimizer or RNG state
+    # shareable: the base by its Hub id, and the run's own card, not the library's template
+    config = json.loads(archive.read("adapter_config.json"))
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    card = archive.read("README.md").decode()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "More Information Needed" not in card and "numeric_match" in card
     # a GGUF file for llama.cpp, Ollama and LM Studio, made and checked by llama.cpp itself
     assert page.input_value("#export-quant input").startswith("q4_k_m")
     page.click("#export-gguf")
