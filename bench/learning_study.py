@@ -79,7 +79,7 @@ SETTINGS = {
 }
 # The studio's quality/speed slider on the shipped demo: what a beginner gets at each level.
 SHIPPED_NOW = {"train.learning_rate": 2e-4, "grpo.temperature": 1.0}
-for _level in (1, 2, 3, 4):
+for _level in (1, 2, 3, 4, 5):
     SETTINGS[f"quality{_level}"] = (
         f"the studio's quality/speed slider at {_level}: "
         + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in QUALITY_LEVELS[_level].items()),
