@@ -53,6 +53,7 @@ LONG_QUESTION_CHARS = 4000
 MAX_COLUMNS = 1000
 MAX_ROWS = 1_000_000
 _JSON_PEEK_CHARS = 8 * 2**20  # how much of a JSON file is read to count the first row's columns
+HUB_PREFIX = "hub:"  # a data source read from the Hub only (the shared modes' sources)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 _TRAIN_FEATURES = datasets.Features({
     "question": datasets.Value("string"), "answer": datasets.Value("string"),
@@ -373,6 +374,8 @@ def load_table(source: str, split: str = "train", max_bytes: int = 500 * 2**20) 
         raise DataError("no_source")
     if source.lower().startswith("builtin:"):
         return _load_builtin(source)
+    if source.startswith(HUB_PREFIX):  # the Hub only: never a file or folder of this machine
+        return _load_hub(source[len(HUB_PREFIX):], split, local=False)
     path = os.path.expanduser(source)
     ext = os.path.splitext(source)[1].lower()
     looks_like_path = (ext in FORMATS or ext in (".txt", ".xlsx", ".xls", ".ods")
@@ -632,8 +635,13 @@ def _stringify(ds: datasets.Dataset) -> datasets.Dataset:
     return ds
 
 
-def _load_hub(source: str, split: str) -> datasets.Dataset:
+def _load_hub(source: str, split: str, local: bool = True) -> datasets.Dataset:
+    """A Hub dataset; with `local` False, a name that is also a file or folder here is refused
+    (`datasets.load_dataset` would read that folder's files: a shared server's own)."""
     repo, _, config = source.partition(":")
+    if not local and (not _HUB_ID.match(source) or ".." in repo or os.path.lexists(repo)
+                      or os.path.lexists(repo.split("/")[0] + ".py")):
+        raise DataError("hub_not_found", repo=repo)
     try:
         ds = datasets.load_dataset(repo, config or None, split=split)
     except Exception as exc:

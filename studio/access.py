@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from core.data import HUB_PREFIX
 from core.events import write_atomic
 
 from .i18n import t
@@ -333,8 +334,11 @@ class User:
             return str(self.upload_path(source))
         if not self.policy.shared:
             return source
-        if HUB_ID.fullmatch(source) and not source.startswith(".") and ".." not in source:
-            return source
+        name = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
+        if HUB_ID.fullmatch(name) and not name.startswith(".") and ".." not in name:
+            # read from the Hub only: "runs/queue.json" or "users" name files and folders of
+            # the server's working folder, which loading it as a plain source would read
+            return HUB_PREFIX + name
         raise AccessError(t("access.data_source"))
 
     def display_source(self, source: str) -> str:
@@ -346,7 +350,7 @@ class User:
                 return self.upload_ref(source)
         except OSError:
             pass
-        return source
+        return source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
 
     def model_source(self, source: str) -> str:
         """A model source this user may train: anything locally; in the shared modes the

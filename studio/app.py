@@ -114,7 +114,7 @@ def build_app(policy: Policy | str | Path = "runs", manager: RunManager | None =
         step_rewards.wire(rewards_ui, form, studio, rewards, sample)
         step_train.wire(train_ui, form, studio, rewards, watch, remembered, demo,
                         banner=(banner_row, banner, banner_watch, banner_ref), tabs=tabs)
-        step_export.wire(export_ui, studio, watch, demo)
+        step_export.wire(export_ui, studio, watch)
         if policy.shared:
             step_classroom.wire(class_ui, studio, class_tab, demo)
 

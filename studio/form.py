@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 from core.config import ConfigError, RunConfig
@@ -210,7 +211,7 @@ def number_in_range(value: Any, lo: float | None, hi: float | None) -> float | i
         return lo
     if hi is not None and value > hi:
         return hi
-    return value
+    return value if math.isfinite(value) else None  # an infinity with no end to stop at
 
 
 def range_words(lo: float | None, hi: float | None) -> str:

@@ -34,8 +34,8 @@ def stored_name(name: str) -> str:
     text = unicodedata.normalize("NFKD", Path(name).name.replace("ß", "ss"))
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in text)
-    stem, dot, ext = text.rpartition(".") if "." in text.lstrip(".") else (text, "", "")
-    stem = re.sub(r"^[^A-Za-z0-9]+", "", stem)[:72] or "data"
+    stem, dot, ext = text.rpartition(".") if "." in text else (text, "", "")
+    stem = re.sub(r"^[^A-Za-z0-9]+", "", stem)[:72] or "data"  # ".csv" -> "data.csv"
     return stem + dot + ext[:12]
 
 

@@ -186,21 +186,27 @@ def build() -> dict:
             "push_status": push_status}
 
 
-def wire(ui: dict, studio, watch: gr.State, demo: gr.Blocks) -> None:
+def wire(ui: dict, studio, watch: gr.State) -> None:
     policy = studio.policy
 
-    def choices(user, wt=None):
+    def choices(user, wt=None, chosen=None):
+        """The runs to choose from; the one chosen stays while it is there, else the watched
+        run, else the newest."""
         opts = run_choices(studio, user)
+        refs = {v for _, v in opts}
         current = (wt or {}).get("run_dir")
         current = user.run_ref(current) if current else None
-        value = current if current in {v for _, v in opts} else (opts[0][1] if opts else None)
+        value = chosen if chosen in refs else current if current in refs else \
+            (opts[0][1] if opts else None)
         return gr.update(choices=opts, value=value)
 
     ui["refresh"].click(studio.handler(choices), watch, ui["run"], queue=False)
-    # the runs are listed whenever the step opens (its tab, the Next button, a page that opens
-    # on it): the run just trained is there without pressing Refresh
-    for arrive in (ui["tab"].select, ui["next"].click, demo.load):
-        arrive(studio.handler(choices), watch, ui["run"], queue=False, show_progress="hidden")
+    # the runs are listed whenever the step opens (its tab or the Next button): the run just
+    # trained is there without pressing Refresh, and one chosen before stays chosen. Not when
+    # the page loads: choosing a run loads its model, which a page on step 1 does not need.
+    for arrive in (ui["tab"].select, ui["next"].click):
+        arrive(studio.handler(choices), [watch, ui["run"]], ui["run"], queue=False,
+               show_progress="hidden")
 
     def on_watch(user, wt):
         return choices(user, wt) if wt.get("state") in ("stopped", "finished") else gr.skip()

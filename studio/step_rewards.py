@@ -389,10 +389,10 @@ def reward_item(studio, rewards: gr.State, shown: gr.State, message, i: int, r: 
             return gr.skip()
         return studio.handler(on_leave)
 
-    # one queue for the form's events: a box left right after typing is checked after the
-    # typing was (`in_use` then reads the rewards that typing kept)
-    opts = dict(show_progress="hidden", trigger_mode="always_last",
-                concurrency_id="reward-form", concurrency_limit=1)
+    # no queue of their own: a named one would be the whole server's, every student's edits
+    # in one line. A box left holding a refused value shows the value in use, which is the
+    # one before whatever the typing's own event does (a refused value is never kept)
+    opts = dict(show_progress="hidden", trigger_mode="always_last")
     boxes = [(None, weight, lambda rs, v: set_weight(rs, i, v))] + \
         [(name, widget, lambda rs, v, name=name: set_param(rs, i, name, v))
          for name, widget in fields]

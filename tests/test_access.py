@@ -89,7 +89,9 @@ def test_sources_in_the_shared_modes(classroom, tmp_path):
     with pytest.raises(AccessError):
         bob.data_source("upload:abc-data.csv")  # not in bob's folder
     assert alice.data_source("builtin:arithmetic?n=5") == "builtin:arithmetic?n=5"
-    assert alice.data_source("openai/gsm8k:main") == "openai/gsm8k:main"
+    assert alice.data_source("openai/gsm8k:main") == "hub:openai/gsm8k:main"
+    assert alice.data_source("hub:openai/gsm8k:main") == "hub:openai/gsm8k:main"
+    assert alice.display_source("hub:openai/gsm8k:main") == "openai/gsm8k:main"
     for hostile in ("/etc/passwd", "../users/bob/uploads/x.csv", "./x.csv", "~/x.csv",
                     "upload:../x", "upload:/etc/passwd", str(alice.uploads_dir / "abc-data.csv")):
         with pytest.raises(AccessError):
@@ -99,6 +101,20 @@ def test_sources_in_the_shared_modes(classroom, tmp_path):
     for hostile in ("/tmp", "../models", "~/.cache/x", "a/b/../../c"):
         with pytest.raises(AccessError):
             alice.model_source(hostile)
+
+
+def test_a_hub_id_never_reads_the_servers_own_files(classroom, tmp_path, monkeypatch):
+    """"runs/accounts.csv" looks like a Hub id: typed into the dataset box of a shared studio,
+    it once read that file of the server's working folder (any table one folder deep)."""
+    from core.data import check_data
+    alice = classroom.user(request("alice"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    (tmp_path / "runs" / "accounts.csv").write_text("user,password\nalice,secret\n")
+    assert check_data("runs/accounts.csv").columns == ["user", "password"]  # a local path
+    for typed in ("runs/accounts.csv", "runs", "hub:runs/accounts.csv"):
+        report = check_data(alice.data_source(typed))
+        assert report.columns == [] and "Hub" in report.errors[0], typed
 
 
 def test_model_allowlists(tmp_path):

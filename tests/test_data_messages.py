@@ -121,7 +121,8 @@ def test_uploads_keep_the_users_file_name(tmp_path):
     assert Path(keep_upload(str(other), uploads)).name == "summen-2.csv"
     assert kept.read_text() == first.read_text()  # the first one is left as it was
     for name, stored in (("Übung 1 (neu).CSV", "Ubung_1__neu_.CSV"), ("Maß.csv", "Mass.csv"),
-                         ("..csv", "csv"), ("日本.csv", "data.csv"), ("-x.tsv", "x.tsv"),
+                         ("..csv", "data.csv"), (".csv", "data.csv"), ("日本.csv", "data.csv"),
+                         ("-x.tsv", "x.tsv"),
                          ("a" * 200 + ".jsonl", "a" * 72 + ".jsonl")):
         assert stored_name(name) == stored, name
         assert RUN_ID.fullmatch(stored_name(name)), name  # an upload ref allows it
