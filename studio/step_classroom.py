@@ -11,6 +11,7 @@ import gradio as gr
 from core.export import copy_adapter
 
 from .access import AccessError, Limits, Policy
+from .form import bounded_number
 from .i18n import L, t
 from .jobs import scratch_dir
 from .step_export import adapter_dir
@@ -62,8 +63,11 @@ def build(policy: Policy) -> dict:
                 fields[key] = gr.Textbox(", ".join(value), label=label, info=info,
                                          elem_id=f"limit-{key}")
             else:
-                fields[key] = gr.Number(value, label=label, info=info, precision=0, minimum=0,
-                                        maximum=1_000_000, elem_id=f"limit-{key}")
+                # a number out of range is brought back with one line, never the framework's
+                # error on Save
+                fields[key] = bounded_number(value, label=label, info=info, precision=0,
+                                             minimum=0, maximum=1_000_000,
+                                             elem_id=f"limit-{key}")
     save = gr.Button(L("classroom.limits.save"), variant="primary", elem_id="class-save")
     return {"refresh": refresh, "pick": pick, "stop": stop, "publish": publish, "table": table,
             "message": message, "download": download, "files": files, "fields": fields,

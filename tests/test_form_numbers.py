@@ -107,3 +107,13 @@ def test_the_try_table_names_each_reward_in_words():
     for n in range(1, 9):  # the question and answer share what the scores leave
         widths = [float(w.rstrip("%")) for w in score_widths(n)]
         assert len(widths) == n + 3 and sum(widths) <= 100.5 and widths[1] > widths[2]
+
+
+def test_the_teachers_limits_never_fail_save_either(tmp_path):
+    from studio import step_classroom
+    from studio.access import Policy
+    with gr.Blocks():
+        ui = step_classroom.build(Policy("classroom", tmp_path / "runs"))
+    boxes = [box for key, box in ui["fields"].items() if key != "allowed_models"]
+    assert boxes and all(box.preprocess(1e12) == 1_000_000 and box.preprocess(-3) == 0
+                         for box in boxes)
