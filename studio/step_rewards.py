@@ -283,6 +283,9 @@ def _range_text(p) -> str:
     return ""
 
 
+CHOICE_MIN_WIDTH = 320  # px: what a reward setting's choices written in words need
+
+
 def param_widget(spec, p, value, elem_id: str):
     """A form field for one setting of a template, labelled in the page's language."""
     key = f"reward.{spec.name}.param.{p.name}"
@@ -293,8 +296,10 @@ def param_widget(spec, p, value, elem_id: str):
     if p.type == "bool":
         return gr.Checkbox(bool(value), **common)
     if p.type == "choice":
+        # its words need room: in a narrow column "automatic: the…" was all the box showed (the
+        # row gives it a wider place instead)
         return gr.Dropdown([(L(f"{key}.choice.{c}"), c) for c in p.choices], value=value,
-                           **common)
+                           min_width=CHOICE_MIN_WIDTH, **common)
     if p.type in ("int", "float"):
         # no bounds on the box: an out-of-range number gets our one-line message, with the range
         return gr.Number(value, precision=0 if p.type == "int" else None, **common)
