@@ -377,14 +377,17 @@ def _shown(value: Any, path: str | None = None) -> str:
     return text if len(text) <= 60 else text[:57] + "…"
 
 
-def reward_title(item: dict) -> str:
-    """A reward as the page names it: the name the user gave it, else its template's title in
-    the page's language, else the template id."""
-    if item.get("name"):
-        return str(item["name"])
-    key = f"reward.{item.get('template')}.title"
+def template_title(template: str) -> str:
+    """A template's name in plain words, in the page's language ("Length near a target"); the
+    id for a template without one."""
+    key = f"reward.{template}.title"
     title = t(key)
-    return str(item.get("template")) if title == key else title
+    return str(template) if title == key else title
+
+
+def reward_title(item: dict) -> str:
+    """A reward as the page names it: the name the user gave it, else its template's title."""
+    return str(item["name"]) if item.get("name") else template_title(item.get("template"))
 
 
 def reward_summary(rewards: list[dict]) -> str:

@@ -12,7 +12,7 @@ from reward_templates import (DEFAULT_SET_DESCRIPTIONS, RewardError, RewardSet,
                               default_reward_set, get_template, list_templates, preview)
 
 from .access import AccessError
-from .form import bounded_slider, number_words
+from .form import bounded_slider, number_words, template_title
 from .i18n import L, t
 from .jobs import JobError, model_threads
 
@@ -118,19 +118,14 @@ def summary(rewards: list[dict]) -> str:
     number + 0.25 × Tag checklist." """
     if not rewards:
         return ""
-    terms = " + ".join(f"{weight_words(r.get('weight', 1.0))} × {title(r['template'])}"
+    terms = " + ".join(f"{weight_words(r.get('weight', 1.0))} × {template_title(r['template'])}"
                        for r in rewards)
     line = t("rewards.summary", terms=terms.replace("+ -", "− "))
-    against = [t("rewards.name.quoted", name=title(r["template"]))
+    against = [t("rewards.name.quoted", name=template_title(r["template"]))
                for r in rewards if _weight(r) < 0]
     if against:  # a negative weight turns a reward into a penalty: said in words
         line += " " + t("rewards.summary.negative", names=", ".join(against))
     return line
-
-
-def title(template: str) -> str:
-    """A template's name in plain words, in the page's language ("Length near a target")."""
-    return t(f"reward.{template}.title")
 
 
 def _weight(r: dict) -> float:
@@ -175,7 +170,7 @@ def score_headers(rs: RewardSet) -> list[str]:
     else its template's title (numbered where a title comes twice)."""
     heads = [term.name if term.name != term.template and not
              re.fullmatch(re.escape(term.template) + r"(_\d+)?", term.name)
-             else title(term.template) for term in rs.terms]
+             else template_title(term.template) for term in rs.terms]
     seen: dict[str, int] = {}
     out = []
     for head in heads:
@@ -410,7 +405,7 @@ def reward_item(studio, rewards: gr.State, shown: gr.State, message, i: int, r: 
     def on_remove(user, rs):
         if i >= len(rs or []):
             return gr.skip(), gr.skip()
-        return remove_reward(rs, i), t("rewards.msg.removed", template=title(spec.name))
+        return remove_reward(rs, i), t("rewards.msg.removed", template=template_title(spec.name))
 
     remove.click(studio.handler(on_remove), rewards, [rewards, message])
 
@@ -430,7 +425,7 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
     def on_add(user, rs, template):
         try:
             return add_reward(rs, template, 1.0, "{}"), t("rewards.msg.added",
-                                                          template=title(template))
+                                                          template=template_title(template))
         except RewardError as exc:
             return gr.skip(), f"❌ {exc}"
 

@@ -19,6 +19,7 @@ from core.engine_choice import REASONS
 from core.health import MIN_GENERATIONS, MIN_TEMPERATURE, STABLE_LR_MAX
 from core.runs import STOP_FILE
 
+from .form import template_title
 from .i18n import current, t
 
 MAX_SAMPLE_STEPS = 3   # the samples panel shows the latest few steps
@@ -236,11 +237,7 @@ def _legend_rows(names: list[str], width: float = 400.0) -> int:
 def line_name(name: str) -> str:
     """A line's name in the legend: ours in the page's language, a reward template by its title
     ("Right number"), a reward the user named by that name."""
-    if name in LINE_KEYS:
-        return t(LINE_KEYS[name])
-    title = f"reward.{name}.title"
-    shown = t(title)
-    return name if shown == title else shown
+    return t(LINE_KEYS[name]) if name in LINE_KEYS else template_title(name)
 
 
 # ---- progress -------------------------------------------------------------------------
