@@ -150,6 +150,17 @@ def label_of(path: str) -> str:
     return t(f"settings.{path}.label")
 
 
+LONG_CHOICE = 28  # characters of a choice's text that one place in a row of four shows whole
+
+
+def choice_width(path: str) -> int:
+    """The longest text among a setting's choices, in any of the page's languages."""
+    from .i18n import LANGUAGES, t
+
+    return max(len(t(f"settings.{path}.choice.{c}", lang))
+               for c in field_of(path).metadata["choices"] for lang in LANGUAGES)
+
+
 def make_widget(path: str, value: Any = None, **kwargs):
     """A Gradio widget for one config field: bounds, choices and help from its metadata."""
     import gradio as gr
@@ -167,6 +178,10 @@ def make_widget(path: str, value: Any = None, **kwargs):
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if kind == "choice":
+        if "scale" not in kwargs and choice_width(path) > LONG_CHOICE:
+            # a list whose choices read as a phrase takes two places in its row of settings:
+            # in one place the box cut "dapo: average over all tokens of a step" after "ste"
+            common["scale"] = 2
         return gr.Dropdown(choices=[(L(f"settings.{path}.choice.{c}"), c) for c in meta["choices"]],
                            value=value, **common)
     if kind in ("int", "float") and not optional(path):

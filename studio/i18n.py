@@ -155,8 +155,37 @@ HEAD = """<script>
     Object.defineProperty(navigator, "languages", {get: function () { return [lang]; }});
   } catch (e) {}
   document.documentElement.lang = lang;
+  // Gradio's busy marks ("queue: 2/3 |", "processing |") are English in every language: the
+  // page's own words replace them as Gradio writes them
+  var words = %(framework)s[lang];
+  var fix = function (node) {
+    var s = node.nodeValue, m = /^queue: (\\d+)\\/(\\d*) \\|$/.exec(s);
+    if (m) node.nodeValue = words.queue.replace("{position}", m[1]).replace("{size}", m[2]);
+    else if (s === "processing |") node.nodeValue = words.processing;
+  };
+  var walk = function (node) {
+    if (node.nodeType === 3) { fix(node); return; }
+    for (var c = node.firstChild; c; c = c.nextSibling) walk(c);
+  };
+  if (lang !== "en" && window.MutationObserver) {
+    new MutationObserver(function (records) {
+      for (var i = 0; i < records.length; i++) {
+        var r = records[i];
+        if (r.type === "characterData") fix(r.target);
+        else for (var j = 0; j < r.addedNodes.length; j++) walk(r.addedNodes[j]);
+      }
+    }).observe(document.documentElement, {subtree: true, childList: true, characterData: true});
+  }
 })();
-</script>""" % {"known": json.dumps(list(LANGUAGES)), "cookie": COOKIE, "default": DEFAULT}
+</script>"""
+
+
+def head_script() -> str:
+    """The script above, filled in (it needs the catalogs, so it is made when first asked)."""
+    framework = {lang: {"queue": t("app.busy.queue", lang),
+                        "processing": t("app.busy.processing", lang)} for lang in LANGUAGES}
+    return HEAD % {"known": json.dumps(list(LANGUAGES)), "cookie": COOKIE, "default": DEFAULT,
+                   "framework": json.dumps(framework, ensure_ascii=False)}
 
 # The language switch: a new cookie, then the same page again in that language.
 SWITCH_JS = """(lang) => {
@@ -177,9 +206,10 @@ def put_head_script_first() -> bool:
         env = routes.templates.env
         name = "frontend/index.html"
         source = env.loader.get_source(env, name)[0]
-        if "<head>" not in source or HEAD in source:
-            return HEAD in source
-        env.loader = ChoiceLoader([DictLoader({name: source.replace("<head>", "<head>" + HEAD, 1)}),
+        script = head_script()
+        if "<head>" not in source or script in source:
+            return script in source
+        env.loader = ChoiceLoader([DictLoader({name: source.replace("<head>", "<head>" + script, 1)}),
                                    env.loader])
         return True
     except Exception:  # noqa: BLE001 - an unknown Gradio: the browser's language decides

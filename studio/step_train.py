@@ -21,8 +21,9 @@ from . import watch as w
 from .access import AccessError, User
 from .errors import quietly
 from .estimate import step_time_estimate
-from .form import (bounded_slider, config_from_values, describe_changes, make_widget,
-                   rewards_from_config, section_paths, values_from_config)
+from .form import (LONG_CHOICE, bounded_slider, choice_width, config_from_values,
+                   describe_changes, kind_of, make_widget, rewards_from_config, section_paths,
+                   values_from_config)
 from .i18n import L, t
 from .jobs import scratch_dir
 from .presets import QUALITY_PATHS, quality_settings, quick_demo_config
@@ -262,6 +263,21 @@ def healthy_curves() -> str:
     return "".join(parts)
 
 
+def setting_rows(paths: list[str], room: int = 4) -> list[list[str]]:
+    """The settings in rows of four places, in their order; a list whose choices read as a
+    phrase takes two places (make_widget gives it twice the width of a box)."""
+    rows: list[list[str]] = [[]]
+    used = 0
+    for path in paths:
+        need = 2 if kind_of(path) == "choice" and choice_width(path) > LONG_CHOICE else 1
+        if used + need > room:
+            rows.append([])
+            used = 0
+        rows[-1].append(path)
+        used += need
+    return [row for row in rows if row]
+
+
 def build(form: dict, gpus: int = 0) -> dict:
     """The train step. `gpus`: the machine's; with more than one, 'GPUs to train on' shows."""
     gr.Markdown(L("train.heading"), elem_id="train-heading")
@@ -288,10 +304,9 @@ def build(form: dict, gpus: int = 0) -> dict:
         defaults = RunConfig()
         for section in ("grpo", "train", "generation"):
             gr.Markdown(L(f"train.section.{section}"), elem_id=f"train-section-{section}")
-            paths = section_paths(section)
-            for i in range(0, len(paths), 4):
+            for row in setting_rows(section_paths(section)):
                 with gr.Row():
-                    for path in paths[i:i + 4]:
+                    for path in row:
                         extra = {"visible": gpus > 1} if path == "train.processes" else {}
                         form[path] = make_widget(path, values_from_config(defaults, [path])[0],
                                                  **extra)

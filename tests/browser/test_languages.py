@@ -51,6 +51,19 @@ def no_text_of(page, lang: str, other: str) -> None:
     assert leaks == {}, f"{lang} texts on the {other} page: {leaks}"
 
 
+BUSY_MARKS = """() => {
+  window.busyMarks = [];
+  const mark = /^(queue|processing|Warteschlange|in Arbeit)\\b/;
+  const note = (node) => {
+    if (node.nodeType === 3 && mark.test(node.nodeValue)) window.busyMarks.push(node.nodeValue);
+    else for (let c = node.firstChild; c; c = c.nextSibling) note(c);
+  };
+  new MutationObserver((records) => records.forEach((r) => r.type === "characterData"
+      ? note(r.target) : r.addedNodes.forEach(note)))
+    .observe(document.documentElement, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def visit(page, step: str) -> None:
     page.click(f"#tab-{step}-button")
     page.wait_for_timeout(500)
@@ -61,6 +74,9 @@ def test_the_whole_wizard_in_german_then_english(studio, page, tmp_path):
     url, runs_dir = studio
     open_studio(page, url)
     assert page.evaluate("document.documentElement.lang") == "de"
+    # every busy mark Gradio writes while the wizard works ("queue: 1/1 |", "processing |"),
+    # as the page shows it once the page's own script has had its turn
+    page.evaluate(BUSY_MARKS)
     tabs = page.locator("button[role=tab]").all_inner_texts()
     assert tabs[:5] == [de[f"app.tab.{s}"] for s in STEPS]
 
@@ -115,6 +131,9 @@ def test_the_whole_wizard_in_german_then_english(studio, page, tmp_path):
     no_text_of(page, "en", "de")
     shot(page, "de-5-export")
     assert page.outside_requests == []
+    marks = set(page.evaluate("window.busyMarks"))
+    assert not {m for m in marks if m.startswith(("queue", "processing"))}, marks
+    assert {m for m in marks if m.startswith(("Warteschlange", "in Arbeit"))}, marks
 
     # the switch: the page comes back in English, with the form as it was
     page.locator("#language label").filter(has_text="English").click()
