@@ -75,6 +75,11 @@ MESSAGES = {
     "sep_commas": "commas",
     "sep_semicolons": "semicolons",
     "sep_tabs": "tabs",
+    "decimal_point": ".",
+    "size_bytes": "{n} bytes",
+    "size_KB": "{n} KB",
+    "size_MB": "{n} MB",
+    "size_GB": "{n} GB",
     # loading
     "no_source": "No data given; choose a file or type a dataset name.",
     "folder": "'{name}' is a folder; choose a data file inside it.",
@@ -178,6 +183,8 @@ def render(msg_id: str, params: dict | None = None, text=None) -> str:
     for key, value in (params or {}).items():
         if isinstance(value, dict) and "id" in value:
             value = render(value["id"], value.get("params"), text)
+        elif isinstance(value, float):  # written with the language's decimal mark: 1.5 / 1,5
+            value = f"{value:g}".replace(".", text("decimal_point"))
         elif isinstance(value, (list, tuple)) and key == "rows":
             shown = ", ".join(str(r) for r in value[:5])
             if len(value) > 5:
@@ -288,12 +295,21 @@ def _rows(rows: list[int], show: int = 5) -> str:
     return f"{'row' if len(rows) == 1 else 'rows'} {head}{more}"
 
 
-def size_words(n: float) -> str:
-    """A number of bytes as a beginner reads it: '512 bytes', '1.5 MB'."""
+def size_message(n: float) -> dict:
+    """A number of bytes as a message ('512 bytes', '1.5 MB'): its number stays a number, for
+    each language to write its own way (1,5 MB)."""
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f}".rstrip("0").rstrip(".") + f" {unit}"
+            value = round(n) if unit == "bytes" or round(n, 1) == round(n) else round(n, 1)
+            return {"id": f"size_{unit}", "params": {"n": value}}
         n /= 1024
+    raise AssertionError("unreachable")
+
+
+def size_words(n: float, text=None) -> str:
+    """A number of bytes as a beginner reads it: '512 bytes', '1.5 MB' (`text` as in render)."""
+    message = size_message(n)
+    return render(message["id"], message["params"], text)
 
 
 def _reason(exc: BaseException) -> str:
@@ -402,7 +418,8 @@ def _load_file(path: str, max_bytes: int) -> datasets.Dataset:
     if size == 0:
         raise DataError("file_empty", name=name)
     if size > max_bytes:
-        raise DataError("file_too_big", name=name, size=size_words(size), limit=size_words(max_bytes))
+        raise DataError("file_too_big", name=name, size=size_message(size),
+                        limit=size_message(max_bytes))
     builder, kwargs = FORMATS[ext], {}
     if builder == "parquet":
         _check_parquet_shape(path)

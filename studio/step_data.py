@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.data import MESSAGES, DataError, check_data, load_table, render
+from core.data import MESSAGES, DataError, check_data, load_table, render, size_words
 
 from .access import MB, UPLOAD_PREFIX, AccessError
 from .form import make_widget
@@ -77,15 +77,20 @@ def keep_upload(temp_path: str, uploads_dir: Path) -> str:
     return _keep(temp_path, uploads_dir)[0]
 
 
+def template(msg_id: str) -> str:
+    """The text of core's data message `msg_id` in the page's language."""
+    key = f"data.msg.{msg_id}"
+    return catalog(current()).get(key) or catalog(DEFAULT).get(key) or MESSAGES[msg_id]
+
+
+def size_text(n: float) -> str:
+    """A number of bytes in the page's language: '1.5 MB', '1,5 MB'."""
+    return size_words(n, template)
+
+
 def message_text(message: dict, source: str = "") -> str:
     """One of core's data messages ({"id", "params", "text"}) in the page's language, naming an
     upload by the user's own file name."""
-    mine, english = catalog(current()), catalog(DEFAULT)
-
-    def template(msg_id):
-        key = f"data.msg.{msg_id}"
-        return mine.get(key) or english.get(key) or MESSAGES[msg_id]
-
     text = message.get("text") or ""
     if message.get("id") in MESSAGES:
         try:

@@ -9,7 +9,6 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError, RunConfig
-from core.data import size_words
 from core.export import QUANTS, converter, copy_adapter, default_out
 from core.modelcard import collapse_note, saved_evaluation, write_model_card
 from core.runs import run_processes
@@ -19,6 +18,7 @@ from .errors import friendly
 from .evaluation import changed_table, summary
 from .evaluation import figure as evaluation_figure
 from .form import cli_command
+from .step_data import size_text
 from .i18n import L, lang_of, speaking, t
 from .jobs import JobError, model_threads, scratch_dir
 from .watch import run_state_words
@@ -468,13 +468,13 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
                 path = Path(shutil.make_archive(str(out), "zip", root_dir=out))
                 shutil.rmtree(out, ignore_errors=True)
                 yield [str(path)], "✅ " + t("export.merge.done", file=path.name, which=which,
-                                            size=size_words(path.stat().st_size))
+                                            size=size_text(path.stat().st_size))
                 return
             gguf = Path(result["files"][0])
             check = result.get("check") or {}
             yield result["files"], "✅ " + t(
                 "export.gguf.done", file=gguf.name, which=which,
-                size=size_words(gguf.stat().st_size), question=check.get("question", ""),
+                size=size_text(gguf.stat().st_size), question=check.get("question", ""),
                 answer=(check.get("answer") or "…")[:200])
         return on_export
 
