@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import tempfile
+import threading
+import time
 import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -48,27 +53,40 @@ def shown_name(name: str) -> str:
 def _keep(temp_path: str, uploads_dir: Path) -> tuple[str, bool]:
     """(kept path, whether it is a new copy): the upload under the user's own file name, or a
     numbered one ('summen-2.csv') where another file has that name; the same bytes under the
-    same name are kept once."""
+    same name are kept once.
+
+    The bytes are copied under a hidden name first and the file appears under its own name
+    whole (a hard link, which fails where the name is taken): two uploads of one name at once
+    each see the other's file complete or not at all, never half written."""
     src = Path(temp_path)
     digest, size = _digest(src), src.stat().st_size
     uploads_dir.mkdir(parents=True, exist_ok=True)
     name = stored_name(src.name)
     stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
-    for number in range(1, 10_000):
-        target = uploads_dir / (name if number == 1 else f"{stem}-{number}{dot}{ext}")
-        try:
-            out = open(target, "xb")  # claims the name
-        except FileExistsError:
-            if target.is_file() and target.stat().st_size == size and _digest(target) == digest:
-                return str(target), False
-            continue
-        try:
-            with out, open(src, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
-        except BaseException:  # a disk full halfway leaves no broken copy behind
-            target.unlink(missing_ok=True)
-            raise
-        return str(target), True
+    incoming = None
+    try:
+        for number in range(1, 10_000):
+            target = uploads_dir / (name if number == 1 else f"{stem}-{number}{dot}{ext}")
+            if target.is_file():
+                if target.stat().st_size == size and _digest(target) == digest:
+                    return str(target), False
+                continue
+            if incoming is None:
+                with open(src, "rb") as f, tempfile.NamedTemporaryFile(
+                        dir=uploads_dir, prefix=".incoming-", delete=False) as out:
+                    incoming = Path(out.name)
+                    shutil.copyfileobj(f, out, 1 << 20)
+            try:
+                os.link(incoming, target)  # claims the name, with every byte in place
+            except FileExistsError:  # taken a moment ago: look at it as above
+                if target.is_file() and target.stat().st_size == size and \
+                        _digest(target) == digest:
+                    return str(target), False
+                continue
+            return str(target), True
+    finally:  # a disk full halfway leaves no broken copy behind
+        if incoming is not None:
+            incoming.unlink(missing_ok=True)
     raise AccessError(t("access.no_upload"))
 
 
@@ -157,6 +175,46 @@ def report_markdown(report) -> str:
 CHECK_SECONDS = 20  # a shared studio checks data in a child process it stops after this
 
 
+class Cleared:
+    """Sources that passed a shared studio's timed check (a child process stopped after
+    CHECK_SECONDS): later checks of the same source read it in the server's process, at once.
+    An upload is checked when it arrives and again as it becomes the data in use, with the
+    columns chosen; each check was a child process of a few seconds (up to 20), twice per upload.
+
+    A file counts as the same while its size and time of change are; a Hub dataset for
+    HUB_SECONDS, since it can change on the Hub. At most KEEP sources are remembered."""
+
+    KEEP = 256
+    HUB_SECONDS = 600
+
+    def __init__(self):
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key(self, source: str) -> tuple:
+        try:
+            st = Path(source).stat()  # the same file under any name
+            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except (OSError, ValueError):  # not a file here: a Hub id
+            return (source, int(time.time() // self.HUB_SECONDS))
+
+    def time_limit(self, source: str, seconds: float | None) -> float | None:
+        """`seconds` for a source not yet cleared; None (no child process) for one that is."""
+        if seconds is None:
+            return None
+        with self._lock:
+            return None if self._key(source) in self._seen else seconds
+
+    def note(self, source: str, readable: bool) -> None:
+        """A timed check's outcome: `readable` when it found the table's columns."""
+        if not readable:
+            return
+        with self._lock:
+            self._seen[self._key(source)] = None
+            while len(self._seen) > self.KEEP:
+                self._seen.popitem(last=False)
+
+
 def inspect_source(source: str, question=None, answer=None, system=None, needing=(),
                    time_limit: float | None = None):
     """(columns, rows, mapping dict, markdown, sample rows for reward proposals).
@@ -215,8 +273,9 @@ def build(form: dict) -> dict:
         form["data.system_column"] = gr.Dropdown([], label=L("data.column.system"),
                                                  elem_id="data-system", allow_custom_value=True)
     messages = gr.Markdown(elem_id="data-messages")
+    # shown while there is data to show (empty, it showed the framework's headers "1 2 3")
     table = gr.Dataframe(label=L("data.preview.label"), interactive=False,
-                         elem_id="data-preview", max_height=320, wrap=True)
+                         elem_id="data-preview", max_height=320, wrap=True, visible=False)
     form["data.system_prompt"] = make_widget("data.system_prompt", "")
     with gr.Accordion(L("data.more_settings"), open=False):
         form["data.max_rows"] = make_widget("data.max_rows", None)
@@ -245,8 +304,11 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
     cols = [form["data.question_column"], form["data.answer_column"], form["data.system_column"]]
     policy = studio.policy
 
+    cleared = Cleared()
+
     def time_limit(real: str):
-        return CHECK_SECONDS if policy.shared and not real.startswith("builtin:") else None
+        shared = policy.shared and not real.startswith("builtin:")
+        return cleared.time_limit(real, CHECK_SECONDS if shared else None)
 
     def refused(report, in_use: str) -> str:
         """Why new data was not taken, and that the data in use stays."""
@@ -267,6 +329,7 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
         # cleared an hour later (delete_cache), this copy is the one that stays.
         kept, new = _keep(path, user.uploads_dir)
         report = check_data(kept, time_limit=time_limit(kept))
+        cleared.note(kept, bool(report.columns))
         if report.errors and not report.columns:  # not a table at all: the data in use stays
             if new:
                 Path(kept).unlink(missing_ok=True)
@@ -285,6 +348,7 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
         if text == (in_use or "").strip():
             return gr.skip(), gr.update(value=None), gr.skip()
         report = check_data(real, time_limit=time_limit(real))
+        cleared.note(real, bool(report.columns))
         if report.errors and not report.columns:  # nothing to use there: the data in use stays
             return gr.skip(), gr.skip(), refused(report, in_use)
         return text, gr.update(value=None), gr.skip()
@@ -301,13 +365,16 @@ def wire(ui: dict, form: dict, studio, sample_state: gr.State, rewards: gr.State
             real = user.data_source(src) if (src or "").strip() else ""
             columns, rows, mapping, text, sample = inspect_source(
                 real, q, a, s, needing_answer(rs), time_limit=time_limit(real))
+            cleared.note(real, bool(columns))
         except (DataError, AccessError) as exc:
-            return [gr.update(choices=[], value=None)] * 3 + [f"❌ {error_text(exc, real)}", None, []]
+            hidden = gr.update(value=None, visible=False)
+            return [gr.update(choices=[], value=None)] * 3 + [f"❌ {error_text(exc, real)}",
+                                                              hidden, []]
         choices = [""] + columns
         updates = [gr.update(choices=choices, value=mapping.get(k) or "")
                    for k in ("question", "answer", "system")]
         preview = {"headers": columns, "data": rows} if columns else None
-        return updates + [text, preview, sample]
+        return updates + [text, gr.update(value=preview, visible=preview is not None), sample]
 
     outputs = cols + [ui["messages"], ui["table"], sample_state]
     handler = studio.handler(refresh)  # a loaded YAML brings its own mapping; keep what fits

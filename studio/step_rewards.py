@@ -340,8 +340,9 @@ def build(studio, rewards: gr.State) -> dict:
                                  elem_id="reward-try-answers")
             try_btn = gr.Button(L("rewards.try.button"), elem_id="reward-try")
         try_status = gr.Markdown(elem_id="reward-try-status")
+        # shown once it has scores (empty, it showed the framework's headers "1 2 3")
         try_table = gr.Dataframe(interactive=False, wrap=True, elem_id="reward-try-table",
-                                 elem_classes=["aha-score-table"])
+                                 elem_classes=["aha-score-table"], visible=False)
     return {"pick": pick, "details": details, "add": add, "layout": layout, "shown": shown,
             "summary": total,
             "propose": proposed, "message": message, "n_q": n_q, "n_c": n_c, "try": try_btn,
@@ -484,8 +485,8 @@ def wire(ui: dict, form: dict, studio, rewards: gr.State, sample: gr.State) -> N
                                         [r.get("answer") for r in rows], value["base"])
                     # every score in view at once: the answers wrap, the scores stay narrow
                     widths = score_widths(len(table["headers"]) - 3)
-                    yield "✅ " + t("rewards.try.done"), gr.update(value=table,
-                                                                  column_widths=widths)
+                    yield "✅ " + t("rewards.try.done"), gr.update(
+                        value=table, column_widths=widths, visible=True)
         except (JobError, RewardError) as exc:
             yield f"❌ {exc}", gr.skip()
 

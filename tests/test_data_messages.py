@@ -1,7 +1,10 @@
 """Data-check messages in the page's language, uploads under the user's own file name, and no
 warning about the built-in sets' repeats. Real files, real `datasets`; no browser."""
+import os
 import pickle
 import string
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,9 @@ import yaml
 from core.data import MESSAGES, DataError, arithmetic_dataset, check_data, load_table, render
 from studio.access import RUN_ID
 from studio.i18n import catalog, speaking
-from studio.step_data import (SAMPLE_SOURCE, inspect_source, keep_upload, message_text,
-                              report_markdown, shown_name, shown_source, size_text, stored_name)
+from studio.step_data import (CHECK_SECONDS, SAMPLE_SOURCE, Cleared, inspect_source,
+                              keep_upload, message_text, report_markdown, shown_name,
+                              shown_source, size_text, stored_name)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,3 +151,51 @@ def test_uploads_keep_the_users_file_name(tmp_path):
     assert shown_name("1c605133a415-summen.csv") == "summen.csv" and shown_name("summen.csv") == "summen.csv"
     assert shown_source("upload:1c605133a415-summen.csv") == "summen.csv"
     assert shown_source("openai/gsm8k:main") == "openai/gsm8k:main"
+
+
+def test_a_shared_studio_reads_a_file_in_a_child_process_once_per_version(tmp_path):
+    gate = Cleared()
+    path = write(tmp_path / "summen.csv", "question,answer\n1+1,2\n")
+    assert gate.time_limit(str(path), CHECK_SECONDS) == CHECK_SECONDS
+    report = check_data(str(path), time_limit=CHECK_SECONDS)  # the child process
+    gate.note(str(path), bool(report.columns))
+    assert report.columns == ["question", "answer"]
+    assert gate.time_limit(str(path), CHECK_SECONDS) is None  # the same file: no second child
+    assert gate.time_limit(str(path), None) is None  # a local studio never uses one
+    before = path.stat().st_mtime_ns
+    write(path, "question,answer\n1+1,2\n2+2,4\n")
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    assert gate.time_limit(str(path), CHECK_SECONDS) == CHECK_SECONDS  # changed: checked again
+    empty = write(tmp_path / "leer.csv", "")
+    report = check_data(str(empty), time_limit=CHECK_SECONDS)
+    gate.note(str(empty), bool(report.columns))
+    assert report.errors and gate.time_limit(str(empty), CHECK_SECONDS) == CHECK_SECONDS
+    hub = "hub:someone/sums"  # not a file here: remembered for a while, not for ever
+    gate.note(hub, True)
+    assert gate.time_limit(hub, CHECK_SECONDS) is None
+    for n in range(Cleared.KEEP):
+        gate.note(f"hub:someone/other-{n}", True)
+    assert gate.time_limit(hub, CHECK_SECONDS) == CHECK_SECONDS  # the oldest is forgotten
+
+
+def test_uploads_of_one_name_at_once_each_keep_their_own_whole_file(tmp_path):
+    uploads = tmp_path / "uploads"
+    sources = []
+    for n in range(8):  # four different files of one name, each sent twice at the same time
+        folder = tmp_path / f"browser-{n}"
+        folder.mkdir()
+        body = "question,answer\n" + f"{n % 4}+1,{n % 4 + 1}\n" * (20_000 + n % 4)
+        sources.append(write(folder / "summen.csv", body))
+    start = threading.Barrier(len(sources))
+
+    def upload(src):
+        start.wait()
+        return keep_upload(str(src), uploads)
+
+    with ThreadPoolExecutor(len(sources)) as pool:
+        kept = list(pool.map(upload, sources))
+    for src, path in zip(sources, kept):
+        assert Path(path).read_bytes() == src.read_bytes()  # whole, and its own
+    assert len(set(kept)) == 4  # the same bytes once, each other file under a name of its own
+    assert sorted(p.name for p in uploads.iterdir()) == \
+        ["summen-2.csv", "summen-3.csv", "summen-4.csv", "summen.csv"]  # nothing half-made left

@@ -65,3 +65,21 @@ def test_every_choice_of_every_setting_reads_whole(studio, page):
         shot(page, f"layout-{step}-{lang}")
     assert seen >= 5, seen
     assert cut == {}, cut
+
+
+def test_no_table_shows_numbered_headers_before_it_has_rows(studio, page):
+    """An empty table showed the framework's headers "1 2 3" above no rows: a table with
+    nothing to show is hidden, and one with rows names its columns in the page's language."""
+    url, _ = studio
+    open_studio(page, url)
+    numbered = {}
+    for step in ("model", "data", "rewards", "train", "export"):
+        page.click(f"#tab-{step}-button")
+        page.wait_for_timeout(1500)
+        heads = page.evaluate("""() => Array.from(document.querySelectorAll(
+                '[role=columnheader]')).filter(h => h.offsetParent !== null)
+            .map(h => h.innerText.trim()).filter(s => /^\\d+$/.test(s))""")
+        if heads:
+            numbered[step] = heads
+        shot(page, f"layout-empty-{step}")
+    assert numbered == {}, numbered
