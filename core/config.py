@@ -49,11 +49,106 @@ def public_base_id(source: str) -> str:
     return source
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line for a beginner."""
+# Every problem a settings file, a form or an override can have, as one line for a beginner:
+# id -> English text. The studio says them in the page's language (`config.msg.<id>` in its
+# catalogs, tests/test_config_messages.py keeps both complete); `{setting}` is a config path,
+# which the studio names by its label.
+MESSAGES = {
+    "big_number": "a number with about {digits} digits",
+    "what_file": "Config file {name}",
+    "what_value": "The value of '{setting}'",
+    "yaml_anchor": "Settings files may not use YAML anchors or aliases (& and *). Line {line} has one.",
+    "too_deep_line": "Settings may be nested at most {depth} levels deep (line {line}).",
+    "too_deep": "Settings may be nested at most {depth} levels deep.",
+    "yaml_invalid_line": "{what} is not valid YAML (line {line}).",
+    "yaml_invalid": "{what} is not valid YAML.",
+    "yaml_digits": "{what} is not valid YAML (a number has too many digits).",
+    "yaml_reason": "{what} is not valid YAML ({reason}).",
+    "unusable": "These settings can't be used: {reason}",
+    "file_not_found": "Config file not found: {name}",
+    "file_folder": "'{name}' is a folder, not a settings file.",
+    "file_unreadable": "Couldn't read config file {name}: {reason}.",
+    "file_too_big": "Config file {name} is larger than {limit} KB; settings files are much "
+                    "smaller. Is it really a settings file?",
+    "file_not_utf8": "Config file {name} isn't UTF-8 text; is it really a settings file?",
+    "file_not_mapping": "Config file {name} must hold a mapping of settings.",
+    "epsilon_high": "{setting} must be at least {other}.",
+    "report_to_unknown": "'{setting}' knows {known}; got {value}.",
+    "report_to_twice": "'{setting}' names a tracker twice.",
+    "vespo_mode": "{setting} vespo takes vLLM's correction per token: set {other} to "
+                  "token_truncate or token_mask.",
+    "cispo_epsilon": "{setting} cispo caps the importance weight at {other}: set it (5.0 is the "
+                     "usual value).",
+    "prompts_processes": "{setting} ({value}) must be a multiple of {other} ({processes}): each "
+                         "process takes whole prompts.",
+    "accumulation": "{setting} ({value}) must divide the completions per step ({completions} = "
+                    "prompts_per_step x num_generations).",
+    "accumulation_processes": "{setting} ({value}) must divide the completions per step of each "
+                              "of the {processes} processes ({completions} = prompts_per_step x "
+                              "num_generations / train.processes).",
+    "not_mapping": "'{setting}' must be a mapping of settings.",
+    "unknown_setting": "Unknown setting '{setting}'; known settings here: {known}.",
+    "rewards_not_list": "'rewards' must be a list of reward templates.",
+    "too_many_rewards": "'rewards' holds {count} rewards; at most {limit} are supported.",
+    "needs_value": "'{setting}' needs a value.",
+    "not_finite": "'{setting}' must be a finite number; got {value}.",
+    "wrong_type": "'{setting}' should be {kind}, got {value}.",
+    "kind_int": "a whole number",
+    "kind_float": "a number",
+    "kind_bool": "true/false",
+    "kind_str": "text",
+    "kind_list": "a word or a list of names",
+    "kind_dict": "a mapping of parameters",
+    "kind_other": "a value of another kind",
+    "too_many_items": "'{setting}' holds {count} items; at most {limit} are supported.",
+    "not_a_choice": "'{setting}' must be one of {choices}; got {value}.",
+    "below_min": "'{setting}' must be at least {limit}; got {value}.",
+    "above_max": "'{setting}' must be at most {limit}; got {value}.",
+    "int_too_large": "'{setting}' is too large a number ({value}); whole numbers must be between "
+                     "-{limit} and {limit}.",
+    "too_long": "'{setting}' is too long ({count} characters; at most {limit}).",
+    "too_many_params": "'{setting}' holds more than {limit} values; reward parameters should be "
+                       "short.",
+    "params_too_deep": "'{setting}' is nested more than {depth} levels deep.",
+    "param_name": "Parameter names in '{setting}' must be text; got {value}.",
+    "param_value": "'{setting}' must be text, a number, true/false, a list or a mapping; got "
+                   "{value}.",
+    "override_too_long": "Override '{text}' is too long ({count} characters).",
+    "override_form": "Override '{text}' should look like section.key=value.",
+    "override_unknown": "Unknown setting '{setting}'.",
+}
 
-    def __init__(self, message: str):
-        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip())
+
+def render(msg_id: str, params: dict | None = None, text=None) -> str:
+    """Message `msg_id` filled with `params` (a parameter may be a message itself:
+    {"id", "params"}); `text(id)` gives each template (English by default)."""
+    text = text or MESSAGES.get
+    values = {key: render(value["id"], value.get("params"), text)
+              if isinstance(value, dict) and "id" in value else value
+              for key, value in (params or {}).items()}
+    return text(msg_id).format(**values)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line for a beginner.
+
+    `ConfigError("below_min", setting="grpo.beta", ...)` says message `below_min` of MESSAGES
+    (the id and parameters stay on the error, for the studio to say in the page's language);
+    any other text is taken as it is."""
+
+    def __init__(self, message: str, **params):
+        self.msg_id = message if message in MESSAGES else None
+        self.params = params if self.msg_id else {}
+        text = render(message, params) if self.msg_id else str(message)
+        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
+
+    def __reduce__(self):
+        return _rebuild_error, (self.msg_id, self.params, str(self))
+
+
+def _rebuild_error(msg_id, params, text):
+    """A ConfigError back from a child process, with its id and parameters."""
+    return ConfigError(msg_id, **params) if msg_id else ConfigError(text)
 
 
 class _SettingsLoader(yaml.SafeLoader):
@@ -64,18 +159,17 @@ class _SettingsLoader(yaml.SafeLoader):
         event = self.peek_event()
         line = event.start_mark.line + 1 if getattr(event, "start_mark", None) else "?"
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise ConfigError("Settings files may not use YAML anchors or aliases (& and *). "
-                              f"Line {line} has one.")
+            raise ConfigError("yaml_anchor", line=line)
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_DEPTH:
-                raise ConfigError(f"Settings may be nested at most {MAX_DEPTH} levels deep (line {line}).")
+                raise ConfigError("too_deep_line", depth=MAX_DEPTH, line=line)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
 
-def _parse_yaml(text: str, what: str) -> Any:
+def _parse_yaml(text: str, what: dict) -> Any:
     """YAML text to Python values; every problem becomes a one-line ConfigError."""
     try:
         return yaml.load(text, Loader=_SettingsLoader)  # noqa: S506 - a SafeLoader subclass
@@ -83,21 +177,24 @@ def _parse_yaml(text: str, what: str) -> Any:
         raise
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"{what} is not valid YAML{where}.") from None
+        if line is None:
+            raise ConfigError("yaml_invalid", what=what) from None
+        raise ConfigError("yaml_invalid_line", what=what, line=line + 1) from None
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
-        reason = "a number has too many digits" if "digits" in str(exc) else _short(exc)
-        raise ConfigError(f"{what} is not valid YAML ({reason}).") from None
+        if "digits" in str(exc):
+            raise ConfigError("yaml_digits", what=what) from None
+        raise ConfigError("yaml_reason", what=what, reason=_short(exc)) from None
 
 
 def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """A value for a message: its repr, cut short; big numbers by their size."""
+def _short(value: Any, limit: int = 60) -> str | dict:
+    """A value for a message: its repr, cut short; big numbers by their size (a message)."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
-        return f"a number with about {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+        digits = int(abs(value).bit_length() * math.log10(2)) + 1
+        return {"id": "big_number", "params": {"digits": digits}}
     text = repr(value) if not isinstance(value, BaseException) else (str(value).splitlines() or [""])[0]
     return _clip(text, limit)
 
@@ -361,9 +458,9 @@ class RunConfig:
         except ConfigError:
             raise
         except RecursionError:
-            raise ConfigError(f"Settings may be nested at most {MAX_DEPTH} levels deep.") from None
+            raise ConfigError("too_deep", depth=MAX_DEPTH) from None
         except Exception as exc:  # a case nobody foresaw still ends as one line, never a traceback
-            raise ConfigError(f"These settings can't be used: {_short(exc, 200)}") from None
+            raise ConfigError("unusable", reason=_short(exc, 200)) from None
         return cfg
 
     @classmethod
@@ -373,65 +470,62 @@ class RunConfig:
             with open(path, "rb") as f:  # bounded read: also safe for /dev/zero or a pipe
                 raw = f.read(MAX_SETTINGS_BYTES + 1)
         except FileNotFoundError:
-            raise ConfigError(f"Config file not found: {path}") from None
+            raise ConfigError("file_not_found", name=str(path)) from None
         except IsADirectoryError:
-            raise ConfigError(f"'{name}' is a folder, not a settings file.") from None
+            raise ConfigError("file_folder", name=name) from None
         except OSError as exc:
-            raise ConfigError(f"Couldn't read config file {name}: {exc.strerror or exc}.") from None
+            raise ConfigError("file_unreadable", name=name,
+                              reason=str(exc.strerror or exc)) from None
         if len(raw) > MAX_SETTINGS_BYTES:
-            raise ConfigError(f"Config file {name} is larger than {MAX_SETTINGS_BYTES // 1024} KB; "
-                              "settings files are much smaller. Is it really a settings file?")
+            raise ConfigError("file_too_big", name=name, limit=MAX_SETTINGS_BYTES // 1024)
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
-            raise ConfigError(f"Config file {name} isn't UTF-8 text; is it really a settings file?") from None
-        data = _parse_yaml(text, f"Config file {path}")
+            raise ConfigError("file_not_utf8", name=name) from None
+        data = _parse_yaml(text, {"id": "what_file", "params": {"name": str(path)}})
         if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"Config file {path} must hold a mapping of settings.")
+            raise ConfigError("file_not_mapping", name=str(path))
         return cls.from_dict(data)
 
     def validate(self) -> None:
         _check_bounds(self, "")
         if self.grpo.epsilon_high is not None and self.grpo.epsilon_high < self.grpo.epsilon:
-            raise ConfigError("grpo.epsilon_high must be at least grpo.epsilon.")
+            raise ConfigError("epsilon_high", setting="grpo.epsilon_high", other="grpo.epsilon")
         unknown = [t for t in self.train.report_to if t not in TRACKERS]
         if unknown:
-            raise ConfigError(f"'train.report_to' knows {', '.join(TRACKERS)}; got "
-                              f"{_short(unknown[0])}.")
+            raise ConfigError("report_to_unknown", setting="train.report_to",
+                              known=", ".join(TRACKERS), value=_short(unknown[0]))
         if len(set(self.train.report_to)) != len(self.train.report_to):
-            raise ConfigError("'train.report_to' names a tracker twice.")
+            raise ConfigError("report_to_twice", setting="train.report_to")
         if (self.grpo.loss_type == "vespo" and self.generation.vllm_importance_sampling_correction
                 and self.generation.vllm_importance_sampling_mode.startswith("sequence")
                 and self.generation.engine == "vllm"):
-            raise ConfigError("grpo.loss_type vespo takes vLLM's correction per token: set "
-                              "generation.vllm_importance_sampling_mode to token_truncate or "
-                              "token_mask.")
+            raise ConfigError("vespo_mode", setting="grpo.loss_type",
+                              other="generation.vllm_importance_sampling_mode")
         if self.grpo.loss_type == "cispo" and self.grpo.epsilon_high is None:
-            raise ConfigError("grpo.loss_type cispo caps the importance weight at "
-                              "grpo.epsilon_high: set it (5.0 is the usual value).")
+            raise ConfigError("cispo_epsilon", setting="grpo.loss_type", other="grpo.epsilon_high")
         if self.grpo.prompts_per_step % self.train.processes:
-            raise ConfigError(
-                f"grpo.prompts_per_step ({self.grpo.prompts_per_step}) must be a multiple of "
-                f"train.processes ({self.train.processes}): each process takes whole prompts.")
+            raise ConfigError("prompts_processes", setting="grpo.prompts_per_step",
+                              value=self.grpo.prompts_per_step, other="train.processes",
+                              processes=self.train.processes)
         completions = self.grpo.prompts_per_step * self.grpo.num_generations
         if completions // self.train.processes % self.grpo.gradient_accumulation_steps:
-            raise ConfigError(
-                f"grpo.gradient_accumulation_steps ({self.grpo.gradient_accumulation_steps}) must "
-                f"divide the completions per step" + (
-                    f" of each of the {self.train.processes} processes "
-                    f"({completions // self.train.processes} = prompts_per_step x "
-                    f"num_generations / train.processes)." if self.train.processes > 1 else
-                    f" ({completions} = prompts_per_step x num_generations)."))
+            many = self.train.processes > 1
+            raise ConfigError("accumulation_processes" if many else "accumulation",
+                              setting="grpo.gradient_accumulation_steps",
+                              value=self.grpo.gradient_accumulation_steps,
+                              completions=completions // self.train.processes,
+                              processes=self.train.processes)
 
 
 def _build(cls, data: Any, path: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"'{path or 'config'}' must be a mapping of settings.")
+        raise ConfigError("not_mapping", setting=path or "config")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
-        raise ConfigError(f"Unknown setting '{_join(path, str(unknown[0])[:60])}'; known settings here: "
-                          f"{', '.join(fields)}.")
+        raise ConfigError("unknown_setting", setting=_join(path, str(unknown[0])[:60]),
+                          known=", ".join(fields))
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
@@ -441,10 +535,9 @@ def _build(cls, data: Any, path: str):
             kwargs[name] = _build(sub, value or {}, where)
         elif name == "rewards":
             if not isinstance(value, list):
-                raise ConfigError("'rewards' must be a list of reward templates.")
+                raise ConfigError("rewards_not_list")
             if len(value) > MAX_REWARDS:
-                raise ConfigError(f"'rewards' holds {len(value)} rewards; at most {MAX_REWARDS} "
-                                  "are supported.")
+                raise ConfigError("too_many_rewards", count=len(value), limit=MAX_REWARDS)
             kwargs[name] = [_build(RewardConfig, item, f"rewards[{i}]")
                             for i, item in enumerate(value)]
         else:
@@ -463,7 +556,7 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
     if value is None:
         if "None" in kind:
             return None
-        raise ConfigError(f"'{where}' needs a value.")
+        raise ConfigError("needs_value", setting=where)
     try:
         if kind.startswith("bool"):
             if isinstance(value, str):
@@ -475,7 +568,7 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
             return bool(value)
         if kind.startswith("int"):
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"'{where}' must be a finite number; got {value}.")
+                raise ConfigError("not_finite", setting=where, value=str(value))
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
@@ -495,13 +588,13 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
         raise
     except (TypeError, ValueError, OverflowError):
         base = kind.split(" ")[0].split("|")[0]
-        raise ConfigError(f"'{where}' should be {_TYPE_WORDS.get(base, 'a ' + base)}, got "
-                          f"{_short(value)}.") from None
+        kind = {"id": _TYPE_WORDS.get(base, "kind_other")}
+        raise ConfigError("wrong_type", setting=where, kind=kind, value=_short(value)) from None
     return value
 
 
-_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true/false", "str": "text",
-               "list[str]": "a word or a list of names", "dict": "a mapping of parameters"}
+_TYPE_WORDS = {"int": "kind_int", "float": "kind_float", "bool": "kind_bool", "str": "kind_str",
+               "list[str]": "kind_list", "dict": "kind_dict"}  # message ids
 
 
 def _check_bounds(obj: Any, path: str) -> None:
@@ -513,8 +606,8 @@ def _check_bounds(obj: Any, path: str) -> None:
             continue
         if isinstance(value, list):
             if len(value) > MAX_LIST_ITEMS:
-                raise ConfigError(f"'{where}' holds {len(value)} items; at most {MAX_LIST_ITEMS} "
-                                  "are supported.")
+                raise ConfigError("too_many_items", setting=where, count=len(value),
+                                  limit=MAX_LIST_ITEMS)
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
                     _check_bounds(item, f"{where}[{i}]")
@@ -528,17 +621,17 @@ def _check_bounds(obj: Any, path: str) -> None:
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"'{where}' must be a finite number; got {value}.")
+            raise ConfigError("not_finite", setting=where, value=str(value))
         if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"'{where}' must be one of {', '.join(map(str, meta['choices']))}; "
-                              f"got {_short(value)}.")
+            raise ConfigError("not_a_choice", setting=where,
+                              choices=", ".join(map(str, meta["choices"])), value=_short(value))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lo, hi = meta.get("min"), meta.get("max")
             # "not >=" rather than "<": anything that doesn't compare (NaN) is refused too
             if lo is not None and not value >= lo:
-                raise ConfigError(f"'{where}' must be at least {lo}; got {_short(value)}.")
+                raise ConfigError("below_min", setting=where, limit=lo, value=_short(value))
             if hi is not None and not value <= hi:
-                raise ConfigError(f"'{where}' must be at most {hi}; got {_short(value)}.")
+                raise ConfigError("above_max", setting=where, limit=hi, value=_short(value))
         _check_value(value, where, MAX_SETTING_CHARS)  # also for settings without bounds
 
 
@@ -547,12 +640,11 @@ def _check_value(value: Any, where: str, max_chars: int) -> None:
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"'{where}' must be a finite number; got {value}.")
+        raise ConfigError("not_finite", setting=where, value=str(value))
     if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
-        raise ConfigError(f"'{where}' is too large a number ({_short(value)}); whole numbers must "
-                          f"be between -{MAX_INT} and {MAX_INT}.")
+        raise ConfigError("int_too_large", setting=where, value=_short(value), limit=MAX_INT)
     if isinstance(value, str) and len(value) > max_chars:
-        raise ConfigError(f"'{where}' is too long ({len(value)} characters; at most {max_chars}).")
+        raise ConfigError("too_long", setting=where, count=len(value), limit=max_chars)
 
 
 def _check_params(params: dict, where: str) -> None:
@@ -562,14 +654,13 @@ def _check_params(params: dict, where: str) -> None:
         value, at, depth = stack.pop()
         count += 1
         if count > MAX_PARAM_ITEMS:
-            raise ConfigError(f"'{where}' holds more than {MAX_PARAM_ITEMS} values; reward "
-                              "parameters should be short.")
+            raise ConfigError("too_many_params", setting=where, limit=MAX_PARAM_ITEMS)
         if depth > MAX_DEPTH:
-            raise ConfigError(f"'{where}' is nested more than {MAX_DEPTH} levels deep.")
+            raise ConfigError("params_too_deep", setting=where, depth=MAX_DEPTH)
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise ConfigError(f"Parameter names in '{at}' must be text; got {_short(key)}.")
+                    raise ConfigError("param_name", setting=at, value=_short(key))
                 _check_value(key, at, 200)
                 stack.append((item, f"{at}.{key}", depth + 1))
         elif isinstance(value, (list, tuple)):
@@ -577,8 +668,7 @@ def _check_params(params: dict, where: str) -> None:
         elif value is None or isinstance(value, (bool, int, float, str)):
             _check_value(value, at, MAX_TEXT_CHARS)
         else:
-            raise ConfigError(f"'{at}' must be text, a number, true/false, a list or a mapping; "
-                              f"got {_short(value)}.")
+            raise ConfigError("param_value", setting=at, value=_short(value))
 
 
 def _join(path: str, name: str) -> str:
@@ -591,15 +681,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     for item in overrides:
         item = str(item)
         if len(item) > MAX_SETTINGS_BYTES:
-            raise ConfigError(f"Override '{_clip(item, 40)}' is too long ({len(item)} characters).")
+            raise ConfigError("override_too_long", text=_clip(item, 40), count=len(item))
         if "=" not in item:
-            raise ConfigError(f"Override '{_clip(item)}' should look like section.key=value.")
+            raise ConfigError("override_form", text=_clip(item))
         dotted, raw = item.split("=", 1)
         node = data
         *parents, leaf = dotted.strip().split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"Unknown setting '{_clip(dotted)}'.")
+                raise ConfigError("override_unknown", setting=_clip(dotted))
             node = node[part]
-        node[leaf] = _parse_yaml(raw, f"The value of '{_clip(dotted.strip())}'")
+        node[leaf] = _parse_yaml(raw, {"id": "what_value",
+                                       "params": {"setting": _clip(dotted.strip())}})
     return RunConfig.from_dict(data)

@@ -16,8 +16,42 @@ BEGINNER_ERRORS = {"ConfigError", "DataError", "ModelError", "RewardError", "Job
                    "AccessError"}
 
 
+def say(exc: BaseException) -> str:
+    """An error's one line in the page's language: core's settings errors carry a message id
+    and its values (core.config.MESSAGES); settings are named by their label and a file by
+    its name (the studio's upload folders mean nothing to the user). Any other error as it is."""
+    msg_id = getattr(exc, "msg_id", None)
+    if type(exc).__name__ != "ConfigError" or not msg_id:
+        return str(exc)
+    from pathlib import Path
+
+    from core.config import MESSAGES, render
+
+    from .i18n import DEFAULT, catalog, current
+
+    def template(key: str) -> str:
+        key_ = f"config.msg.{key}"
+        return catalog(current()).get(key_) or catalog(DEFAULT).get(key_) or MESSAGES[key]
+
+    def named(key: str, value):
+        if key in ("setting", "other") and isinstance(value, str):
+            label = catalog(current()).get(f"settings.{value}.label")
+            return f"{label} ({value})" if label else value
+        if key == "name" and isinstance(value, str):
+            return Path(value).name
+        if isinstance(value, dict) and "id" in value:
+            return {"id": value["id"],
+                    "params": {k: named(k, v) for k, v in (value.get("params") or {}).items()}}
+        return value
+
+    try:
+        return render(msg_id, {k: named(k, v) for k, v in exc.params.items()}, template)
+    except (KeyError, IndexError, ValueError):  # a catalog text that doesn't fit: core's own
+        return str(exc)
+
+
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = say(exc).strip().splitlines()
     if type(exc).__name__ in BEGINNER_ERRORS:
         return text[0] if text else type(exc).__name__
     if isinstance(exc, MemoryError):

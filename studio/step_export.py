@@ -14,7 +14,7 @@ from core.modelcard import collapse_note, saved_evaluation, write_model_card
 from core.runs import run_processes
 
 from .access import AccessError
-from .errors import friendly
+from .errors import friendly, say
 from .evaluation import changed_table, summary
 from .evaluation import figure as evaluation_figure
 from .form import cli_command
@@ -396,7 +396,7 @@ def wire(ui: dict, studio, watch: gr.State) -> None:
             _, step = chosen_adapter(run_dir, choice)
             cfg = RunConfig.load(run_dir / "config.yaml")
         except (AccessError, ConfigError) as exc:
-            yield f"❌ {exc}", gr.skip(), gr.skip()
+            yield f"❌ {say(exc)}", gr.skip(), gr.skip()
             return
         if studio.manager.is_alive(run_dir):
             yield "❌ " + t("eval.error.training"), gr.skip(), gr.skip()

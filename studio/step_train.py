@@ -19,7 +19,7 @@ from core.runs import RunManager, _slug
 
 from . import watch as w
 from .access import AccessError, User
-from .errors import quietly
+from .errors import quietly, say
 from .estimate import step_time_estimate
 from .form import (LONG_CHOICE, bounded_slider, choice_width, config_from_values,
                    describe_changes, kind_of, make_widget, rewards_from_config, section_paths,
@@ -468,7 +468,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
                                   gpus=machine.gpus), gr.skip()] + keep
             user.check_quota()
         except (ConfigError, AccessError) as exc:
-            return [f"❌ {exc}", gr.skip()] + keep
+            return [f"❌ {say(exc)}", gr.skip()] + keep
         busy = None if again else active_run(user, studio.runs_of(user))
         if busy is not None:  # a second press of Start is more often a slip than a wish
             return (["⚠️ " + t("train.again.warning", run=busy.run_dir.name), gr.skip()]
@@ -671,7 +671,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         try:
             cfg = config_from_values(paths, list(values), rs)
         except ConfigError as exc:
-            return gr.skip(), f"❌ {exc}"
+            return gr.skip(), f"❌ {say(exc)}"
         out = scratch_dir("aha-config-") / f"{_slug(cfg.name or 'run')}.yaml"
         cfg.save(out)
         return str(out), t("train.yaml.saved")
@@ -683,7 +683,7 @@ def wire(ui: dict, form: dict, studio: Studio, rewards: gr.State, watch: gr.Stat
         try:
             cfg = RunConfig.load(path)
         except ConfigError as exc:
-            return [gr.skip()] * (len(fields) + 2) + [f"❌ {exc}"]
+            return [gr.skip()] * (len(fields) + 2) + [f"❌ {say(exc)}"]
         return load_config(user, cfg) + [t("train.yaml.loaded", file=Path(path).name)]
 
     ui["load_yaml"].upload(studio.handler(on_load_yaml), ui["load_yaml"],

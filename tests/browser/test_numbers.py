@@ -206,3 +206,31 @@ def test_the_try_it_table_names_rewards_in_words_and_fits_the_window(studio, pag
     page.locator("#reward-try-table").scroll_into_view_if_needed()
     shot(page, f"numbers-try-table-{lang}")
     no_framework_error(page, runs_dir, log_start)
+
+
+def test_a_broken_settings_file_is_refused_in_the_page_language(studio, page, log_start,
+                                                                  tmp_path):
+    url, runs_dir = studio
+    open_studio(page, url)
+    lang = lang_of(page)
+    page.click("#tab-train-button")
+    fill(page, "knob-name", "my-own-run")
+    bomb = tmp_path / "einstellungen.yaml"
+    bomb.write_text("a: &x [1, 2]\nb: [*x, *x, *x]\n", encoding="utf-8")  # a YAML bomb's start
+    page.set_input_files("#train-load-yaml input[type=file], input[type=file][accept*='.yaml']",
+                         str(bomb))
+    wait_text(page, "#train-message", "❌")
+    shown = " ".join(page.inner_text("#train-message").split())
+    assert shown == "❌ " + t("config.msg.yaml_anchor", lang, line=1), shown
+    page.locator("#train-advanced .label-wrap").first.click()
+    fill(page, "knob-grpo-epsilon_high", 0.1)  # below the lower clip range (0.2): Start says why
+    page.click("#train-start")
+    wait_text(page, "#train-message", "grpo.epsilon_high")
+    shown = " ".join(page.inner_text("#train-message").split())
+    assert t("settings.grpo.epsilon_high.label", lang) in shown, shown
+    if lang == "de":
+        assert "muss mindestens so groß sein wie" in shown, shown
+    name = page.locator("#knob-name input, #knob-name textarea").first.input_value()
+    assert name == "my-own-run"  # nothing typed was lost
+    shot(page, f"numbers-settings-file-{lang}")
+    no_framework_error(page, runs_dir, log_start)

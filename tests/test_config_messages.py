@@ -1,0 +1,82 @@
+"""Settings errors in the page's language: every message of core.config has an English and a
+German text; the studio names a setting by its label and a settings file by its name, and the
+command line keeps English. Real settings files and the real config loader; no browser."""
+import pickle
+import re
+import string
+
+import pytest
+
+from core.config import MESSAGES, ConfigError, RunConfig, apply_overrides
+from studio.errors import one_line, say
+from studio.i18n import catalog, speaking
+
+SAME_IN_GERMAN = {"kind_bool"}  # true/false is what a settings file says in any language
+
+
+def placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_every_settings_message_has_english_and_german_texts():
+    en, de = catalog("en"), catalog("de")
+    for msg_id, english in MESSAGES.items():
+        key = f"config.msg.{msg_id}"
+        assert en.get(key) == english, key  # the page's English is the command line's
+        assert de.get(key) and (de[key] != english or msg_id in SAME_IN_GERMAN), key
+        assert placeholders(de[key]) == placeholders(english), key
+
+
+def test_a_hostile_settings_file_is_refused_in_the_page_language(tmp_path):
+    upload = tmp_path / "gradio" / "3f2a9c" / "meine-einstellungen.yaml"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("a: &x [1, 2]\nb: *x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.load(upload)
+    assert str(caught.value) == ("Settings files may not use YAML anchors or aliases (& and *). "
+                                 "Line 1 has one.")  # the command line
+    with speaking("de"):
+        assert say(caught.value) == ("Einstellungsdateien dürfen keine YAML-Anker oder -Verweise "
+                                     "(& und *) enthalten. Zeile 1 hat einen.")
+    upload.write_text("grpo: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.load(upload)
+    assert str(upload) in str(caught.value)
+    with speaking("de"):
+        shown = one_line(caught.value)
+    assert shown.startswith("Die Einstellungsdatei meine-einstellungen.yaml ist kein gültiges YAML")
+    assert "gradio" not in shown  # the studio's upload folder means nothing to the user
+
+
+def test_settings_are_named_by_their_label(tmp_path):
+    cfg = RunConfig()
+    cfg.grpo.epsilon, cfg.grpo.epsilon_high = 0.2, 0.1
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_dict(cfg.to_dict())
+    assert str(caught.value) == "grpo.epsilon_high must be at least grpo.epsilon."
+    with speaking("de"):
+        assert say(caught.value) == ("Obere Begrenzung (grpo.epsilon_high) muss mindestens so groß "
+                                     "sein wie Begrenzung (Epsilon) (grpo.epsilon).")
+    with speaking("en"):
+        assert say(caught.value) == ("Upper clip range (grpo.epsilon_high) must be at least "
+                                     "Clip range (epsilon) (grpo.epsilon).")
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(RunConfig(), ["grpo.beta=1e999999"])
+    with speaking("de"):
+        assert say(caught.value) == ("„Nah am Original bleiben (Beta) (grpo.beta)“ muss eine "
+                                     "endliche Zahl sein; angegeben war inf.")
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(RunConfig(), ["train.seed=" + "9" * 40])
+    with speaking("de"):
+        assert re.search(r"angegeben war eine Zahl mit etwa 4\d Stellen\.$", say(caught.value))
+
+
+def test_an_error_from_a_child_process_keeps_its_id():
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(RunConfig(), ["train.max_steps=-3"])
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (again.msg_id, again.params, str(again)) == \
+        ("below_min", caught.value.params, str(caught.value))
+    plain = ConfigError("A line written\nfor a beginner.")  # free text stays as it is
+    assert (plain.msg_id, str(plain), say(plain)) == \
+        (None, "A line written for a beginner.", "A line written for a beginner.")
