@@ -54,6 +54,7 @@ def public_base_id(source: str) -> str:
 # catalogs, tests/test_config_messages.py keeps both complete); `{setting}` is a config path,
 # which the studio names by its label.
 MESSAGES = {
+    "decimal_point": ".",
     "big_number": "a number with about {digits} digits",
     "what_file": "Config file {name}",
     "what_value": "The value of '{setting}'",
@@ -123,10 +124,15 @@ def render(msg_id: str, params: dict | None = None, text=None) -> str:
     """Message `msg_id` filled with `params` (a parameter may be a message itself:
     {"id", "params"}); `text(id)` gives each template (English by default)."""
     text = text or MESSAGES.get
-    values = {key: render(value["id"], value.get("params"), text)
-              if isinstance(value, dict) and "id" in value else value
-              for key, value in (params or {}).items()}
-    return text(msg_id).format(**values)
+
+    def shown(value):
+        if isinstance(value, dict) and "id" in value:
+            return render(value["id"], value.get("params"), text)
+        if isinstance(value, float):  # with the language's decimal mark: 0.05 / 0,05
+            return repr(value).replace(".", text("decimal_point"))
+        return value
+
+    return text(msg_id).format(**{key: shown(value) for key, value in (params or {}).items()})
 
 
 class ConfigError(ValueError):
@@ -190,8 +196,11 @@ def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _short(value: Any, limit: int = 60) -> str | dict:
-    """A value for a message: its repr, cut short; big numbers by their size (a message)."""
+def _short(value: Any, limit: int = 60) -> str | float | dict:
+    """A value for a message: its repr, cut short; big numbers by their size (a message), and a
+    finite decimal number as it is (each language writes its own decimal mark)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return value
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
         digits = int(abs(value).bit_length() * math.log10(2)) + 1
         return {"id": "big_number", "params": {"digits": digits}}

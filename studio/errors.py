@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 
 from .i18n import t
 
@@ -35,8 +36,7 @@ def say(exc: BaseException) -> str:
 
     def named(key: str, value):
         if key in ("setting", "other") and isinstance(value, str):
-            label = catalog(current()).get(f"settings.{value}.label")
-            return f"{label} ({value})" if label else value
+            return catalog(current()).get(f"settings.{value}.label") or value
         if key == "name" and isinstance(value, str):
             return Path(value).name
         if isinstance(value, dict) and "id" in value:
@@ -45,9 +45,11 @@ def say(exc: BaseException) -> str:
         return value
 
     try:
-        return render(msg_id, {k: named(k, v) for k, v in exc.params.items()}, template)
+        text = render(msg_id, {k: named(k, v) for k, v in exc.params.items()}, template)
     except (KeyError, IndexError, ValueError):  # a catalog text that doesn't fit: core's own
         return str(exc)
+    # one line, as core's English: a setting's name from a file may hold line breaks
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
 def one_line(exc: BaseException) -> str:

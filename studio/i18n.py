@@ -160,8 +160,9 @@ HEAD = """<script>
   var words = %(framework)s[lang];
   var fix = function (node) {
     var s = node.nodeValue, m = /^queue: (\\d+)\\/(\\d*) \\|$/.exec(s);
-    if (m) node.nodeValue = words.queue.replace("{position}", m[1]).replace("{size}", m[2]);
-    else if (s === "processing |") node.nodeValue = words.processing;
+    var v = m ? words.queue.replace("{position}", m[1]).replace("{size}", m[2])
+              : s === "processing |" ? words.processing : s;
+    if (v !== s) node.nodeValue = v;  // each write is a change of its own: only real ones
   };
   var walk = function (node) {
     if (node.nodeType === 3) { fix(node); return; }

@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.data import MESSAGES, DataError, check_data, load_table, render, size_words
+from core.data import (HUB_PREFIX, MESSAGES, DataError, check_data, load_table, render,
+                       size_words)
 
 from .access import MB, UPLOAD_PREFIX, AccessError
 from .form import make_widget
@@ -57,12 +59,20 @@ def _keep(temp_path: str, uploads_dir: Path) -> tuple[str, bool]:
 
     The bytes are copied under a hidden name first and the file appears under its own name
     whole (a hard link, which fails where the name is taken): two uploads of one name at once
-    each see the other's file complete or not at all, never half written."""
+    each see the other's file complete or not at all, never half written. On a file system
+    without hard links (FAT, some network and cloud drives) the name is claimed first and the
+    bytes copied after, as before."""
     src = Path(temp_path)
     digest, size = _digest(src), src.stat().st_size
     uploads_dir.mkdir(parents=True, exist_ok=True)
     name = stored_name(src.name)
     stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+    for stale in uploads_dir.glob(".incoming-*"):  # left by a server stopped mid-copy
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except OSError:
+            pass
     incoming = None
     try:
         for number in range(1, 10_000):
@@ -83,6 +93,17 @@ def _keep(temp_path: str, uploads_dir: Path) -> tuple[str, bool]:
                         _digest(target) == digest:
                     return str(target), False
                 continue
+            except OSError:  # a file system without hard links: claim the name, then copy
+                try:
+                    out = open(target, "xb")
+                except FileExistsError:
+                    continue
+                try:
+                    with out, open(incoming, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+                except BaseException:
+                    target.unlink(missing_ok=True)
+                    raise
             return str(target), True
     finally:  # a disk full halfway leaves no broken copy behind
         if incoming is not None:
@@ -176,41 +197,51 @@ CHECK_SECONDS = 20  # a shared studio checks data in a child process it stops af
 
 
 class Cleared:
-    """Sources that passed a shared studio's timed check (a child process stopped after
-    CHECK_SECONDS): later checks of the same source read it in the server's process, at once.
+    """Files that passed a shared studio's timed check (a child process stopped after
+    CHECK_SECONDS): later checks of the same file read it in the server's process, at once.
     An upload is checked when it arrives and again as it becomes the data in use, with the
     columns chosen; each check was a child process of a few seconds (up to 20), twice per upload.
 
-    A file counts as the same while its size and time of change are; a Hub dataset for
-    HUB_SECONDS, since it can change on the Hub. At most KEEP sources are remembered."""
+    A file counts as the same while its size and time of change are (the server wrote it; no
+    one else changes it). A Hub dataset is never cleared: its owner can push a new revision at
+    any moment. At most KEEP files are remembered, the least recently used forgotten first."""
 
     KEEP = 256
-    HUB_SECONDS = 600
 
     def __init__(self):
         self._seen: OrderedDict[tuple, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _key(self, source: str) -> tuple:
+    @staticmethod
+    def _key(source: str) -> tuple | None:
+        if source.startswith(HUB_PREFIX):
+            return None
         try:
             st = Path(source).stat()  # the same file under any name
-            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        except (OSError, ValueError):  # not a file here: a Hub id
-            return (source, int(time.time() // self.HUB_SECONDS))
+        except (OSError, ValueError):  # not a file here
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) \
+            else None
 
     def time_limit(self, source: str, seconds: float | None) -> float | None:
         """`seconds` for a source not yet cleared; None (no child process) for one that is."""
-        if seconds is None:
-            return None
+        key = self._key(source)
+        if seconds is None or key is None:
+            return seconds
         with self._lock:
-            return None if self._key(source) in self._seen else seconds
+            if key not in self._seen:
+                return seconds
+            self._seen.move_to_end(key)
+            return None
 
     def note(self, source: str, readable: bool) -> None:
         """A timed check's outcome: `readable` when it found the table's columns."""
-        if not readable:
+        key = self._key(source)
+        if not readable or key is None:
             return
         with self._lock:
-            self._seen[self._key(source)] = None
+            self._seen[key] = None
+            self._seen.move_to_end(key)
             while len(self._seen) > self.KEEP:
                 self._seen.popitem(last=False)
 

@@ -263,19 +263,23 @@ def healthy_curves() -> str:
     return "".join(parts)
 
 
-def setting_rows(paths: list[str], room: int = 4) -> list[list[str]]:
-    """The settings in rows of four places, in their order; a list whose choices read as a
-    phrase takes two places (make_widget gives it twice the width of a box)."""
-    rows: list[list[str]] = [[]]
+def setting_rows(paths: list[str], room: int = 4) -> list[tuple[list[str], int]]:
+    """The settings in rows of four places, in their order, each with its number of empty
+    places; a list whose choices read as a phrase takes two places (make_widget gives it
+    twice the width of a box)."""
+    rows: list[tuple[list[str], int]] = []
+    row: list[str] = []
     used = 0
     for path in paths:
         need = 2 if kind_of(path) == "choice" and choice_width(path) > LONG_CHOICE else 1
         if used + need > room:
-            rows.append([])
-            used = 0
-        rows[-1].append(path)
+            rows.append((row, room - used))
+            row, used = [], 0
+        row.append(path)
         used += need
-    return [row for row in rows if row]
+    if row:
+        rows.append((row, room - used))
+    return rows
 
 
 def build(form: dict, gpus: int = 0) -> dict:
@@ -304,12 +308,14 @@ def build(form: dict, gpus: int = 0) -> dict:
         defaults = RunConfig()
         for section in ("grpo", "train", "generation"):
             gr.Markdown(L(f"train.section.{section}"), elem_id=f"train-section-{section}")
-            for row in setting_rows(section_paths(section)):
+            for row, spare in setting_rows(section_paths(section)):
                 with gr.Row():
                     for path in row:
                         extra = {"visible": gpus > 1} if path == "train.processes" else {}
                         form[path] = make_widget(path, values_from_config(defaults, [path])[0],
                                                  **extra)
+                    if spare:  # the row's empty places keep the boxes in line with the others
+                        gr.Column(scale=spare, min_width=0)
     estimate = gr.Markdown(elem_id="train-estimate")
     timing = gr.Markdown(elem_id="train-time")
     advice = gr.Markdown(elem_id="train-advice")

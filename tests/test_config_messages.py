@@ -55,20 +55,36 @@ def test_settings_are_named_by_their_label(tmp_path):
         RunConfig.from_dict(cfg.to_dict())
     assert str(caught.value) == "grpo.epsilon_high must be at least grpo.epsilon."
     with speaking("de"):
-        assert say(caught.value) == ("Obere Begrenzung (grpo.epsilon_high) muss mindestens so groß "
-                                     "sein wie Begrenzung (Epsilon) (grpo.epsilon).")
+        assert say(caught.value) == ("„Obere Begrenzung“ muss mindestens so groß sein wie "
+                                     "„Begrenzung (Epsilon)“.")
     with speaking("en"):
-        assert say(caught.value) == ("Upper clip range (grpo.epsilon_high) must be at least "
-                                     "Clip range (epsilon) (grpo.epsilon).")
+        assert say(caught.value) == "Upper clip range must be at least Clip range (epsilon)."
     with pytest.raises(ConfigError) as caught:
         apply_overrides(RunConfig(), ["grpo.beta=1e999999"])
     with speaking("de"):
-        assert say(caught.value) == ("„Nah am Original bleiben (Beta) (grpo.beta)“ muss eine "
-                                     "endliche Zahl sein; angegeben war inf.")
+        assert say(caught.value) == ("„Nah am Original bleiben (Beta)“ muss eine endliche Zahl "
+                                     "sein; angegeben war inf.")
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(RunConfig(), ["grpo.top_p=1.5"])
+    assert str(caught.value) == "'grpo.top_p' must be at most 1.0; got 1.5."
+    with speaking("de"):  # decimal commas
+        assert say(caught.value).endswith("darf höchstens 1,0 sein; angegeben war 1,5."), \
+            say(caught.value)
     with pytest.raises(ConfigError) as caught:
         apply_overrides(RunConfig(), ["train.seed=" + "9" * 40])
     with speaking("de"):
         assert re.search(r"angegeben war eine Zahl mit etwa 4\d Stellen\.$", say(caught.value))
+
+
+def test_a_name_from_a_file_cannot_break_the_line(tmp_path):
+    path = tmp_path / "einstellungen.yaml"
+    path.write_text('grpo:\n  "x\\n\\n# Gewonnen!\\n\\n<img src=x>": 1\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.load(path)
+    for lang in ("de", "en"):
+        with speaking(lang):
+            shown = one_line(caught.value)
+        assert "\n" not in say(caught.value) and "# Gewonnen! <img src=x>" in shown, shown
 
 
 def test_an_error_from_a_child_process_keeps_its_id():

@@ -161,7 +161,6 @@ def test_a_shared_studio_reads_a_file_in_a_child_process_once_per_version(tmp_pa
     gate.note(str(path), bool(report.columns))
     assert report.columns == ["question", "answer"]
     assert gate.time_limit(str(path), CHECK_SECONDS) is None  # the same file: no second child
-    assert gate.time_limit(str(path), None) is None  # a local studio never uses one
     before = path.stat().st_mtime_ns
     write(path, "question,answer\n1+1,2\n2+2,4\n")
     os.utime(path, ns=(before + 10**9, before + 10**9))
@@ -170,12 +169,17 @@ def test_a_shared_studio_reads_a_file_in_a_child_process_once_per_version(tmp_pa
     report = check_data(str(empty), time_limit=CHECK_SECONDS)
     gate.note(str(empty), bool(report.columns))
     assert report.errors and gate.time_limit(str(empty), CHECK_SECONDS) == CHECK_SECONDS
-    hub = "hub:someone/sums"  # not a file here: remembered for a while, not for ever
+    hub = "hub:someone/sums"  # its owner may push a new revision at any moment: never cleared
     gate.note(hub, True)
-    assert gate.time_limit(hub, CHECK_SECONDS) is None
-    for n in range(Cleared.KEEP):
-        gate.note(f"hub:someone/other-{n}", True)
-    assert gate.time_limit(hub, CHECK_SECONDS) == CHECK_SECONDS  # the oldest is forgotten
+    assert gate.time_limit(hub, CHECK_SECONDS) == CHECK_SECONDS
+    files = [write(tmp_path / f"t{n}.csv", f"question,answer\n{n}+1,{n + 1}\n")
+             for n in range(Cleared.KEEP)]
+    for f in files:
+        gate.note(str(f), True)
+    gate.time_limit(str(files[0]), CHECK_SECONDS)  # used again: the last to be forgotten
+    gate.note(str(path), True)
+    assert gate.time_limit(str(files[0]), CHECK_SECONDS) is None
+    assert gate.time_limit(str(files[1]), CHECK_SECONDS) == CHECK_SECONDS  # least recently used
 
 
 def test_uploads_of_one_name_at_once_each_keep_their_own_whole_file(tmp_path):
