@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -35,6 +36,21 @@ def friendly_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'unexpected error'}"
 
 
+def said_of(exc: BaseException | None) -> dict | None:
+    """A core error's message id and values ({"kind", "id", "params"}), written beside its
+    English line in a failed run's events so that a page can say it in its own language; None
+    for an error that has none."""
+    kind = {"ConfigError": "config", "DataError": "data"}.get(type(exc).__name__)
+    if kind is None or not getattr(exc, "msg_id", None):
+        return None
+    said = {"kind": kind, "id": exc.msg_id, "params": exc.params}
+    try:
+        json.dumps(said)
+    except (TypeError, ValueError):
+        return None
+    return said
+
+
 def cmd_train(args) -> int:
     from .config import RunConfig, apply_overrides
     from .distributed import World, launched_rank, lost_message, peer_failure
@@ -48,17 +64,17 @@ def cmd_train(args) -> int:
     except BaseException as exc:  # the processes could not meet, or a launch not supported
         message = friendly_error(exc)
         if launched_rank() == 0:
-            write_failure(EventLog(run_dir), message, close=True)
+            write_failure(EventLog(run_dir), message, close=True, said=said_of(exc))
         print(f"error: {message}", file=sys.stderr)
         return 1
     # only the main process writes events; another one does when the main one is gone
     events = EventLog(run_dir) if world.is_main else None
 
-    def report(message: str, lost: bool) -> None:
+    def report(message: str, lost: bool, said: dict | None = None) -> None:
         """The failure, in the events when this process is the one to write it (one reason
         per failure), and on stderr."""
         if world.writes_failure(lost, run_dir, started):
-            write_failure(events or EventLog(run_dir), message, close=events is None)
+            write_failure(events or EventLog(run_dir), message, close=events is None, said=said)
         print(f"error: {message}", file=sys.stderr, flush=True)
 
     def lost(gone: list[int]) -> None:  # the watchdog: a peer died and a collective hangs
@@ -82,7 +98,8 @@ def cmd_train(args) -> int:
     except BaseException as exc:  # every failure leaves a reason in the run directory
         world.stop_watching()
         gone = peer_failure(exc, world)
-        report(gone or friendly_error(exc), lost=gone is not None)
+        report(gone or friendly_error(exc), lost=gone is not None,
+               said=None if gone else said_of(exc))
         if os.environ.get("AHA_DEBUG"):
             traceback.print_exc()
         return 1
@@ -94,10 +111,12 @@ def cmd_train(args) -> int:
         world.close()
 
 
-def write_failure(events, message: str, close: bool = False) -> None:
-    """The run's one-line failure (and the traceback of where this process was)."""
-    events.emit("error", message=message, traceback=traceback.format_exc())
-    events.emit("status", state="failed", message=message)
+def write_failure(events, message: str, close: bool = False, said: dict | None = None) -> None:
+    """The run's one-line failure (and the traceback of where this process was); `said`: its
+    message id and values, when core has them (said_of)."""
+    extra = {"said": said} if said else {}
+    events.emit("error", message=message, traceback=traceback.format_exc(), **extra)
+    events.emit("status", state="failed", message=message, **extra)
     if close:
         events.close()
 

@@ -51,6 +51,7 @@ class RunStatus:
     error: str | None = None
     traceback: str | None = None
     position: int | None = None  # place in the line while it waits to start
+    said: dict | None = None  # the error's message id and values (core.cli.said_of)
 
 
 def _newer(a: Path, b: Path) -> bool:
@@ -390,17 +391,18 @@ class RunManager:
         run_dir = Path(run_dir)
         events, _ = read_events(run_dir)
         state, message, step, max_steps, error, tb = "created", "Not started", 0, None, None, None
+        said = None
         for e in events:
             if e["type"] == "status":
                 state, message = e.get("state", state), e.get("message", message)
                 max_steps = e.get("max_steps", max_steps)
                 if state != "failed":  # a resumed run leaves its old error behind
-                    error = tb = None
+                    error = tb = said = None
             elif e["type"] == "metrics":
                 step, max_steps = e.get("step", step), e.get("max_steps", max_steps)
             elif e["type"] == "error":
                 state, error, tb = "failed", e.get("message"), e.get("traceback")
-                message = error
+                message, said = error, e.get("said")
         alive = self.is_alive(run_dir)
         place = None
         if not alive:
@@ -420,7 +422,7 @@ class RunManager:
         except Exception:
             name = run_dir.name
         return RunStatus(run_dir, name, state, step, max_steps, message, alive, error, tb,
-                         place)
+                         place, said)
 
     def run_dirs(self, folders: list[str | Path] | None = None) -> list[Path]:
         """The run folders in these folders (default: the root), newest first (their names

@@ -24,6 +24,20 @@ def say(exc: BaseException) -> str:
     msg_id = getattr(exc, "msg_id", None)
     if type(exc).__name__ != "ConfigError" or not msg_id:
         return str(exc)
+    return said_text({"kind": "config", "id": msg_id, "params": exc.params}, str(exc))
+
+
+def said_text(said: dict | None, english: str) -> str:
+    """A message core wrote with its id and values ({"kind": "config" | "data", "id",
+    "params"}: core.cli.said_of, in a failed run's events) in the page's language; `english`,
+    core's own line, where there is none or it does not fit."""
+    if not isinstance(said, dict) or said.get("kind") not in ("config", "data"):
+        return english
+    if said["kind"] == "data":
+        from .step_data import message_text
+
+        return message_text({"id": said.get("id"), "params": said.get("params") or {},
+                             "text": english})
     from pathlib import Path
 
     from core.config import MESSAGES, render
@@ -45,9 +59,10 @@ def say(exc: BaseException) -> str:
         return value
 
     try:
-        text = render(msg_id, {k: named(k, v) for k, v in exc.params.items()}, template)
-    except (KeyError, IndexError, ValueError):  # a catalog text that doesn't fit: core's own
-        return str(exc)
+        params = said.get("params") or {}
+        text = render(said["id"], {k: named(k, v) for k, v in params.items()}, template)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):  # core's own line
+        return english
     # one line, as core's English: a setting's name from a file may hold line breaks
     return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 

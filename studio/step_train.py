@@ -19,7 +19,7 @@ from core.runs import RunManager, _slug
 
 from . import watch as w
 from .access import AccessError, User
-from .errors import quietly, say
+from .errors import quietly, said_text, say
 from .estimate import step_time_estimate
 from .form import (LONG_CHOICE, bounded_slider, choice_width, config_from_values,
                    describe_changes, kind_of, make_widget, rewards_from_config, section_paths,
@@ -71,7 +71,7 @@ def runs_table(studio: Studio, user: User, statuses=None) -> tuple[dict, list]:
         ref = user.run_ref(st.run_dir)
         state = w.run_state_words(st)
         row = [st.run_dir.name, st.name, state, f"{st.step}/{st.max_steps or '?'}",
-               (st.error or "")[:120]]
+               said_text(st.said, st.error or "")[:120]]
         if shared_view:
             row.insert(0, ref.split("/")[0] if "/" in ref else user.name)
         rows.append(row)

@@ -19,6 +19,7 @@ from core.engine_choice import REASONS
 from core.health import MIN_GENERATIONS, MIN_TEMPERATURE, STABLE_LR_MAX
 from core.runs import STOP_FILE
 
+from .errors import said_text
 from .form import template_title
 from .i18n import current, t
 
@@ -51,7 +52,7 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             if w["state"] == "training":
                 w["started"] = {"time": e.get("time"), "step": e.get("step", w["step"])}
             if w["state"] != "failed":
-                w["error"] = w["traceback"] = None
+                w["error"] = w["traceback"] = w["said"] = None
         elif kind == "metrics":
             if "reward_group_std" not in e and "reward_std" in e:  # runs from before the rename
                 e = {**e, "reward_group_std": e["reward_std"]}
@@ -67,7 +68,7 @@ def fold_events(watch: dict, events: list[dict], offset: int) -> dict:
             w["samples"] = (w["samples"] + [e])[-MAX_SAMPLE_STEPS:]
         elif kind == "error":
             w["state"], w["error"], w["traceback"] = "failed", e.get("message"), e.get("traceback")
-            w["message"] = w["error"]
+            w["message"], w["said"] = w["error"], e.get("said")
     return w
 
 
@@ -642,7 +643,7 @@ def health_html(watch: dict) -> str:
 
 
 def status_line(watch: dict) -> str:
-    if watch.get("state") == "failed":
-        return f"❌ {watch.get('error') or watch.get('message')}"
+    if watch.get("state") == "failed":  # core's reason, in the page's language where it can
+        return "❌ " + said_text(watch.get("said"), watch.get("error") or watch.get("message"))
     return state_words(watch.get("state"), watch.get("message") or "")
 

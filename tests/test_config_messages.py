@@ -4,13 +4,21 @@ command line keeps English. Real settings files and the real config loader; no b
 import pickle
 import re
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from core.config import MESSAGES, ConfigError, RunConfig, apply_overrides
-from studio.errors import one_line, say
+from core.events import read_events
+from core.runs import RunManager
+from studio import watch as w
+from studio.errors import one_line, said_text, say
 from studio.i18n import catalog, speaking
 
+ROOT = Path(__file__).resolve().parent.parent
 SAME_IN_GERMAN = {"kind_bool"}  # true/false is what a settings file says in any language
 
 
@@ -96,3 +104,34 @@ def test_an_error_from_a_child_process_keeps_its_id():
     plain = ConfigError("A line written\nfor a beginner.")  # free text stays as it is
     assert (plain.msg_id, str(plain), say(plain)) == \
         (None, "A line written for a beginner.", "A line written for a beginner.")
+
+
+def test_a_run_that_fails_in_its_worker_says_why_in_the_page_language(tmp_path, tiny_model_dir):
+    """The worker (a real `python -m core train`) writes its error's id and values beside its
+    English line; the run's status line and the runs list say it in the page's language."""
+    empty = tmp_path / "leer.csv"
+    empty.write_text("", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "leer", "model": {"source": str(tiny_model_dir), "precision": "32bit"},
+        "data": {"source": str(empty)},
+        "rewards": [{"template": "length_target", "params": {"target": 10}}],
+        "train": {"max_steps": 1}}), encoding="utf-8")
+    shown = {}
+    for name, extra in (("data", []), ("settings", ["--set", "grpo.top_p=1.5"])):
+        run_dir = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "core", "train", str(config), "--run-dir",
+                               str(run_dir), *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 1, done.stderr[-2000:]
+        watch = w.fold_events(w.new_watch(str(run_dir)), *read_events(run_dir))
+        status = RunManager(tmp_path).status(run_dir)
+        for lang in ("de", "en"):
+            with speaking(lang):
+                shown[name, lang] = (w.status_line(watch), said_text(status.said, status.error))
+    assert shown["data", "en"] == ("❌ The file leer.csv is empty.", "The file leer.csv is empty.")
+    assert shown["data", "de"] == ("❌ Die Datei leer.csv ist leer.", "Die Datei leer.csv ist leer.")
+    assert shown["settings", "en"][1] == \
+        "'Top-p (likeliest words only)' must be at most 1.0; got 1.5."
+    assert shown["settings", "de"][0].startswith("❌ „Top-p") and \
+        shown["settings", "de"][0].endswith("darf höchstens 1,0 sein; angegeben war 1,5."), shown
