@@ -117,6 +117,19 @@ MESSAGES = {
     "override_too_long": "Override '{text}' is too long ({count} characters).",
     "override_form": "Override '{text}' should look like section.key=value.",
     "override_unknown": "Unknown setting '{setting}'.",
+    # found by the trainer, once it knows its processes and machine
+    "gpus_per_process": "{processes} processes on this machine, but it has {gpus} GPUs: one "
+                        "process per GPU.",
+    "fsdp_precision": "A sharded (FSDP) run needs a 16- or 32-bit base, not {precision}: set "
+                      "{setting} to 16bit, or train the 4-bit base data parallel (accelerate "
+                      "launch --multi_gpu).",
+    "vllm_processes": "{setting} vllm serves a run of one process, not {processes}: set "
+                      "{setting} to auto or transformers.",
+    "checkpoints_differ": "The training processes found different checkpoints: the run folder "
+                          "must be the same shared folder for all of them (docs/SCALING.md).",
+    "launch_unsupported": "accelerate's {kind} launch is not supported: a run trains data "
+                          "parallel (accelerate launch --multi_gpu) or sharded (--use_fsdp; "
+                          "docs/SCALING.md).",
 }
 
 

@@ -170,6 +170,8 @@ MESSAGES = {
     "max_rows": "The maximum number of rows must be at least 1, not {value}.",
     "answers_needed": "No answer column found, but the chosen rewards need one; choose the answer "
                       "column or different rewards.",
+    "rewards_need_answers": "Rewards {rewards} need a reference answer, but {count} rows have "
+                            "none (first: row {row}).",
     "answers_needed_rows": "Column '{column}' is empty in {rows}; the chosen rewards need an "
                            "answer in every row.",
 }

@@ -105,9 +105,7 @@ class World:
             kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
             if kind not in ("MULTI_CPU", "MULTI_GPU", "FSDP", "NO"):
                 from .config import ConfigError
-                raise ConfigError(f"accelerate's {kind} launch is not supported: a run trains "
-                                  f"data parallel (accelerate launch --multi_gpu) or sharded "
-                                  f"(--use_fsdp; docs/SCALING.md).")
+                raise ConfigError("launch_unsupported", kind=kind)
             # on the CPU accelerate keeps FSDP settings but trains MULTI_CPU: sharded either way
             self.sharded = kind == "FSDP" or fsdp_requested()
             if self.sharded:

@@ -182,12 +182,11 @@ class Trainer:
         check_installed(cfg.train.report_to)  # before minutes of loading, not after
         if world.distributed and torch.cuda.is_available() and \
                 world.local_size > torch.cuda.device_count():
-            raise ConfigError(f"{world.local_size} processes on this machine, but it has "
-                              f"{torch.cuda.device_count()} GPUs: one process per GPU.")
+            raise ConfigError("gpus_per_process", processes=world.local_size,
+                              gpus=torch.cuda.device_count())
         if world.sharded and cfg.model.precision not in ("16bit", "32bit"):
-            raise ConfigError(f"A sharded (FSDP) run needs a 16- or 32-bit base, not "
-                              f"{cfg.model.precision}: set model.precision to 16bit, or train "
-                              f"the 4-bit base data parallel (accelerate launch --multi_gpu).")
+            raise ConfigError("fsdp_precision", precision=cfg.model.precision,
+                              setting="model.precision")
         if world.is_main:
             self.cfg.save(self.run_dir / "config.yaml")
 
@@ -196,9 +195,9 @@ class Trainer:
         self.rewards = build_reward_set(cfg, self.dataset)
         missing = [i + 1 for i, a in enumerate(self.dataset["answer"]) if not a]
         if self.rewards.needs_answer and missing:
-            raise data_lib.DataError(
-                f"Rewards {', '.join(self.rewards.needs_answer)} need a reference answer, but "
-                f"{len(missing)} rows have none (first: row {self.dataset[missing[0] - 1]['row']}).")
+            raise data_lib.DataError("rewards_need_answers",
+                                     rewards=", ".join(self.rewards.needs_answer),
+                                     count=len(missing), row=self.dataset[missing[0] - 1]["row"])
 
         self._status("loading_model", "Loading the model")
         self.loaded = load_model(cfg.model, seed=cfg.train.seed, device=world.load_device(),
@@ -209,8 +208,8 @@ class Trainer:
         self.model.train()
         engine, code, values = pick_engine(cfg, torch.cuda.is_available(), world.size)
         if engine == "vllm" and world.distributed:
-            raise ConfigError(f"generation.engine vllm serves a run of one process, not "
-                              f"{world.size}: set generation.engine to auto or transformers.")
+            raise ConfigError("vllm_processes", setting="generation.engine",
+                              processes=world.size)
         self.engine_reason = REASONS[code].format(**values)
         self.engine_why = {"code": code, **values}  # the same, for the studio to translate
         if engine == "vllm":
@@ -545,9 +544,7 @@ class Trainer:
             if ckpt is not None:
                 self.load_checkpoint(ckpt)
             if len(set(self.world.gather(self.step_count))) > 1:
-                raise ConfigError("The training processes found different checkpoints: the run "
-                                  "folder must be the same shared folder for all of them "
-                                  "(docs/SCALING.md).")
+                raise ConfigError("checkpoints_differ")
             if ckpt is not None:
                 self._status("resumed", f"Resumed from step {self.step_count}", step=self.step_count)
             else:
