@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .messages import MessageError
 
 # The policy losses (core.grpo implements them, with TRL 1.16's meaning).
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
@@ -148,26 +149,15 @@ def render(msg_id: str, params: dict | None = None, text=None) -> str:
     return text(msg_id).format(**{key: shown(value) for key, value in (params or {}).items()})
 
 
-class ConfigError(ValueError):
+class ConfigError(MessageError):
     """A configuration problem, phrased as one line for a beginner.
 
     `ConfigError("below_min", setting="grpo.beta", ...)` says message `below_min` of MESSAGES
     (the id and parameters stay on the error, for the studio to say in the page's language);
     any other text is taken as it is."""
 
-    def __init__(self, message: str, **params):
-        self.msg_id = message if message in MESSAGES else None
-        self.params = params if self.msg_id else {}
-        text = render(message, params) if self.msg_id else str(message)
-        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
-
-    def __reduce__(self):
-        return _rebuild_error, (self.msg_id, self.params, str(self))
-
-
-def _rebuild_error(msg_id, params, text):
-    """A ConfigError back from a child process, with its id and parameters."""
-    return ConfigError(msg_id, **params) if msg_id else ConfigError(text)
+    MESSAGES = MESSAGES
+    render = staticmethod(render)
 
 
 class _SettingsLoader(yaml.SafeLoader):

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.exceptions import DatasetNotFoundError
 
+from .messages import MessageError
+
 # Column names by role, English first, then German, French and Spanish (compared without case,
 # accents or spaces: "Réponse" matches "reponse", "Begründung" matches "begrundung").
 QUESTION_NAMES = ("question", "prompt", "input", "instruction", "problem", "query",
@@ -201,28 +203,18 @@ def render(msg_id: str, params: dict | None = None, text=None) -> str:
     return text(msg_id).format(**values)
 
 
-class DataError(ValueError):
+class DataError(MessageError):
     """A problem with the user's data, worded for a beginner and always on one line.
 
     `DataError("file_empty", name="x.csv")` says message `file_empty` of MESSAGES (its id and
     parameters stay on the error as `msg_id` and `params`, for the studio to say in the page's
     language); any other text is taken as it is."""
 
-    def __init__(self, message: str, **params):
-        self.msg_id = message if message in MESSAGES else None
-        self.params = params if self.msg_id else {}
-        text = render(message, params) if self.msg_id else str(message)
-        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
-
-    def __reduce__(self):
-        return _rebuild_error, (self.msg_id, self.params, str(self))
+    MESSAGES = MESSAGES
+    render = staticmethod(render)
 
     def to_message(self, level: str = "error") -> dict:
         return {"level": level, "id": self.msg_id, "params": self.params, "text": str(self)}
-
-
-def _rebuild_error(msg_id, params, text) -> DataError:
-    return DataError(msg_id, **params) if msg_id else DataError(text)
 
 
 @dataclass

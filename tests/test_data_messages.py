@@ -2,7 +2,6 @@
 warning about the built-in sets' repeats. Real files, real `datasets`; no browser."""
 import os
 import pickle
-import string
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.data import MESSAGES, DataError, arithmetic_dataset, check_data, load_table, render
+from core.data import DataError, arithmetic_dataset, check_data, load_table, render
 from studio.access import RUN_ID
 from studio.i18n import catalog, speaking
 from studio.step_data import (CHECK_SECONDS, SAMPLE_SOURCE, Cleared, inspect_source,
@@ -20,25 +19,9 @@ from studio.step_data import (CHECK_SECONDS, SAMPLE_SOURCE, Cleared, inspect_sou
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def placeholders(text: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
-
-
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-UNITS = {"size_KB", "size_MB", "size_GB"}  # written the same in both languages
-
-
-def test_every_data_message_has_english_and_german_texts():
-    en, de = catalog("en"), catalog("de")
-    for msg_id, english in MESSAGES.items():
-        key = f"data.msg.{msg_id}"
-        assert en.get(key) == english, key  # the page's English is the command line's
-        assert de.get(key) and (de[key] != english or msg_id in UNITS), key
-        assert placeholders(de[key]) == placeholders(english), key
 
 
 def test_the_messages_a_beginner_saw_in_english_are_german_on_the_german_page(tmp_path):

@@ -74,6 +74,23 @@ def test_both_languages_have_the_same_keys_and_placeholders():
         assert placeholders(en[key]) == placeholders(de[key]), key
 
 
+@pytest.mark.parametrize("module, prefix, same", [
+    ("core.data", "data.msg.", {"size_KB", "size_MB", "size_GB"}),  # units: the same in German
+    ("core.config", "config.msg.", {"kind_bool"}),  # true/false, as a settings file says it
+])
+def test_every_core_message_has_english_and_german_texts(module, prefix, same):
+    """Core's data and settings messages: in English word for word as the command line says
+    them, in German differently (so that the German walk-through catches any left English)."""
+    import importlib
+
+    en, de = i18n.catalog("en"), i18n.catalog("de")
+    for msg_id, english in importlib.import_module(module).MESSAGES.items():
+        key = prefix + msg_id
+        assert en.get(key) == english, key
+        assert de.get(key) and (de[key] != english or msg_id in same), key
+        assert placeholders(de[key]) == placeholders(english), key
+
+
 @pytest.mark.parametrize("mode", ["local", "classroom", "space"])
 def test_every_text_on_the_page_is_translated(pages, mode):
     untranslated, unknown = [], []
