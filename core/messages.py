@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 
 
+def one_line(text: str) -> str:
+    """A message on one line: line breaks (a name from a user's file may hold some) as spaces."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
 class MessageError(ValueError):
     """A problem worded for a beginner, always on one line.
 
@@ -26,7 +31,7 @@ class MessageError(ValueError):
         self.msg_id = message if message in self.MESSAGES else None
         self.params = params if self.msg_id else {}
         text = self.render(message, params) if self.msg_id else str(message)
-        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
+        super().__init__(one_line(text))
 
     def __reduce__(self):
         return _rebuild, (type(self), self.msg_id, self.params, str(self))

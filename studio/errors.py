@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 
 from .i18n import t
 
@@ -41,12 +40,9 @@ def said_text(said: dict | None, english: str) -> str:
     from pathlib import Path
 
     from core.config import MESSAGES, render
+    from core.messages import one_line
 
-    from .i18n import DEFAULT, catalog, current
-
-    def template(key: str) -> str:
-        key_ = f"config.msg.{key}"
-        return catalog(current()).get(key_) or catalog(DEFAULT).get(key_) or MESSAGES[key]
+    from .i18n import catalog, core_template, current
 
     def named(key: str, value):
         if key in ("setting", "other") and isinstance(value, str):
@@ -60,11 +56,11 @@ def said_text(said: dict | None, english: str) -> str:
 
     try:
         params = said.get("params") or {}
-        text = render(said["id"], {k: named(k, v) for k, v in params.items()}, template)
+        text = render(said["id"], {k: named(k, v) for k, v in params.items()},
+                      core_template("config.msg.", MESSAGES))
     except (KeyError, IndexError, ValueError, TypeError, AttributeError):  # core's own line
         return english
-    # one line, as core's English: a setting's name from a file may hold line breaks
-    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+    return one_line(text)  # as core's English: a setting's name from a file may hold breaks
 
 
 def one_line(exc: BaseException) -> str:

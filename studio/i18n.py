@@ -50,6 +50,16 @@ def t(key: str, lang: str | None = None, **params) -> str:
     return text.format(**params) if params else text
 
 
+def core_template(prefix: str, english: dict[str, str]):
+    """How the page words core's messages (core.data's or core.config's MESSAGES, `english`):
+    `template(msg_id)`, the text of `prefix + msg_id` in the page's language, core's English
+    where a catalog lacks it."""
+    def template(msg_id: str) -> str:
+        key = prefix + msg_id
+        return catalog(current()).get(key) or catalog(DEFAULT).get(key) or english[msg_id]
+    return template
+
+
 DECIMAL_COMMA = ("de",)  # languages that write 2,5 where English writes 2.5
 
 

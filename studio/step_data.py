@@ -20,7 +20,7 @@ from core.data import (HUB_PREFIX, MESSAGES, DataError, check_data, load_table, 
 
 from .access import MB, UPLOAD_PREFIX, AccessError
 from .form import make_widget
-from .i18n import DEFAULT, L, catalog, current, t
+from .i18n import L, core_template, t
 
 SAMPLE_SOURCE = "builtin:arithmetic?n=200&max_operand=9"
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
@@ -73,12 +73,15 @@ def _keep(temp_path: str, uploads_dir: Path) -> tuple[str, bool]:
                 stale.unlink()
         except OSError:
             pass
+    def same(target: Path) -> bool:  # these very bytes, already kept under this name
+        return target.is_file() and target.stat().st_size == size and _digest(target) == digest
+
     incoming = None
     try:
         for number in range(1, 10_000):
             target = uploads_dir / (name if number == 1 else f"{stem}-{number}{dot}{ext}")
             if target.is_file():
-                if target.stat().st_size == size and _digest(target) == digest:
+                if same(target):
                     return str(target), False
                 continue
             if incoming is None:
@@ -89,8 +92,7 @@ def _keep(temp_path: str, uploads_dir: Path) -> tuple[str, bool]:
             try:
                 os.link(incoming, target)  # claims the name, with every byte in place
             except FileExistsError:  # taken a moment ago: look at it as above
-                if target.is_file() and target.stat().st_size == size and \
-                        _digest(target) == digest:
+                if same(target):
                     return str(target), False
                 continue
             except OSError:  # a file system without hard links: claim the name, then copy
@@ -116,10 +118,7 @@ def keep_upload(temp_path: str, uploads_dir: Path) -> str:
     return _keep(temp_path, uploads_dir)[0]
 
 
-def template(msg_id: str) -> str:
-    """The text of core's data message `msg_id` in the page's language."""
-    key = f"data.msg.{msg_id}"
-    return catalog(current()).get(key) or catalog(DEFAULT).get(key) or MESSAGES[msg_id]
+template = core_template("data.msg.", MESSAGES)  # core's data messages in the page's language
 
 
 def size_text(n: float) -> str:
